@@ -1,0 +1,40 @@
+"""What the ingress builds once at start-up and reuses for every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+from svix.webhooks import Webhook
+
+from shared.config import Settings
+from shared.queue import make_celery
+
+
+@dataclass
+class IngressState:
+    settings: Settings
+    verifiers: tuple[Webhook, ...]
+    publisher: Celery
+    broker: redis.Redis
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngressState:
+        return cls(
+            settings=settings,
+            verifiers=tuple(Webhook(secret) for secret in settings.require_webhook_secrets()),
+            publisher=make_celery(settings, role="publisher", name="clerk_sync_ingress"),
+            broker=broker_client(settings.redis_url),
+        )
+
+
+def broker_client(redis_url: str) -> redis.Redis:
+    """A redis-py client for health checks, with the same fail-fast timeouts."""
+    url = redis_url.replace("redis+socket://", "unix://", 1)
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+
+def state() -> IngressState:
+    return current_app.extensions["clerk_sync"]  # type: ignore[no-any-return]

@@ -1,0 +1,88 @@
+"""POST /webhooks/clerk: a list of guard clauses, each one status and one log line."""
+
+from __future__ import annotations
+
+import binascii
+import time
+
+import structlog
+from flask import Blueprint, Response, request
+from svix.webhooks import WebhookVerificationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ingress.state import state
+from shared.queue import enqueue_event
+
+bp = Blueprint("webhooks", __name__)
+log = structlog.get_logger("clerk_sync.ingress")
+
+MAX_SVIX_ID_LENGTH = 255
+
+
+def _header(name: str) -> str | None:
+    """A Svix header, branded (`svix-*`) or unbranded (`webhook-*`)."""
+    return request.headers.get(f"svix-{name}") or request.headers.get(f"webhook-{name}")
+
+
+def _reject(status: int, reason: str, **fields: object) -> tuple[dict[str, str], int]:
+    log.info("webhook_rejected", status=status, reason=reason, **fields)
+    return {"error": reason}, status
+
+
+@bp.post("/webhooks/clerk")
+def receive() -> tuple[dict[str, str], int] | Response:
+    svix_id, timestamp, signature = _header("id"), _header("timestamp"), _header("signature")
+    structlog.contextvars.bind_contextvars(svix_id=svix_id)
+    try:
+        if not (svix_id and timestamp and signature):
+            return _reject(400, "missing_headers")
+        if len(svix_id) > MAX_SVIX_ID_LENGTH:
+            return _reject(400, "svix_id_too_long")
+        if (request.content_length or 0) > state().settings.max_body_bytes:
+            return _reject(413, "body_too_large")
+        body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _reject(400, "body_not_utf8")
+
+        verdict = _verify(text, svix_id=svix_id, timestamp=timestamp, signature=signature)
+        if verdict is not None:
+            return _reject(*verdict)
+
+        started = time.perf_counter()
+        try:
+            enqueue_event(state().publisher, svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
+        except Exception as exc:  # any broker failure: Svix must retry, never a 2xx
+            log.warning("enqueue_failed", error=type(exc).__name__)
+            response = Response('{"error":"queue_unavailable"}', status=503, mimetype="application/json")
+            response.headers["Retry-After"] = "5"
+            return response
+        log.info("webhook_enqueued", enqueue_ms=round((time.perf_counter() - started) * 1000, 2))
+        return {"status": "queued"}, 200
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def _verify(text: str, *, svix_id: str, timestamp: str, signature: str) -> tuple[int, str] | None:
+    """None if any configured secret signed the body; else (status, reason)."""
+    headers = {"svix-id": svix_id, "svix-timestamp": timestamp, "svix-signature": signature}
+    reason = "bad_signature"
+    for verifier in state().verifiers:
+        try:
+            verifier.verify(text, headers)
+            return None
+        except WebhookVerificationError as exc:
+            message = str(exc)
+            if "timestamp" in message.lower():
+                return 401, "timestamp_outside_tolerance"
+            if "Invalid Signature Headers" in message:
+                return 400, "malformed_timestamp"
+        except (ValueError, binascii.Error, UnicodeDecodeError, IndexError):
+            return 400, "malformed_signature_header"
+    return 401, reason
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(_: RequestEntityTooLarge) -> tuple[dict[str, str], int]:
+    return _reject(413, "body_too_large")

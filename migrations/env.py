@@ -1,0 +1,69 @@
+"""Alembic environment: careful migrations for a table the application joins against.
+
+Each migration runs in its own transaction with a lock timeout (never queue behind a
+long query and block every reader), under an advisory lock so two `release` steps
+racing each other run the migrations once.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from shared.config import ConfigError, exit_on_config_error, get_settings
+from shared.db import make_engine
+from shared.logging import configure_logging
+from shared.models import Base
+
+MIGRATION_LOCK_ID = 0x636C65726B  # "clerk"
+
+target_metadata = Base.metadata
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=get_settings().sqlalchemy_url,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    settings = get_settings()
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    connectable = context.config.attributes.get("connection") or make_engine(settings, pool_size=1)
+    if hasattr(connectable, "connect"):
+        with connectable.connect() as connection:
+            _migrate(connection)
+    else:
+        _migrate(connectable)
+
+
+def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
+    connection.execute(text("SET lock_timeout = '5s'"))
+    connection.execute(text("SET statement_timeout = '5min'"))
+    connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+    connection.commit()
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+        connection.commit()
+
+
+try:
+    if context.is_offline_mode():
+        run_migrations_offline()
+    else:
+        run_migrations_online()
+except ConfigError as exc:
+    exit_on_config_error(exc)

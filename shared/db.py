@@ -1,0 +1,37 @@
+"""Engine and session factory, built from settings on first use, never at import."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings, get_settings
+
+_factories: dict[Settings, sessionmaker[Session]] = {}
+
+
+def make_engine(settings: Settings, **overrides: object) -> Engine:
+    """A pooled engine with short timeouts, so an outage fails fast instead of hanging."""
+    options: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 5,
+        "connect_args": {"connect_timeout": 5, "application_name": "clerk-sync"},
+    }
+    options.update(overrides)
+    return create_engine(settings.sqlalchemy_url, **options)
+
+
+def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
+    """The process-wide sessionmaker for these settings."""
+    settings = settings or get_settings()
+    if settings not in _factories:
+        _factories[settings] = sessionmaker(bind=make_engine(settings), expire_on_commit=False)
+    return _factories[settings]
+
+
+def dispose_engines() -> None:
+    """Forget pooled connections inherited across fork (Celery prefork children)."""
+    for factory in _factories.values():
+        engine = factory.kw["bind"]
+        engine.dispose(close=False)

@@ -1,0 +1,91 @@
+"""Logging configured once: structlog in front of the standard library.
+
+gunicorn, Celery and library records pass through the same ProcessorFormatter, so
+every line has one shape: one JSON object in production, colours on a terminal.
+Per-event context (``svix_id``, ``event_type``, ``task_id``) is bound with
+structlog's contextvars and cleared after each event.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+
+
+def logging_dict(*, log_format: str = "json", level: str = "INFO") -> dict[str, Any]:
+    """The stdlib logging config; gunicorn takes it as ``logconfig_dict`` too."""
+    renderer: structlog.types.Processor
+    renderer = structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "foreign_pre_chain": _shared_processors(),
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+            }
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structlog",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"handlers": ["default"], "level": level},
+        "loggers": {
+            # gunicorn installs its own handlers; let its records reach ours instead.
+            "gunicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "gunicorn.access": {"handlers": [], "propagate": True, "level": "WARNING"},
+            "celery": {"level": level},
+            # Celery's per-task lines carry no svix_id; ours say the same with it.
+            "celery.app.trace": {"level": "WARNING"},
+            "celery.worker.strategy": {"level": "WARNING"},
+            "kombu": {"level": "WARNING"},
+            "alembic": {"level": level},
+        },
+    }
+
+
+def configure_logging(*, log_format: str = "json", level: str = "INFO", force: bool = False) -> None:
+    """Route structlog and stdlib logging through one formatter; idempotent."""
+    global _configured
+    if _configured and not force:
+        return
+    logging.config.dictConfig(logging_dict(log_format=log_format, level=level))
+    structlog.configure(
+        processors=[
+            *_shared_processors()[:1],
+            structlog.stdlib.filter_by_level,
+            *_shared_processors()[1:],
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

@@ -1,0 +1,137 @@
+"""The synced tables (CONTRACT section 4) and the event ledger.
+
+Every synced row carries two version columns besides what the application reads:
+``clerk_updated_at`` (milliseconds, Clerk's ``updated_at`` of the data the row
+holds) and ``deleted_at`` (the tombstone). They are what make out-of-order and
+duplicate deliveries converge: see ``worker/apply.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EVENT_STATUSES = ("pending", "processed", "ignored", "failed", "dead")
+FINAL_STATUSES = ("processed", "ignored", "dead")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now_column() -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class SyncedMixin:
+    """Columns every synced entity shares."""
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    clerk_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # Clerk's own created_at/updated_at of the data held; null until data arrives
+    # (a delete seen before any create leaves a tombstone with no data).
+    created_at: Mapped[dt.datetime] = _now_column()
+    updated_at: Mapped[dt.datetime] = _now_column()
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Version of the data held: Clerk's updated_at in milliseconds.
+    clerk_updated_at: Mapped[int | None] = mapped_column(BigInteger)
+    synced_at: Mapped[dt.datetime] = _now_column()
+
+
+class User(SyncedMixin, Base):
+    __tablename__ = "users"
+
+    email: Mapped[str | None] = mapped_column(Text)
+    first_name: Mapped[str | None] = mapped_column(Text)
+    last_name: Mapped[str | None] = mapped_column(Text)
+    username: Mapped[str | None] = mapped_column(Text)
+    image_url: Mapped[str | None] = mapped_column(Text)
+    public_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    # Owned by the application: no event ever writes it.
+    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
+
+
+class Organization(SyncedMixin, Base):
+    __tablename__ = "organizations"
+
+    name: Mapped[str | None] = mapped_column(Text)
+    slug: Mapped[str | None] = mapped_column(Text)
+    image_url: Mapped[str | None] = mapped_column(Text)
+    public_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
+
+
+class OrganizationMembership(SyncedMixin, Base):
+    __tablename__ = "organization_memberships"
+    __table_args__ = (
+        Index("ix_memberships_organization", "organization_clerk_id"),
+        Index("ix_memberships_user", "user_clerk_id"),
+    )
+
+    # No foreign keys: a membership may arrive before its user or organization.
+    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    user_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookEvent(Base):
+    """One row per svix-id ever received: the dedupe key and the event's state."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index("ix_webhook_events_status_due", "status", "next_attempt_at"),
+        Index("ix_webhook_events_entity", "entity_id"),
+        Index("ix_webhook_events_received", "received_at"),
+        CheckConstraint("status IN ('pending', 'processed', 'ignored', 'failed', 'dead')", name="status_known"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    svix_id: Mapped[str] = mapped_column(String(255), unique=True, nullable=False)
+    event_type: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Every attempt's error, oldest first: [{"at": iso, "error": str}, ...]
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The body as received when it is not storable as jsonb (not JSON at all).
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    svix_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    entity_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = _now_column()
+    processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = _now_column()
+
+
+class ControlFlag(Base):
+    """Operator switches shared by every worker (e.g. ``paused``)."""
+
+    __tablename__ = "clerk_sync_control"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+    updated_at: Mapped[dt.datetime] = _now_column()

@@ -1,0 +1,110 @@
+"""The queue both sides agree on: task name, message shape, and Celery settings.
+
+The ingress publishes and never imports the worker; the worker consumes. The message
+is ``process_event(svix_id, svix_timestamp, body)`` with the svix-id as task id, so a
+redelivery or a manual replay of one event is recognisable everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import Settings
+
+PROCESS_EVENT_TASK = "clerk_sync.process_event"
+SWEEP_TASK = "clerk_sync.sweep"
+PURGE_PAYLOADS_TASK = "clerk_sync.purge_payloads"
+RECONCILE_TASK = "clerk_sync.reconcile"
+
+# Longer than any task (statement timeout 30 s) and any countdown (<= 60 s), so a
+# message held by a live worker is never handed out twice; short enough that one
+# held by a worker that died is handed to another within 2 minutes.
+VISIBILITY_TIMEOUT_SECONDS = 90
+MAX_COUNTDOWN_SECONDS = 60
+
+
+def celery_config(settings: Settings, *, role: str) -> dict[str, Any]:
+    """Celery settings for ``role`` "worker" (consumer, beat, CLI) or "publisher" (ingress).
+
+    The publisher fails fast (1 s connect and socket timeouts, no publish retries)
+    so a Redis outage becomes a 503 within 2 seconds instead of a hung request.
+    """
+    transport: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 1 if role == "publisher" else 5,
+        "socket_timeout": 1 if role == "publisher" else 10,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        # Look for messages of dead workers every 5 s (kombu's default scans every 100 s).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,
+    }
+    if role == "publisher":
+        # Connection establishment: one quick try, then give up (kombu failover opts).
+        transport.update({"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2})
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        # Celery reads the visibility timeout here too when a result backend is Redis.
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "broker_connection_timeout": 1 if role == "publisher" else 5,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": 0 if role == "publisher" else None,  # None: forever
+        "broker_pool_limit": 10,
+        "task_publish_retry": role != "publisher",
+        "task_default_queue": settings.queue_name,
+        "task_create_missing_queues": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Delivery guarantees: ack only after the task finished; a worker killed
+        # mid-task leaves its message to be redelivered; no hoarding of messages.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "task_time_limit": 60,
+        "task_soft_time_limit": 45,
+        "enable_utc": True,
+        "timezone": "UTC",
+        # Periodic jobs get a queue of their own so a backlog never delays a sweep.
+        "task_queues": (Queue(settings.queue_name), Queue(control_queue(settings))),
+        "task_routes": {
+            PROCESS_EVENT_TASK: {"queue": settings.queue_name},
+            SWEEP_TASK: {"queue": control_queue(settings)},
+            PURGE_PAYLOADS_TASK: {"queue": control_queue(settings)},
+            RECONCILE_TASK: {"queue": control_queue(settings)},
+        },
+    }
+
+
+def control_queue(settings: Settings) -> str:
+    return f"{settings.queue_name}-control"
+
+
+def make_celery(settings: Settings, *, role: str, name: str = "clerk_sync") -> Celery:
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings, role=role))
+    return app
+
+
+def enqueue_event(
+    app: Celery, *, svix_id: str, svix_timestamp: int | None, body: str, countdown: float | None = None
+) -> None:
+    """Put one event on the queue; raises on any broker failure (the caller decides)."""
+    app.send_task(
+        PROCESS_EVENT_TASK,
+        args=(svix_id, svix_timestamp, body),
+        task_id=svix_id,
+        countdown=min(countdown, MAX_COUNTDOWN_SECONDS) if countdown else None,
+    )
