@@ -27,7 +27,7 @@ def _shared_processors() -> list[structlog.types.Processor]:
     ]
 
 
-def logging_dict(*, log_format: str = "json", level: str = "INFO") -> dict[str, Any]:
+def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str = "ext://sys.stdout") -> dict[str, Any]:
     """The stdlib logging config; gunicorn takes it as ``logconfig_dict`` too."""
     renderer: structlog.types.Processor
     renderer = structlog.dev.ConsoleRenderer() if log_format == "console" else structlog.processors.JSONRenderer()
@@ -49,7 +49,7 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO") -> dict[str, 
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "structlog",
-                "stream": "ext://sys.stdout",
+                "stream": stream,
             }
         },
         "root": {"handlers": ["default"], "level": level},
@@ -67,12 +67,14 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO") -> dict[str, 
     }
 
 
-def configure_logging(*, log_format: str = "json", level: str = "INFO", force: bool = False) -> None:
+def configure_logging(
+    *, log_format: str = "json", level: str = "INFO", force: bool = False, stream: str = "ext://sys.stdout"
+) -> None:
     """Route structlog and stdlib logging through one formatter; idempotent."""
     global _configured
     if _configured and not force:
         return
-    logging.config.dictConfig(logging_dict(log_format=log_format, level=level))
+    logging.config.dictConfig(logging_dict(log_format=log_format, level=level, stream=stream))
     structlog.configure(
         processors=[
             *_shared_processors()[:1],

@@ -1,0 +1,32 @@
+# Two commands for a fresh clone: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Set up and run the service: install, create the database, migrate, start web, worker, beat.
+run: install
+	scripts/run.sh
+
+## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.
+test: install
+	scripts/ensure-services.sh
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	scripts/ensure-services.sh
+	$(BIN)/python scripts/bench.py

@@ -1,0 +1,96 @@
+"""Fixtures on real services: one database and one Redis db index per test run.
+
+The database is created and migrated once per run (with the real `alembic upgrade
+head`); each test starts from empty tables. Processes started by a test (gunicorn,
+Celery worker, beat) get the same environment and are stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings, load_settings
+from shared.db import make_engine
+from tests.support.processes import ProcessManager
+from tests.support.services import REDIS_BASE_URL, redis_db_index, temporary_database
+from tests.support.signing import SECRET
+
+SYNCED_TABLES = ("webhook_events", "users", "organizations", "organization_memberships", "clerk_sync_control")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_db_index() as index:
+        yield f"{REDIS_BASE_URL}/{index}"
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment every process of this run gets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "DATABASE_", "REDIS_"))}
+    env.update(
+        {
+            "CLERK_WEBHOOK_SECRET": SECRET,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            # A queue name of our own too, in case another run shares the index by mistake.
+            "CLERK_SYNC_QUEUE": f"clerk-events-test-{os.getpid()}",
+            "CLERK_SYNC_ENV": "test",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def settings(base_env: dict[str, str]) -> Settings:
+    return load_settings(base_env)
+
+
+@pytest.fixture(scope="session")
+def _engine(database_url: str, redis_url: str, base_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    engine = make_engine(load_settings(base_env))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_state(database_url: str, redis_url: str) -> None:
+    """Empty tables and an empty Redis db before the test."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(SYNCED_TABLES)} RESTART IDENTITY")
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def session_factory(_engine, clean_state: None) -> sessionmaker[Session]:  # type: ignore[no-untyped-def]
+    """A sessionmaker on the run's database, tables emptied first."""
+    return sessionmaker(bind=_engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def redis_client(redis_url: str, clean_state: None) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def processes(base_env: dict[str, str], tmp_path: Path, clean_state: None) -> Iterator[ProcessManager]:
+    manager = ProcessManager(dict(base_env), tmp_path)
+    try:
+        yield manager
+    finally:
+        manager.stop_all()

@@ -1,0 +1,136 @@
+"""Real gunicorn, Celery worker and beat processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from tests.support.services import ROOT, bin_path
+from tests.support.waiting import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """One started process, its log file, and how to stop it."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    url: str | None = None
+    stopped: bool = field(default=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (gunicorn/celery children included)."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.kill(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+class ProcessManager:
+    """Starts processes with one environment and stops them all at teardown."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        log_path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        handle = log_path.open("wb")
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        proc = Proc(name=name, popen=popen, log_path=log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_web(self, *, workers: int = 2, wait: bool = True, **env_overrides: str) -> Proc:
+        port = free_port()
+        env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers), **env_overrides}
+        proc = self._spawn("web", [bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", "ingress.wsgi:app"], env)
+        proc.url = f"http://127.0.0.1:{port}"
+        if wait:
+            wait_for(lambda: _healthy(proc), timeout=30, what=f"gunicorn on {proc.url}\n{proc.log()}")
+        return proc
+
+    def start_worker(self, *, concurrency: int = 2, wait: bool = True, **env_overrides: str) -> Proc:
+        index = len(self.procs)
+        argv = [
+            bin_path("celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"test{index}-{os.getpid()}@%h",
+        ]
+        proc = self._spawn("worker", argv, {**self.env, **env_overrides})
+        if wait:
+            wait_for(
+                lambda: "ready" in proc.log() or proc.popen.poll() is not None,
+                timeout=60,
+                what=f"celery worker ready\n{proc.log()}",
+            )
+            assert proc.popen.poll() is None, f"worker exited early:\n{proc.log()}"
+        return proc
+
+    def start_beat(self, **env_overrides: str) -> Proc:
+        schedule = self.log_dir / f"beat-schedule-{len(self.procs)}"
+        argv = [
+            bin_path("celery"),
+            "-A",
+            "worker.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(schedule),
+        ]
+        return self._spawn("beat", argv, {**self.env, **env_overrides})
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def _healthy(proc: Proc) -> bool:
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
+    try:
+        return requests.get(f"{proc.url}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

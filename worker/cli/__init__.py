@@ -1,0 +1,58 @@
+"""clerk-sync: the operator's command line (CONTRACT section 6).
+
+Each command lives in a module of its own exposing ``register(subparsers)``; the
+list below is the whole table of contents. Exit codes: 0 success, 1 the operation
+failed, 2 usage or configuration error; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.config import ConfigError, get_settings
+from shared.logging import configure_logging
+from worker.cli import send
+from worker.cli.common import CliError
+
+COMMAND_MODULES = (send,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def load_dotenv(path: Path = Path(".env")) -> None:
+    """Variables from ./.env (written by `make run`) for those not already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            os.environ.setdefault(name.strip(), value.strip().strip("'\""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    load_dotenv()
+    try:
+        settings = get_settings()
+        # Logs go to stderr so that stdout stays clean for tables and --json.
+        configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+        return int(args.handler(args, settings) or 0)
+    except ConfigError as exc:
+        print(f"clerk-sync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except CliError as exc:
+        print(f"clerk-sync: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("clerk-sync: interrupted", file=sys.stderr)
+        return 130
