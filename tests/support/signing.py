@@ -11,7 +11,8 @@ from typing import Any
 import requests
 from svix.webhooks import Webhook
 
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "clerk-payloads"
+# A copy of ../shared/clerk-payloads, so a clone runs its tests on its own.
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "clerk-payloads"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_plJ3nmyCDGBKInavdOK15jsl"
 
