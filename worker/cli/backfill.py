@@ -1,0 +1,111 @@
+"""`clerk-sync backfill [--users] [--organizations] [--memberships]`: import from Clerk's API.
+
+Resumes where an interrupted run stopped (``--restart`` starts over), shows
+progress on stderr (a live line on a terminal, log lines otherwise) and prints a
+summary table (or ``--json``) on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from sqlalchemy.exc import OperationalError
+
+from shared.config import Settings
+from shared.db import session_factory
+from worker.backfill import RESOURCES, ResourceResult, backfill
+from worker.clerk_api import MAX_PAGE_SIZE, MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkApiError, client_from_settings
+from worker.cli.common import CliError, print_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "backfill", help="import existing users, organizations and memberships from the Clerk Backend API"
+    )
+    add_resource_flags(parser)
+    parser.add_argument("--restart", action="store_true", help="ignore saved progress and start from the beginning")
+    add_api_flags(parser)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def add_resource_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", action="store_true", help="users (default: all three)")
+    parser.add_argument("--organizations", action="store_true", help="organizations")
+    parser.add_argument("--memberships", action="store_true", help="organization memberships")
+
+
+def add_api_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--page-size", type=page_size, default=MAX_PAGE_SIZE, help=f"objects per request, 1-500 ({MAX_PAGE_SIZE})"
+    )
+    parser.add_argument(
+        "--retries", type=retries, default=5, help="retries of a request after a 429, 5xx or timeout (5)"
+    )
+
+
+def page_size(raw: str) -> int:
+    value = int(raw) if raw.isdigit() else 0
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return value
+
+
+def retries(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError("must be a whole number")
+    return int(raw)
+
+
+def selected_resources(args: argparse.Namespace) -> list[str]:
+    """The chosen resources in dependency order; none chosen means all three."""
+    chosen = {USERS: args.users, ORGANIZATIONS: args.organizations, MEMBERSHIPS: args.memberships}
+    return [r for r in RESOURCES if chosen[r]] or list(RESOURCES)
+
+
+class Progress:
+    """A live line on a terminal; INFO log lines (``backfill_page``) otherwise."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        if not self.live:
+            logging.getLogger("clerk_sync.backfill").setLevel(logging.INFO)
+
+    def __call__(self, result: ResourceResult) -> None:
+        if not self.live:
+            return  # worker.backfill logs each page
+        seen = result.resumed_from + result.fetched
+        share = f"{seen}/{result.total} ({min(100, 100 * seen // result.total)}%)" if result.total else str(seen)
+        print(f"\r{result.resource:<13} {share}  applied {result.applied}", end="", file=sys.stderr, flush=True)
+        if result.complete:
+            print(file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    resources = selected_resources(args)
+    with client_from_settings(settings, attempts=args.retries + 1) as client:
+        try:
+            results = backfill(
+                session_factory(settings),
+                client,
+                resources,
+                settings=settings,
+                page_size=args.page_size,
+                restart=args.restart,
+                on_page=Progress(),
+            )
+        except ClerkApiError as exc:
+            raise CliError(f"backfill stopped, progress saved (run it again to resume): {exc}") from None
+        except OperationalError as exc:
+            raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
+    if args.json:
+        print(json.dumps({"resources": {r.resource: r.as_dict() for r in results}}, indent=2))
+    else:
+        print_table(
+            ("resource", "fetched", "applied", "unchanged", "skipped", "resumed_from"),
+            [(r.resource, r.fetched, r.applied, r.unchanged, r.skipped, r.resumed_from) for r in results],
+        )
+    return 0
