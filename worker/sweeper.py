@@ -18,6 +18,11 @@ from shared.queue import enqueue_event
 from worker import ledger
 
 SWEEP_BATCH = 500
+NO_BODY_ERROR = "payload no longer stored (scrubbed or purged): the event cannot be enqueued again"
+
+
+class QueueUnavailable(Exception):
+    """The broker would not take a message; the caller's transaction should roll back."""
 
 
 def _due_condition(now: dt.datetime, stale_pending: dt.timedelta):  # type: ignore[no-untyped-def]
@@ -39,14 +44,27 @@ def body_of(row: WebhookEvent) -> str | None:
 
 
 def requeue(session: Session, app: Celery, rows: list[WebhookEvent], *, grace: dt.timedelta) -> int:
-    """Enqueue ``rows`` and push their due time out so one sweep does not repeat another."""
+    """Enqueue ``rows`` and push their due time out so one sweep does not repeat another.
+
+    A row whose body is gone can never be applied: it becomes ``dead`` rather than being
+    picked again by every sweep. Raises QueueUnavailable if the broker refuses a message.
+    """
     count = 0
     now = dt.datetime.now(dt.UTC)
     for row in rows:
         body = body_of(row)
         if body is None:
+            row.status = "dead"
+            row.last_error = NO_BODY_ERROR
+            row.errors = [*row.errors, {"at": now.isoformat(), "error": NO_BODY_ERROR}]
+            row.next_attempt_at = None
+            row.processed_at = now
+            row.updated_at = now
             continue
-        enqueue_event(app, svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=body)
+        try:
+            enqueue_event(app, svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=body)
+        except Exception as exc:  # any broker failure (kombu wraps most, not all)
+            raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
         row.next_attempt_at = now + grace
         count += 1
     session.flush()

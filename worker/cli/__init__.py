@@ -15,10 +15,10 @@ from pathlib import Path
 
 from shared.config import ConfigError, get_settings
 from shared.logging import configure_logging
-from worker.cli import send
+from worker.cli import backfill, dlq, events, pause, reconcile, send, status
 from worker.cli.common import CliError
 
-COMMAND_MODULES = (send,)
+COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send)
 
 
 def build_parser() -> argparse.ArgumentParser:

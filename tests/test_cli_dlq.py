@@ -1,0 +1,345 @@
+"""`clerk-sync dlq`: dead events made by real processes, inspected, replayed and discarded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+
+from shared.models import User, WebhookEvent
+from shared.queue import make_celery
+from tests.support.processes import free_port
+from tests.support.services import bin_path
+from tests.support.signing import load_payload, post_event
+from tests.support.waiting import wait_for
+from worker import operations
+from worker.operations import DeadFilter, OperationError
+
+FINAL = ("processed", "ignored", "dead")
+
+
+def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script as an operator would."""
+    return subprocess.run(
+        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def statuses(session_factory) -> dict[str, str]:
+    with session_factory() as session:
+        rows = session.execute(select(WebhookEvent.svix_id, WebhookEvent.status))
+        return {svix_id: status for svix_id, status in rows}
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clerk-sync: ")
+    return lines[0]
+
+
+@pytest.fixture
+def blocking_trigger(database_url):
+    """An application trigger that rejects one user's row, as a bad deploy might; dropped by ``lift``."""
+    statements = {
+        "create": """
+            CREATE FUNCTION test_users_guard() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.clerk_id = '{user}' THEN
+                RAISE EXCEPTION 'users_guard: % is on hold', NEW.clerk_id;
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER test_users_guard BEFORE INSERT OR UPDATE ON users
+              FOR EACH ROW EXECUTE FUNCTION test_users_guard();
+        """,
+        "drop": "DROP TRIGGER IF EXISTS test_users_guard ON users; DROP FUNCTION IF EXISTS test_users_guard();",
+    }
+
+    class Trigger:
+        def block(self, user_id: str) -> None:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(statements["drop"])
+                conn.execute(statements["create"].replace("{user}", user_id))
+
+        def lift(self) -> None:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(statements["drop"])
+
+    trigger = Trigger()
+    yield trigger
+    trigger.lift()
+
+
+def test_dead_events_are_listed_shown_replayed_and_discarded(
+    processes, session_factory, base_env, blocking_trigger, tmp_path
+):
+    # Given an ingress, a worker with a budget of one attempt, and a trigger that rejects one user
+    user_created = load_payload("user.created")
+    user_id = user_created["data"]["id"]
+    blocking_trigger.block(user_id)
+    web = processes.start_web()
+    processes.start_worker(RETRY_MAX_ATTEMPTS="1")
+
+    # When a signed event with no data.id, a body that is not JSON, the blocked user's
+    # user.created and an unsynced session.created arrive
+    poison = {"type": "user.created", "object": "event", "timestamp": 1716883200012, "data": {"first_name": "X"}}
+    assert post_event(web.url, poison, svix_id="msg_dlq_poison").status_code == 200
+    assert post_event(web.url, "this is not json", svix_id="msg_dlq_notjson").status_code == 200
+    assert post_event(web.url, user_created, svix_id="msg_dlq_blocked").status_code == 200
+    assert post_event(web.url, load_payload("session.created"), svix_id="msg_dlq_ignored").status_code == 200
+
+    # Then the three bad ones end dead with readable errors, the unsynced one ignored
+    wait_for(
+        lambda: len(statuses(session_factory)) == 4 and set(statuses(session_factory).values()) <= set(FINAL),
+        timeout=90,
+        what="four events final",
+    )
+    assert statuses(session_factory) == {
+        "msg_dlq_poison": "dead",
+        "msg_dlq_notjson": "dead",
+        "msg_dlq_blocked": "dead",
+        "msg_dlq_ignored": "ignored",
+    }
+    env = dict(base_env)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return clerk_sync(env, *args, cwd=tmp_path)
+
+    # dlq list: a table for people...
+    table = cli("dlq", "list")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == [
+        "SVIX_ID",
+        "TYPE",
+        "ENTITY",
+        "ATTEMPTS",
+        "LAST_ERROR",
+        "RECEIVED_AT",
+    ]
+    for svix_id in ("msg_dlq_poison", "msg_dlq_notjson", "msg_dlq_blocked"):
+        assert svix_id in table.stdout
+    assert "msg_dlq_ignored" not in table.stdout
+    assert "users_guard" in table.stdout
+
+    # ... and JSON for machines, every field but the payload
+    listed = json.loads(cli("dlq", "list", "--json").stdout)
+    by_id = {event["svix_id"]: event for event in listed}
+    assert set(by_id) == {"msg_dlq_poison", "msg_dlq_notjson", "msg_dlq_blocked"}
+    assert all("payload" not in event and "raw_body" not in event for event in listed)
+    assert by_id["msg_dlq_poison"]["last_error"] == "event has no 'data.id'"
+    assert by_id["msg_dlq_notjson"]["last_error"].startswith("body is not JSON")
+    assert "is on hold" in by_id["msg_dlq_blocked"]["last_error"]
+    assert by_id["msg_dlq_blocked"]["entity_id"] == user_id
+    assert by_id["msg_dlq_blocked"]["attempts"] == 1
+
+    # Each filter narrows the list
+    def listed_ids(*filters: str) -> list[str]:
+        result = cli("dlq", "list", "--json", *filters)
+        assert result.returncode == 0, result.stderr
+        return [event["svix_id"] for event in json.loads(result.stdout)]
+
+    assert listed_ids("--type", "user.created") == ["msg_dlq_poison", "msg_dlq_blocked"]
+    assert listed_ids("--error", "ON HOLD") == ["msg_dlq_blocked"]
+    assert listed_ids("--entity", user_id) == ["msg_dlq_blocked"]
+    assert len(listed_ids("--since", "1h")) == 3
+    assert listed_ids("--since", "2999-01-01") == []
+    assert len(listed_ids("--limit", "1")) == 1
+    bad_since = cli("dlq", "list", "--since", "last tuesday")
+    assert bad_since.returncode == 2
+    assert "--since" in one_line_error(bad_since)
+    assert cli("dlq", "list", "--limit", "0").returncode == 2
+
+    # dlq show: the payload, every attempt's error, the status
+    shown = cli("dlq", "show", "msg_dlq_poison")
+    assert shown.returncode == 0, shown.stderr
+    assert "dead" in shown.stdout
+    assert "event has no 'data.id'" in shown.stdout
+    assert '"first_name": "X"' in shown.stdout
+    assert "this is not json" in cli("dlq", "show", "msg_dlq_notjson").stdout
+    shown_json = json.loads(cli("dlq", "show", "msg_dlq_blocked", "--json").stdout)
+    assert shown_json["payload"]["data"]["id"] == user_id
+    assert len(shown_json["errors"]) == 1 and "is on hold" in shown_json["errors"][0]["error"]
+    unknown = cli("dlq", "show", "msg_nobody")
+    assert unknown.returncode == 1
+    assert "msg_nobody" in one_line_error(unknown)
+
+    # When the cause is fixed and a dry run comes first, nothing changes
+    blocking_trigger.lift()
+    dry = cli("dlq", "replay", "--all", "--type", "user.created", "--error", "hold", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay 1" in dry.stdout and "msg_dlq_blocked" in dry.stdout
+    assert statuses(session_factory)["msg_dlq_blocked"] == "dead"
+
+    # Then a replay brings the event to processed with a new budget, its history kept
+    replayed = cli("dlq", "replay", "msg_dlq_blocked")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1" in replayed.stdout
+    wait_for(
+        lambda: statuses(session_factory)["msg_dlq_blocked"] == "processed", timeout=90, what="replayed event processed"
+    )
+    with session_factory() as session:
+        assert session.scalars(select(User.clerk_id)).all() == [user_id]
+        row = session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == "msg_dlq_blocked")).one()
+        assert row.attempts == 1
+        assert "is on hold" in row.errors[0]["error"]
+        assert row.errors[1]["event"] == "replayed"
+
+    # A replay of what is not dead, or of nothing named, is refused
+    again = cli("dlq", "replay", "msg_dlq_blocked")
+    assert again.returncode == 1
+    assert "not dead" in one_line_error(again)
+    assert cli("dlq", "replay").returncode == 2
+    assert cli("dlq", "replay", "msg_dlq_poison", "--all").returncode == 2
+
+    # Discard removes only what it names
+    discarded = cli("dlq", "discard", "msg_dlq_notjson")
+    assert discarded.returncode == 0, discarded.stderr
+    assert statuses(session_factory) == {
+        "msg_dlq_poison": "dead",
+        "msg_dlq_blocked": "processed",
+        "msg_dlq_ignored": "ignored",
+    }
+
+    # and --all without filters needs --yes
+    refused = cli("dlq", "discard", "--all")
+    assert refused.returncode == 2
+    assert "--yes" in one_line_error(refused)
+    assert "msg_dlq_poison" in statuses(session_factory)
+    confirmed = cli("dlq", "discard", "--all", "--yes")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert statuses(session_factory) == {"msg_dlq_blocked": "processed", "msg_dlq_ignored": "ignored"}
+
+
+def add_event(session, svix_id: str, **fields: Any) -> WebhookEvent:
+    """A ledger row as the worker would have left it."""
+    payload = fields.pop("payload", {"type": fields.get("event_type", "user.created"), "data": {"id": "user_x"}})
+    row = WebhookEvent(svix_id=svix_id, payload=payload, **{"status": "dead", "attempts": 8, **fields})
+    session.add(row)
+    session.flush()
+    return row
+
+
+def test_dead_letter_filters(session_factory):
+    # Given dead events of several types, ages, errors and entities, and some not dead
+    now = dt.datetime.now(dt.UTC)
+    membership = load_payload("organizationMembership.created")
+    member_id = membership["data"]["public_user_data"]["user_id"]
+    org_id = membership["data"]["organization"]["id"]
+    with session_factory.begin() as session:
+        add_event(session, "msg_old", event_type="user.updated", received_at=now - dt.timedelta(days=3),
+                  last_error="OperationalError: timeout", entity_id="user_a")  # fmt: skip
+        add_event(session, "msg_mem", event_type="organizationMembership.created", payload=membership,
+                  received_at=now - dt.timedelta(hours=5), last_error="DataError: bad value",
+                  entity_id=membership["data"]["id"])  # fmt: skip
+        add_event(session, "msg_new", event_type="user.created", received_at=now - dt.timedelta(minutes=5),
+                  last_error="users_guard: user_b is ON HOLD", entity_id=member_id)  # fmt: skip
+        add_event(session, "msg_done", status="processed", event_type="user.created", entity_id=member_id)
+
+    def ids(**filters: Any) -> list[str]:
+        with session_factory() as session:
+            return [row.svix_id for row in operations.list_dead(session, DeadFilter(**filters))]
+
+    # Then every filter selects what it says, oldest first, dead only
+    assert ids() == ["msg_old", "msg_mem", "msg_new"]
+    assert ids(event_type="user.created") == ["msg_new"]
+    assert ids(event_type="user") == []  # exact, not a prefix
+    assert ids(since=operations.parse_since("1d")) == ["msg_mem", "msg_new"]
+    assert ids(since=operations.parse_since("30m")) == ["msg_new"]
+    assert ids(since=operations.parse_since((now - dt.timedelta(days=4)).date().isoformat())) == [
+        "msg_old",
+        "msg_mem",
+        "msg_new",
+    ]
+    assert ids(error="on hold") == ["msg_new"]
+    assert ids(error="%") == []  # a literal substring, not a LIKE pattern
+    assert ids(entity=member_id) == ["msg_mem", "msg_new"]  # its own event and a membership naming it
+    assert ids(entity=org_id) == ["msg_mem"]
+    assert ids(entity="user_a", error="timeout") == ["msg_old"]
+    assert ids(limit=2) == ["msg_old", "msg_mem"]
+
+
+def test_parse_since_accepts_durations_and_iso_and_rejects_the_rest():
+    now = dt.datetime(2024, 5, 10, 12, 0, tzinfo=dt.UTC)
+    assert operations.parse_since("2h", now=now) == dt.datetime(2024, 5, 10, 10, 0, tzinfo=dt.UTC)
+    assert operations.parse_since("3d", now=now) == dt.datetime(2024, 5, 7, 12, 0, tzinfo=dt.UTC)
+    assert operations.parse_since("1w", now=now) == dt.datetime(2024, 5, 3, 12, 0, tzinfo=dt.UTC)
+    assert operations.parse_since("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert operations.parse_since("2024-05-01T08:30:00Z") == dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
+    assert operations.parse_since("2024-05-01T08:30:00+02:00") == dt.datetime(2024, 5, 1, 6, 30, tzinfo=dt.UTC)
+    for bad in ("yesterday", "2h ago", "-3d", "", "2024-13-01"):
+        with pytest.raises(ValueError, match="--since"):
+            operations.parse_since(bad)
+
+
+def test_replay_and_discard_act_only_on_named_dead_events(session_factory, settings, redis_client):
+    # Given two dead events, a processed one, and a dead one whose payload was scrubbed
+    with session_factory.begin() as session:
+        add_event(session, "msg_a", received_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2),
+                  errors=[{"at": "t", "error": "e1"}])  # fmt: skip
+        add_event(session, "msg_b")
+        add_event(session, "msg_ok", status="processed", attempts=1)
+        add_event(session, "msg_scrubbed", payload={"type": "user.created", "scrubbed": True, "data": {"id": "u"}})
+    app = make_celery(settings, role="publisher")
+    try:
+        # When a replay names a processed event or an unknown one, nothing happens
+        for named in (["msg_a", "msg_ok"], ["msg_a", "msg_nobody"], ["msg_scrubbed"]):
+            with pytest.raises(OperationError), session_factory.begin() as session:
+                operations.replay(session, app, named)
+        assert redis_client.llen(settings.queue_name) == 0
+
+        # When --all style replay skips what is no longer dead
+        with session_factory.begin() as session:
+            result = operations.replay(session, app, ["msg_b", "msg_a", "msg_ok"], skip_not_dead=True)
+    finally:
+        app.close()
+
+    # Then the dead ones are pending with a fresh budget, enqueued oldest first
+    assert result.done == ["msg_a", "msg_b"] and result.skipped == ["msg_ok"]
+    with session_factory() as session:
+        rows = {row.svix_id: row for row in session.scalars(select(WebhookEvent))}
+    assert (rows["msg_a"].status, rows["msg_a"].attempts, rows["msg_a"].next_attempt_at) == ("pending", 0, None)
+    assert rows["msg_a"].errors[0] == {"at": "t", "error": "e1"}
+    assert rows["msg_a"].errors[1]["attempts_before"] == 8
+    assert rows["msg_ok"].status == "processed"
+    messages = [json.loads(raw) for raw in reversed(redis_client.lrange(settings.queue_name, 0, -1))]
+    assert [m["headers"]["id"] for m in messages] == ["msg_a", "msg_b"]
+    assert {m["headers"]["task"] for m in messages} == {"clerk_sync.process_event"}
+
+    # And discard deletes only the dead rows it names
+    with pytest.raises(OperationError), session_factory.begin() as session:
+        operations.discard(session, ["msg_scrubbed", "msg_ok"])
+    with session_factory.begin() as session:
+        assert operations.discard(session, ["msg_scrubbed"]).done == ["msg_scrubbed"]
+    with session_factory() as session:
+        assert sorted(session.scalars(select(WebhookEvent.svix_id))) == ["msg_a", "msg_b", "msg_ok"]
+
+
+def test_replay_without_redis_fails_and_leaves_events_dead(session_factory, base_env, tmp_path):
+    # Given a dead event and a Redis URL nothing listens on
+    with session_factory.begin() as session:
+        add_event(session, "msg_stuck")
+    env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+
+    # When it is replayed
+    result = clerk_sync(env, "dlq", "replay", "msg_stuck", cwd=tmp_path)
+
+    # Then the command fails in one line and the event is still dead, with its budget spent
+    assert result.returncode == 1
+    assert "queue is unavailable" in one_line_error(result)
+    assert "still dead" in result.stderr
+    with session_factory() as session:
+        row = session.scalars(select(WebhookEvent)).one()
+        assert (row.status, row.attempts) == ("dead", 8)
+
+
+def test_database_unreachable_is_one_line_exit_1(base_env, tmp_path):
+    env = {**base_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"}
+    result = clerk_sync(env, "dlq", "list", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "database unavailable" in one_line_error(result)

@@ -1,0 +1,158 @@
+"""`clerk-sync status` and `clerk-sync events --entity` against real Postgres and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from typing import Any
+
+from shared.models import WebhookEvent
+from shared.queue import enqueue_event, make_celery
+from tests.support.processes import free_port
+from tests.support.services import bin_path
+from tests.support.signing import load_payload
+from worker import ledger
+from worker.ledger import Delivery
+from worker.process import process_delivery
+
+
+def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def add_event(session, svix_id: str, status: str, *, age: dt.timedelta = dt.timedelta(0)) -> None:
+    session.add(
+        WebhookEvent(
+            svix_id=svix_id,
+            status=status,
+            event_type="user.updated",
+            payload={"type": "user.updated", "data": {"id": "user_s"}},
+            received_at=dt.datetime.now(dt.UTC) - age,
+        )
+    )
+
+
+def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, settings, redis_client, base_env, tmp_path):
+    # Given events in every status but ignored, the oldest unprocessed one two hours old
+    with session_factory.begin() as session:
+        add_event(session, "msg_p1", "processed", age=dt.timedelta(days=2))  # older, but done
+        add_event(session, "msg_p2", "processed")
+        add_event(session, "msg_f1", "failed", age=dt.timedelta(hours=2))
+        add_event(session, "msg_w1", "pending", age=dt.timedelta(minutes=30))
+        add_event(session, "msg_w2", "pending")
+        for n in range(3):
+            add_event(session, f"msg_d{n}", "dead", age=dt.timedelta(days=5))
+    # and four messages waiting in the queue with no worker running, one delivered but unacked
+    app = make_celery(settings, role="publisher")
+    try:
+        for n in range(4):
+            enqueue_event(app, svix_id=f"msg_q{n}", svix_timestamp=None, body="{}")
+    finally:
+        app.close()
+    redis_client.hset("unacked", "tag-1", json.dumps([{"body": ""}, "", settings.queue_name]))
+    redis_client.hset("unacked", "tag-2", json.dumps([{"body": ""}, "", "some-other-queue"]))
+
+    # When an operator asks for the status as JSON
+    result = clerk_sync(base_env, "status", "--json", cwd=tmp_path)
+
+    # Then every count, the oldest age and the queue depth are what was set up
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"pending": 2, "processed": 2, "ignored": 0, "failed": 1, "dead": 3}
+    assert report["dead"] == 3
+    assert report["paused"] is False
+    assert 2 * 3600 <= report["oldest_unprocessed_age_seconds"] < 3 * 3600
+    assert report["queue"] == {
+        "name": settings.queue_name,
+        "available": True,
+        "waiting": 4,
+        "unacked": 1,
+        "error": None,
+    }
+
+    # And the table for people says the same, and shows a pause
+    with session_factory.begin() as session:
+        ledger.set_paused(session, True)
+    table = clerk_sync(base_env, "status", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "paused:             yes" in lines
+    assert f"queue {settings.queue_name}: 4 waiting, 1 delivered and not yet acked" in lines
+    assert "dead letters:       3" in lines
+    assert [line.split() for line in lines[-5:]] == [
+        ["pending", "2"],
+        ["processed", "2"],
+        ["ignored", "0"],
+        ["failed", "1"],
+        ["dead", "3"],
+    ]
+
+
+def test_status_without_redis_prints_the_database_part_and_exits_1(session_factory, base_env, tmp_path):
+    # Given one failed event and a Redis URL nothing listens on
+    with session_factory.begin() as session:
+        add_event(session, "msg_f", "failed")
+    env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+
+    # When status is asked for, as JSON and as a table
+    as_json = clerk_sync(env, "status", "--json", cwd=tmp_path)
+    as_table = clerk_sync(env, "status", cwd=tmp_path)
+
+    # Then the counts are there, the queue is reported unavailable, and both exit 1
+    assert as_json.returncode == 1 and as_table.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["counts"]["failed"] == 1
+    assert report["queue"]["available"] is False and report["queue"]["waiting"] is None
+    assert "unavailable" in as_table.stdout
+    assert as_table.stderr.strip() == "clerk-sync: the queue (Redis) is unavailable"
+
+
+def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, settings, base_env, tmp_path):
+    # Given a user's created/updated events, a membership naming the user, an event about
+    # someone else, and a delete with no timestamp that ends dead, arriving out of order
+    created = load_payload("user.created")
+    updated = load_payload("user.updated")
+    user_id = created["data"]["id"]
+    membership = load_payload("organizationMembership.created")
+    membership["data"]["public_user_data"]["user_id"] = user_id
+    membership["timestamp"] = created["timestamp"] + 1000  # between created and updated
+    broken_delete = {"type": "user.deleted", "object": "event", "data": {"id": user_id, "deleted": True}}
+    arrivals = [
+        ("msg_t_updated", updated),
+        ("msg_t_membership", membership),
+        ("msg_t_other", load_payload("organization.created")),
+        ("msg_t_created", created),
+        ("msg_t_broken", broken_delete),
+    ]
+    for svix_id, payload in arrivals:
+        delivery = Delivery(svix_id=svix_id, svix_timestamp=None, body=json.dumps(payload))
+        process_delivery(session_factory, delivery, settings=settings)
+
+    # When the timeline of the user is asked for
+    result = clerk_sync(base_env, "events", "--entity", user_id, "--json", cwd=tmp_path)
+
+    # Then it holds every event about the user, in Clerk's order, with status and error
+    assert result.returncode == 0, result.stderr
+    timeline = json.loads(result.stdout)
+    assert [(e["svix_id"], e["status"]) for e in timeline] == [
+        ("msg_t_created", "ignored"),  # the update, seen first, already holds newer data
+        ("msg_t_membership", "processed"),
+        ("msg_t_updated", "processed"),
+        ("msg_t_broken", "dead"),  # no envelope timestamp: ordered by arrival, after the rest
+    ]
+    assert timeline[1]["entity_id"] == membership["data"]["id"]
+    assert timeline[0]["clerk_timestamp_ms"] == created["timestamp"]
+    assert "timestamp" in timeline[3]["last_error"]
+
+    # And the table for people lists them in the same order
+    table = clerk_sync(base_env, "events", "--entity", user_id, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()[1:]
+    assert [next(word for word in row.split() if word.startswith("msg_")) for row in rows] == [
+        event["svix_id"] for event in timeline
+    ]
+    nobody = clerk_sync(base_env, "events", "--entity", "user_nobody", cwd=tmp_path)
+    assert (nobody.returncode, nobody.stdout.strip()) == (0, "no events about user_nobody")

@@ -1,0 +1,57 @@
+"""`clerk-sync events --entity ID`: every event that touched one user, organization or membership.
+
+Oldest first in Clerk's order (the envelope ``timestamp``), then by arrival; with each
+event's status and last error, to answer "why does this row look like this?".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+
+from shared.config import Settings
+from worker import operations
+from worker.cli.common import print_table, transaction
+
+ERROR_WIDTH = 60
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("events", help="the timeline of events about one user, organization or membership")
+    parser.add_argument("--entity", required=True, metavar="ID", help="a Clerk id: user_..., org_... or orgmem_...")
+    parser.add_argument("--json", action="store_true", help="a JSON array, oldest first")
+    parser.set_defaults(handler=run)
+
+
+def _clerk_time(millis: int | None) -> str:
+    if millis is None:
+        return ""
+    return dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    with transaction(settings) as session:
+        timeline = operations.timeline(session, args.entity)
+    if args.json:
+        print(json.dumps([{**operations.summary(row), "clerk_timestamp_ms": ms} for row, ms in timeline], indent=2))
+        return 0
+    if not timeline:
+        print(f"no events about {args.entity}")
+        return 0
+    print_table(
+        ("clerk_time", "type", "status", "svix_id", "entity", "received_at", "last_error"),
+        [
+            (
+                _clerk_time(ms),
+                row.event_type,
+                row.status,
+                row.svix_id,
+                row.entity_id,
+                row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                " ".join((row.last_error or "").split())[:ERROR_WIDTH],
+            )
+            for row, ms in timeline
+        ],
+    )
+    return 0
