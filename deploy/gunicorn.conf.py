@@ -8,8 +8,13 @@ import-time SystemExit inside a worker would only make the arbiter restart it.)
 import os
 import sys
 
+from shared import metrics
 from shared.config import ConfigError, load_settings
 from shared.logging import logging_dict
+
+# Before any worker imports prometheus_client: every worker writes its samples here and
+# GET /metrics sums them. Unset, a private temporary directory is made for this arbiter.
+metrics.ensure_multiproc_dir()
 
 try:
     _settings = load_settings()
@@ -32,3 +37,8 @@ accesslog = None
 logconfig_dict = logging_dict(log_format=_settings.log_format, level=_settings.log_level)
 # Large-enough headers for Svix's multi-signature rotation headers, bounded anyway.
 limit_request_field_size = 16384
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A gunicorn worker died or was replaced: drop its live metric files."""
+    metrics.mark_process_dead(worker.pid)

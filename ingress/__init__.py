@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from shared import metrics
 from shared.config import Settings, get_settings
 from shared.logging import configure_logging
 
@@ -21,8 +22,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingress.state import IngressState
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, so that a chunked body past the limit is seen as such.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["clerk_sync"] = IngressState.from_settings(settings)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    # Prometheus scrape point: this ingress's own metrics, summed over gunicorn workers.
+    app.add_url_rule("/metrics", "metrics", metrics.exposition)
     return app

@@ -11,6 +11,7 @@ from svix.webhooks import WebhookVerificationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ingress.state import state
+from shared import metrics
 from shared.queue import enqueue_event
 
 bp = Blueprint("webhooks", __name__)
@@ -26,6 +27,7 @@ def _header(name: str) -> str | None:
 
 def _reject(status: int, reason: str, **fields: object) -> tuple[dict[str, str], int]:
     log.info("webhook_rejected", status=status, reason=reason, **fields)
+    metrics.ingress_request("rejected", reason=reason, status=status)
     return {"error": reason}, status
 
 
@@ -41,6 +43,10 @@ def receive() -> tuple[dict[str, str], int] | Response:
         if (request.content_length or 0) > state().settings.max_body_bytes:
             return _reject(413, "body_too_large")
         body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+        # A chunked body has no length to check first: werkzeug stops reading at the
+        # limit (max + 1, see create_app) without raising, so a longer read means too large.
+        if len(body) > state().settings.max_body_bytes:
+            return _reject(413, "body_too_large")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -55,10 +61,15 @@ def receive() -> tuple[dict[str, str], int] | Response:
             enqueue_event(state().publisher, svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
         except Exception as exc:  # any broker failure: Svix must retry, never a 2xx
             log.warning("enqueue_failed", error=type(exc).__name__)
+            metrics.observe_enqueue(time.perf_counter() - started)
+            metrics.ingress_request("unavailable", reason="queue_unavailable", status=503)
             response = Response('{"error":"queue_unavailable"}', status=503, mimetype="application/json")
             response.headers["Retry-After"] = "5"
             return response
-        log.info("webhook_enqueued", enqueue_ms=round((time.perf_counter() - started) * 1000, 2))
+        elapsed = time.perf_counter() - started
+        log.info("webhook_enqueued", enqueue_ms=round(elapsed * 1000, 2))
+        metrics.observe_enqueue(elapsed)
+        metrics.ingress_request("enqueued", status=200)
         return {"status": "queued"}, 200
     finally:
         structlog.contextvars.clear_contextvars()

@@ -49,6 +49,9 @@ class Settings:
     reconcile_interval_seconds: int = 0
     queue_name: str = "clerk-events"
     metrics_port: int = 9808
+    # Worker connections give up waiting for a lock / a statement after these (transient failure).
+    db_lock_timeout_seconds: float = 10.0
+    db_statement_timeout_seconds: float = 30.0
     environment: str = "development"
 
     @property
@@ -83,6 +86,9 @@ def _parse_secrets(raw: str) -> tuple[str, ...]:
     for secret in secrets:
         if not secret.startswith("whsec_"):
             raise ConfigError("CLERK_WEBHOOK_SECRET: each secret must start with 'whsec_'")
+        # svix's own decoder silently drops non-base64 characters; a typo must not pass.
+        if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", secret[len("whsec_") :]):
+            raise ConfigError("CLERK_WEBHOOK_SECRET: a secret is not valid base64 after 'whsec_'")
         try:
             Webhook(secret)
         except Exception as exc:  # binascii.Error, ValueError, EmptyWebhookSecretError
@@ -180,6 +186,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         queue_name=get("CLERK_SYNC_QUEUE") or "clerk-events",
         metrics_port=_parse_int("METRICS_PORT", get("METRICS_PORT") or "9808", minimum=0),
+        db_lock_timeout_seconds=_parse_float(
+            "DB_LOCK_TIMEOUT_SECONDS", get("DB_LOCK_TIMEOUT_SECONDS") or "10", minimum=0.001
+        ),
+        db_statement_timeout_seconds=_parse_float(
+            "DB_STATEMENT_TIMEOUT_SECONDS", get("DB_STATEMENT_TIMEOUT_SECONDS") or "30", minimum=0.001
+        ),
         environment=_parse_choice(
             "CLERK_SYNC_ENV", get("CLERK_SYNC_ENV") or "development", ("development", "production", "test")
         ),

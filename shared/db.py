@@ -16,7 +16,15 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
         "pool_pre_ping": True,
         "pool_size": 5,
         "max_overflow": 5,
-        "connect_args": {"connect_timeout": 5, "application_name": "clerk-sync"},
+        "connect_args": {
+            "connect_timeout": 5,
+            "application_name": "clerk-sync",
+            # A blocked lock or a runaway statement fails the attempt (transient) instead of hanging it.
+            "options": (
+                f"-c lock_timeout={round(settings.db_lock_timeout_seconds * 1000)}"
+                f" -c statement_timeout={round(settings.db_statement_timeout_seconds * 1000)}"
+            ),
+        },
     }
     options.update(overrides)
     return create_engine(settings.sqlalchemy_url, **options)

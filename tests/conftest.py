@@ -40,7 +40,8 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def base_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The environment every process of this run gets."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "DATABASE_", "REDIS_"))}
+    # PROMETHEUS_MULTIPROC_DIR too: importing worker.celery_app makes one for this pytest process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "DATABASE_", "REDIS_", "PROMETHEUS_"))}
     env.update(
         {
             "CLERK_WEBHOOK_SECRET": SECRET,
@@ -51,6 +52,8 @@ def base_env(database_url: str, redis_url: str) -> dict[str, str]:
             # A queue name of our own too, in case another run shares the index by mistake.
             "CLERK_SYNC_QUEUE": f"clerk-events-test-{os.getpid()}",
             "CLERK_SYNC_ENV": "test",
+            # No metrics server unless a test asks for one: workers would race for port 9808.
+            "METRICS_PORT": "0",
         }
     )
     return env

@@ -8,7 +8,6 @@ serialise and the second sees the first's final status.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +133,7 @@ def record_failure(
             status="dead" if dead else "failed",
             attempts=attempts,
             last_error=error,
-            errors=WebhookEvent.errors + func.cast(json.dumps(_error_entry(error)), WebhookEvent.errors.type),
+            errors=WebhookEvent.errors + func.cast(_error_entry(error), WebhookEvent.errors.type),
             next_attempt_at=None if dead else _next_attempt(attempts, retry_base_seconds),
             processed_at=func.now() if dead else None,
             updated_at=func.now(),

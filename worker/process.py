@@ -8,6 +8,7 @@ leaves the message in the queue without spending the event's retry budget.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -20,6 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from shared import metrics
 from shared.config import Settings
 from worker import apply, ledger
 from worker.envelope import decode_body, event_type_of, parse_envelope
@@ -31,6 +33,7 @@ log = structlog.get_logger("clerk_sync.worker")
 
 def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, *, settings: Settings) -> str:
     """Apply ``delivery`` once and return the status its row ends in."""
+    started = time.perf_counter()
     payload: dict[str, Any] | None = None
     event_type: str | None = None
     entity_id: str | None = None
@@ -43,7 +46,13 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
         structlog.contextvars.bind_contextvars(event_type=event_type)
         for attempt in _deadlock_retries():
             with attempt, factory.begin() as session:
-                return _apply(session, delivery, payload, event_type, entity_id, settings)
+                status = _apply(session, delivery, payload, event_type, entity_id, settings)
+            if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]  # committed
+                outcome = "duplicate" if session.info.get("duplicate") else status
+                metrics.event_handled(
+                    event_type, outcome, seconds=time.perf_counter() - started, svix_timestamp=delivery.svix_timestamp
+                )
+                return status
     except Exception as exc:  # sorted by classify(); nothing is swallowed
         kind = classify(exc)
         if kind is Failure.UNAVAILABLE:
@@ -52,7 +61,7 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
         error = str(exc) if isinstance(exc, PermanentEventError) else describe(exc)
         if kind is not Failure.PERMANENT:
             log.warning("event_attempt_failed", error=error, exc_info=kind is Failure.TRANSIENT)
-        return _record_failure(
+        status = _record_failure(
             factory,
             delivery,
             payload,
@@ -62,6 +71,8 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
             permanent=kind is Failure.PERMANENT,
             settings=settings,
         )
+        metrics.event_handled(event_type, status, seconds=time.perf_counter() - started, svix_timestamp=None)
+        return status
     raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
@@ -90,6 +101,7 @@ def _apply(
     claimed = ledger.claim(session, delivery, payload=payload, event_type=event_type, entity_id=entity_id)
     if claimed.status in ("processed", "ignored", "dead"):
         log.info("event_duplicate", status=claimed.status)
+        session.info["duplicate"] = True  # read by process_delivery for the metrics
         return claimed.status
     outcome = _dispatch(session, payload, event_type, settings)
     ledger.finish(session, delivery.svix_id, status=outcome.status, reason=outcome.reason)

@@ -1,0 +1,322 @@
+"""Failure handling, proven with real processes and real outages.
+
+Outages are simulated with a TCP proxy cut in front of Postgres or Redis (the shared
+servers keep running); recurring transient failures come from a real lock the test
+holds on the users table while the worker's lock_timeout trips.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import requests
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import sessionmaker
+
+from shared.db import make_engine
+from shared.models import User, WebhookEvent
+from shared.queue import enqueue_event, make_celery
+from tests.support.processes import free_port
+from tests.support.proxy import TcpProxy
+from tests.support.signing import load_payload, new_svix_id, post_event
+from tests.support.waiting import wait_for
+from worker.errors import Failure, classify
+
+pytestmark = pytest.mark.e2e
+
+
+def via_proxy(url: str, proxy: TcpProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+def user_created(tag: str, index: int) -> dict:
+    payload = copy.deepcopy(load_payload("user.created"))
+    payload["data"]["id"] = f"user_{tag}_{index}"
+    return payload
+
+
+def statuses(session_factory) -> dict[str, str]:
+    with session_factory() as session:
+        return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
+
+
+def error_of(statement) -> BaseException:  # type: ignore[no-untyped-def]
+    try:
+        statement()
+    except DBAPIError as exc:
+        return exc
+    raise AssertionError("the statement was expected to fail")
+
+
+# -- classification against real psycopg errors -----------------------------------------
+
+
+def test_classify_sorts_real_connection_and_lock_errors(settings, database_url):
+    # Given engines to a closed port, to a proxy in front of Postgres, and to Postgres itself
+    closed = make_engine(replace(settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x"))
+    proxy = TcpProxy("127.0.0.1", 5432)
+    proxied = make_engine(replace(settings, database_url=via_proxy(database_url, proxy)))
+    direct = make_engine(replace(settings, db_lock_timeout_seconds=0.2, db_statement_timeout_seconds=0.5))
+    try:
+
+        def refused():
+            with closed.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        def dropped_mid_transaction():
+            with sessionmaker(proxied).begin() as session:
+                session.execute(text("SELECT 1"))
+                proxy.cut()
+                session.execute(text("SELECT 2"))
+
+        def reset_at_connect():
+            with proxied.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        # When each fails for its own reason
+        # Then unreachable Postgres is UNAVAILABLE: the attempt spends no budget
+        assert classify(error_of(refused)) is Failure.UNAVAILABLE
+        assert classify(error_of(dropped_mid_transaction)) is Failure.UNAVAILABLE
+        assert classify(error_of(reset_at_connect)) is Failure.UNAVAILABLE  # proxy still cut
+        proxy.restore()
+
+        # And a lock or statement timeout is TRANSIENT: retried with backoff, within the budget
+        with psycopg.connect(database_url) as holder:
+            holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+            def lock_wait():
+                with direct.connect() as conn:
+                    conn.execute(text("SELECT count(*) FROM users"))
+
+            lock_error = error_of(lock_wait)
+            holder.rollback()
+        assert isinstance(lock_error.orig, psycopg.errors.LockNotAvailable)
+        assert classify(lock_error) is Failure.TRANSIENT
+
+        def slow_statement():
+            with direct.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(5)"))
+
+        slow_error = error_of(slow_statement)
+        assert isinstance(slow_error.orig, psycopg.errors.QueryCanceled)
+        assert classify(slow_error) is Failure.TRANSIENT
+    finally:
+        proxy.close()
+        for engine in (closed, proxied, direct):
+            engine.dispose()
+
+
+# -- Postgres unreachable while events flow ----------------------------------------------
+
+
+def test_postgres_outage_drains_without_dead_events_or_spent_budget(processes, session_factory, database_url):
+    # Given an ingress, a worker whose Postgres is behind a proxy, and beat
+    proxy = TcpProxy("127.0.0.1", 5432)
+    try:
+        web = processes.start_web()
+        worker = processes.start_worker(DATABASE_URL=via_proxy(database_url, proxy))
+        processes.start_beat(DATABASE_URL=via_proxy(database_url, proxy))
+        http = requests.Session()
+        sent: list[str] = []
+
+        def send(index: int) -> None:
+            svix_id = f"msg_pg_outage_{index}"
+            assert post_event(web.url, user_created("pgout", index), svix_id=svix_id, session=http).status_code == 200
+            sent.append(svix_id)
+
+        # When 15 events arrive, then Postgres becomes unreachable for 20 s while 25 more arrive
+        for index in range(15):
+            send(index)
+        proxy.cut()
+        cut_at = time.monotonic()
+        for index in range(15, 40):
+            send(index)
+            time.sleep(0.8)
+        wait_for(lambda: time.monotonic() - cut_at >= 20, timeout=30, what="20 s of outage")
+        proxy.restore()
+        # ...and 10 more after it is back, with one unsynced type among them
+        for index in range(40, 49):
+            send(index)
+        assert post_event(web.url, load_payload("session.created"), svix_id="msg_pg_outage_49").status_code == 200
+        sent.append("msg_pg_outage_49")
+
+        # Then every event ends final without an operator: processed, or ignored for the unsynced type
+        def drained():
+            seen = statuses(session_factory)
+            return len(seen) == len(sent) and all(s in ("processed", "ignored", "dead") for s in seen.values()) and seen
+
+        final = wait_for(drained, timeout=180, what="backlog drained after the outage")
+        assert set(final) == set(sent)
+        assert final.pop("msg_pg_outage_49") == "ignored"
+        assert set(final.values()) == {"processed"}
+
+        # And nothing was applied twice or spent budget on the outage: one row each, one attempt each
+        with session_factory() as session:
+            attempts = dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.attempts)).all())
+            errors = session.scalar(select(func.count()).where(func.jsonb_array_length(WebhookEvent.errors) > 0))
+            users = session.scalar(select(func.count()).select_from(User).where(User.clerk_id.like("user_pgout_%")))
+        assert set(attempts.values()) == {1}, {k: v for k, v in attempts.items() if v != 1}
+        assert '"database_unavailable"' in worker.log()  # the outage was real: attempts did fail on it
+        assert errors == 0
+        assert users == 49
+    finally:
+        proxy.close()
+
+
+# -- Redis unreachable at the ingress ----------------------------------------------------
+
+
+def test_redis_outage_at_ingress_loses_no_event(processes, session_factory, redis_url):
+    # Given an ingress whose Redis is behind a proxy, and a worker on Redis directly
+    proxy = TcpProxy("127.0.0.1", 6379)
+    try:
+        web = processes.start_web(REDIS_URL=via_proxy(redis_url, proxy))
+        processes.start_worker()
+        http = requests.Session()
+        payloads = {f"msg_redis_outage_{i}": user_created("redisout", i) for i in range(30)}
+        answers: dict[str, int] = {}
+
+        def send(svix_id: str) -> int:
+            answers[svix_id] = post_event(web.url, payloads[svix_id], svix_id=svix_id, session=http).status_code
+            return answers[svix_id]
+
+        ids = list(payloads)
+        # When 10 events arrive, Redis becomes unreachable for 10 more, and it is back for the last 10
+        for svix_id in ids[:10]:
+            assert send(svix_id) == 200
+        proxy.cut()
+        during = [send(svix_id) for svix_id in ids[10:20]]
+        proxy.restore()
+        for svix_id in ids[20:]:
+            send(svix_id)
+
+        # Then every event received during the outage was refused with 503, so Svix retries it
+        assert during == [503] * 10
+
+        # And once the test re-posts every refused event (as Svix would), each gets a 2xx
+        def resend_refused():
+            for svix_id in [s for s, status in answers.items() if status != 200]:
+                send(svix_id)
+            return all(status == 200 for status in answers.values())
+
+        wait_for(resend_refused, timeout=60, interval=1, what="refused events accepted on retry")
+
+        # And every event ends processed, each applied once
+        def drained():
+            seen = statuses(session_factory)
+            return len(seen) == len(ids) and set(seen.values()) == {"processed"}
+
+        wait_for(drained, timeout=120, what="every event processed after Redis came back")
+        with session_factory() as session:
+            attempts = set(session.scalars(select(WebhookEvent.attempts)))
+            users = session.scalar(select(func.count()).select_from(User).where(User.clerk_id.like("user_redisout_%")))
+        assert attempts == {1}
+        assert users == len(ids)
+    finally:
+        proxy.close()
+
+
+# -- a transient failure that keeps failing ---------------------------------------------
+
+
+def _start_retrying_worker(processes, *, max_attempts: int) -> None:
+    fast = {
+        "RETRY_MAX_ATTEMPTS": str(max_attempts),
+        "RETRY_BASE_SECONDS": "0.5",
+        "SWEEP_INTERVAL_SECONDS": "1",
+        "DB_LOCK_TIMEOUT_SECONDS": "1",
+    }
+    processes.start_worker(concurrency=1, **fast)
+    processes.start_beat(**fast)
+
+
+def _enqueue_user_created(settings, svix_id: str) -> None:
+    publisher = make_celery(settings, role="publisher")
+    try:
+        body = json.dumps(user_created("locked", 1))
+        enqueue_event(publisher, svix_id=svix_id, svix_timestamp=int(time.time()), body=body)
+    finally:
+        publisher.close()
+
+
+def _event(session_factory, svix_id: str) -> WebhookEvent | None:
+    with session_factory() as session:
+        return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
+
+
+def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
+    processes, session_factory, settings, database_url
+):
+    # Given a worker with a budget of 3 attempts and a lock the test holds on users
+    _start_retrying_worker(processes, max_attempts=3)
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+        # When a user.created arrives and its first attempt times out waiting for the lock
+        svix_id = new_svix_id()
+        _enqueue_user_created(settings, svix_id)
+        failed = wait_for(
+            lambda: (event := _event(session_factory, svix_id)) and event.status == "failed" and event,
+            timeout=90,
+            interval=0.05,
+            what="first attempt failed on the lock",
+        )
+        holder.rollback()  # the lock is released while budget remains
+    finally:
+        holder.close()
+
+    # Then the event is recorded failed with its error, and a later attempt applies it
+    assert failed.attempts == 1
+    assert "lock timeout" in (failed.last_error or "")
+    done = wait_for(
+        lambda: (event := _event(session_factory, svix_id)) and event.status != "failed" and event,
+        timeout=90,
+        what="retried after the lock was released",
+    )
+    assert done.status == "processed"
+    assert 2 <= done.attempts <= 3
+    assert len(done.errors) == done.attempts - 1
+    assert all("lock timeout" in entry["error"] for entry in done.errors)
+    with session_factory() as session:
+        assert session.scalars(select(User.clerk_id)).all() == ["user_locked_1"]
+
+
+def test_transient_failure_ends_dead_after_the_budget(processes, session_factory, settings, database_url):
+    # Given a worker with a budget of 2 attempts and a lock the test holds on users throughout
+    _start_retrying_worker(processes, max_attempts=2)
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+        # When a user.created arrives and every attempt times out waiting for the lock
+        svix_id = new_svix_id()
+        _enqueue_user_created(settings, svix_id)
+        dead = wait_for(
+            lambda: (event := _event(session_factory, svix_id)) and event.status == "dead" and event,
+            timeout=120,
+            what="event dead after its budget",
+        )
+    finally:
+        holder.rollback()
+        holder.close()
+
+    # Then it is dead after exactly its budget, with every attempt's error kept
+    assert dead.attempts == 2
+    assert dead.next_attempt_at is None
+    assert [entry["error"] for entry in dead.errors] == [dead.last_error] * 2
+    assert "LockNotAvailable" in (dead.last_error or "")
+    # And nothing was applied
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(User)) == 0

@@ -1,0 +1,131 @@
+"""The worker's scrape point: every child's counters plus gauges read at scrape time.
+
+Started from Celery's ``worker_ready`` signal in the worker's main process only, on
+``METRICS_PORT`` (0 disables). The gauges come from Postgres (dead letters, waiting
+events, oldest unprocessed age) and Redis (queue depth) when Prometheus asks, so they
+are true even when no event is flowing; if a store does not answer, its ``*_up``
+gauge says 0 and the scrape still succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import structlog
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from shared import metrics
+from shared.config import Settings
+from shared.queue import control_queue
+
+log = structlog.get_logger("clerk_sync.metrics")
+
+# kombu's Redis transport keeps a priority level's messages under "<queue>\x06\x16<n>".
+_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+
+_WAITING_SQL = text(
+    """
+    SELECT status, count(*) AS n, min(received_at) AS oldest
+    FROM webhook_events
+    WHERE status IN ('pending', 'failed', 'dead')
+    GROUP BY status
+    """
+)
+
+
+class ScrapeTimeCollector(Collector):
+    """Gauges computed when scraped, from Postgres and Redis, with short timeouts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.queues = (settings.queue_name, control_queue(settings))
+        # No pool: a connection per scrape, never one a forked child could inherit.
+        self.engine: Engine = create_engine(
+            settings.sqlalchemy_url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": 3,
+                "application_name": "clerk-sync-metrics",
+                "options": "-c statement_timeout=5000",
+            },
+        )
+        url = settings.redis_url.replace("redis+socket://", "unix://", 1)
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._database()
+        yield from self._broker()
+
+    def _database(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(f"{metrics.PREFIX}_database_up", "1 if the worker's scrape reached Postgres.")
+        dead = GaugeMetricFamily(
+            f"{metrics.PREFIX}_dead_letter_events", "Events in status dead, waiting for an operator."
+        )
+        waiting = GaugeMetricFamily(
+            f"{metrics.PREFIX}_events_waiting", "Events recorded but not final, by status.", labels=["status"]
+        )
+        oldest = GaugeMetricFamily(
+            f"{metrics.PREFIX}_oldest_unprocessed_age_seconds",
+            "Age of the oldest pending or failed event (0 when there is none).",
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = {row.status: row for row in conn.execute(_WAITING_SQL)}
+                now = conn.execute(text("SELECT now()")).scalar_one()
+        except Exception as exc:  # any database failure: report it as a gauge, keep serving
+            log.warning("metrics_database_unavailable", error=type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        dead.add_metric([], rows["dead"].n if "dead" in rows else 0)
+        ages = [(now - rows[s].oldest).total_seconds() for s in ("pending", "failed") if s in rows]
+        for status in ("pending", "failed"):
+            waiting.add_metric([status], rows[status].n if status in rows else 0)
+        oldest.add_metric([], max([0.0, *ages]))
+        yield from (up, dead, waiting, oldest)
+
+    def _broker(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(f"{metrics.PREFIX}_broker_up", "1 if the worker's scrape reached Redis.")
+        depth = GaugeMetricFamily(
+            f"{metrics.PREFIX}_queue_depth", "Messages waiting in the Redis queue (LLEN).", labels=["queue"]
+        )
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for queue in self.queues:
+                pipe.llen(queue)
+                for step in _PRIORITY_STEPS:
+                    pipe.llen(f"{queue}{_PRIORITY_SEPARATOR}{step}")
+            lengths = pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics_broker_unavailable", error=type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        per_queue = 1 + len(_PRIORITY_STEPS)
+        for index, queue in enumerate(self.queues):
+            depth.add_metric([queue], sum(lengths[index * per_queue : (index + 1) * per_queue]))
+        yield from (up, depth)
+
+
+def start(settings: Settings) -> bool:
+    """Serve the worker's metrics on ``settings.metrics_port``; False if disabled or the port is taken."""
+    if not settings.metrics_port:
+        return False
+    registry = metrics.registry(ScrapeTimeCollector(settings))
+    try:
+        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped remotely
+    except OSError as exc:
+        # Another worker on this host has the port: the worker still works, unscraped.
+        log.warning("metrics_server_not_started", port=settings.metrics_port, error=str(exc))
+        return False
+    log.info("metrics_server_started", port=settings.metrics_port, multiproc_dir=os.environ.get(metrics.MULTIPROC_ENV))
+    return True
