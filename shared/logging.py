@@ -61,6 +61,8 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
             # Celery's per-task lines carry no svix_id; ours say the same with it.
             "celery.app.trace": {"level": "WARNING"},
             "celery.worker.strategy": {"level": "WARNING"},
+            # At DEBUG it prints each task's raw arguments: the event body, PII included.
+            "celery.pool": {"level": "INFO"},
             "kombu": {"level": "WARNING"},
             "alembic": {"level": level},
         },
@@ -75,6 +77,8 @@ def configure_logging(
     if _configured and not force:
         return
     logging.config.dictConfig(logging_dict(log_format=log_format, level=level, stream=stream))
+    # Python warnings (e.g. Celery's "running as root") become log records, not raw stderr text.
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[
             *_shared_processors()[:1],

@@ -107,4 +107,7 @@ def enqueue_event(
         args=(svix_id, svix_timestamp, body),
         task_id=svix_id,
         countdown=min(countdown, MAX_COUNTDOWN_SECONDS) if countdown else None,
+        # Celery logs and ships argsrepr around; the body holds PII, so only its size goes there.
+        argsrepr=repr((svix_id, svix_timestamp, f"<body: {len(body)} chars>")),
+        kwargsrepr="{}",
     )

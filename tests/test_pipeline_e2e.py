@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
 from sqlalchemy import func, select
 
-from shared.models import User, WebhookEvent
+from shared.models import FINAL_STATUSES, User, WebhookEvent
 from tests.support.signing import load_payload, post_event
 from tests.support.waiting import wait_for
 
@@ -31,3 +39,146 @@ def test_signed_event_is_recorded_and_applied(processes, session_factory):
         assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 1
         user = session.scalars(select(User)).one()
         assert user.email == "john.doe@example.com"
+
+
+# Realistic event types in rotation; entity k gets one of each (its user, org and membership).
+MIX = (
+    "user.created",
+    "organization.created",
+    "organizationMembership.created",
+    "user.updated",
+    "organization.updated",
+    "organizationMembership.updated",
+    "session.created",
+    "user.deleted",
+    "organization.deleted",
+)
+
+
+def mixed_event(index: int) -> tuple[str, dict[str, Any]]:
+    """Event ``index`` of a realistic mix: (svix-id, payload) with ids of its own entity."""
+    event_type = MIX[index % len(MIX)]
+    k = index // len(MIX)
+    payload = copy.deepcopy(load_payload(event_type))
+    data = payload["data"]
+    user_id, org_id = f"user_e2e{k:03d}", f"org_e2e{k:03d}"
+    if event_type.startswith("user."):
+        data["id"] = user_id
+    elif event_type.startswith("organization."):
+        data["id"] = org_id
+        if "slug" in data:
+            data["slug"] = f"acme-{k}"
+    elif event_type.startswith("organizationMembership."):
+        data["id"] = f"orgmem_e2e{k:03d}"
+        data["organization"]["id"] = org_id
+        data["public_user_data"]["user_id"] = user_id
+    else:
+        data["id"] = f"sess_e2e{k:03d}"
+        data["user_id"] = user_id
+    return f"msg_e2e_{index:04d}", payload
+
+
+def ledger_rows(session_factory) -> list[WebhookEvent]:
+    with session_factory() as session:
+        return list(session.scalars(select(WebhookEvent)))
+
+
+def post_all(url: str, deliveries: list[tuple[str, dict[str, Any]]], *, threads: int = 8) -> list[int]:
+    """POST every delivery from ``threads`` threads, each with its own keep-alive session."""
+    local = threading.local()
+
+    def send(delivery: tuple[str, dict[str, Any]]) -> int:
+        if not hasattr(local, "http"):
+            local.http = requests.Session()
+        svix_id, payload = delivery
+        return post_event(url, payload, svix_id=svix_id, session=local.http, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(send, deliveries))
+
+
+@pytest.mark.e2e
+def test_concurrent_duplicated_deliveries_give_one_row_each(processes, session_factory):
+    # Given a running ingress and two worker processes competing for the queue
+    web = processes.start_web()
+    processes.start_worker(concurrency=2)
+    processes.start_worker(concurrency=1)
+
+    # And 200 distinct events, a third of them delivered two or three times, in shuffled order
+    rng = random.Random(20240528)
+    events = [mixed_event(index) for index in range(200)]
+    deliveries = list(events)
+    for svix_id, payload in events[::3]:
+        deliveries.extend([(svix_id, payload)] * rng.choice((1, 2)))
+    rng.shuffle(deliveries)
+    assert len({svix_id for svix_id, _ in deliveries}) == 200
+
+    # When they are posted concurrently from 8 threads
+    statuses = post_all(web.url, deliveries)
+
+    # Then every delivery is accepted
+    assert statuses == [200] * len(deliveries)
+
+    # And once drained there is exactly one ledger row per event, each final and applied once
+    def drained() -> bool:
+        rows = ledger_rows(session_factory)
+        return len(rows) == 200 and all(row.status in FINAL_STATUSES for row in rows)
+
+    wait_for(drained, timeout=180, what="200 events at a final status")
+    rows = ledger_rows(session_factory)
+    assert sorted(row.svix_id for row in rows) == sorted(svix_id for svix_id, _ in events)
+    assert {row.status for row in rows} <= {"processed", "ignored"}, [
+        (row.svix_id, row.status, row.last_error) for row in rows if row.status not in ("processed", "ignored")
+    ]
+    assert all(row.attempts == 1 for row in rows)
+    by_id = {row.svix_id: row for row in rows}
+    for svix_id, payload in events:
+        assert by_id[svix_id].event_type == payload["type"]
+    assert all(by_id[svix_id].status == "ignored" for svix_id, p in events if p["type"] == "session.created")
+
+    # And whatever the order, every user whose delete was sent is deleted (a delete wins)
+    deleted_users = {p["data"]["id"] for _, p in events if p["type"] == "user.deleted"}
+    with session_factory() as session:
+        users = {user.clerk_id: user for user in session.scalars(select(User))}
+    assert deleted_users
+    assert all(users[user_id].deleted_at is not None for user_id in deleted_users)
+
+
+@pytest.mark.e2e
+def test_events_held_by_a_killed_worker_are_applied_by_the_next(processes, session_factory, redis_client):
+    # Given 60 events accepted by the ingress while no worker runs
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    web = processes.start_web()
+    events = [mixed_event(index) for index in range(60)]
+    assert post_all(web.url, events, threads=4) == [200] * len(events)
+
+    # When a single-process worker starts on them and is killed (SIGKILL, whole group) mid-backlog
+    first = processes.start_worker(concurrency=1, wait=False)
+
+    def finished() -> int:
+        return sum(row.status in FINAL_STATUSES for row in ledger_rows(session_factory))
+
+    wait_for(lambda: finished() >= 1, timeout=120, interval=0.02, what=f"first event processed\n{first.log()}")
+    first.kill()
+    first.popen.wait(timeout=30)
+    finished_at_kill = finished()
+
+    # Then the killed worker had left work behind, including a message it held unacknowledged
+    assert finished_at_kill < len(events), "the worker finished everything before it was killed"
+    assert redis_client.hlen("unacked") >= 1
+
+    # When a new worker starts
+    processes.start_worker(concurrency=2)
+
+    # Then every event reaches a final status exactly once, and the message the dead worker held is
+    # restored after the visibility timeout (90 s), redelivered and acknowledged: nothing stays unacked
+    def all_final() -> bool:
+        rows = ledger_rows(session_factory)
+        done = len(rows) == len(events) and all(row.status in FINAL_STATUSES for row in rows)
+        return done and redis_client.hlen("unacked") == 0 and redis_client.llen(queue) == 0
+
+    wait_for(all_final, timeout=170, interval=1, what="every event final and acknowledged after the kill")
+    rows = ledger_rows(session_factory)
+    assert sorted(row.svix_id for row in rows) == sorted(svix_id for svix_id, _ in events)
+    assert {row.status for row in rows} <= {"processed", "ignored"}
+    assert all(row.attempts == 1 for row in rows)

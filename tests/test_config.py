@@ -1,0 +1,216 @@
+"""Settings: good and bad environments, and processes that refuse to start half-configured."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from shared.config import ConfigError, Settings, load_settings
+from tests.support.processes import free_port
+from tests.support.services import ROOT, bin_path
+from tests.support.signing import OTHER_SECRET, SECRET
+
+
+def good_env(**overrides: str) -> dict[str, str]:
+    env = {
+        "CLERK_WEBHOOK_SECRET": SECRET,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/clerk_sync",
+        "REDIS_URL": "redis://127.0.0.1:6379/3",
+        "LOG_FORMAT": "json",
+    }
+    env.update(overrides)
+    return env
+
+
+def config_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_defaults_from_an_empty_environment():
+    settings = load_settings({"LOG_FORMAT": "json"})
+    assert settings.database_url == "postgresql+psycopg://postgres@localhost:5432/clerk_sync"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.clerk_api_url == "https://api.clerk.com"
+    assert settings.log_level == "INFO"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.queue_name == "clerk-events"
+    assert settings.max_attempts == 8
+    assert settings.clerk_secret_key is None
+
+
+def test_good_environment_is_read():
+    settings = load_settings(good_env(LOG_LEVEL="debug", MAX_BODY_BYTES="2048", CLERK_SYNC_QUEUE="q1"))
+    assert settings.webhook_secrets == (SECRET,)
+    assert settings.require_webhook_secrets() == (SECRET,)
+    assert settings.sqlalchemy_url == "postgresql+psycopg://postgres@127.0.0.1:5432/clerk_sync"
+    assert settings.redis_url == "redis://127.0.0.1:6379/3"
+    assert settings.log_level == "DEBUG"
+    assert settings.max_body_bytes == 2048
+    assert settings.queue_name == "q1"
+
+
+def test_missing_webhook_secret_is_refused_when_required():
+    settings = load_settings({"LOG_FORMAT": "json"})
+    with pytest.raises(ConfigError) as info:
+        settings.require_webhook_secrets()
+    assert "CLERK_WEBHOOK_SECRET" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_webhook_secret_counts_as_missing():
+    settings = load_settings(good_env(CLERK_WEBHOOK_SECRET=" , "))
+    with pytest.raises(ConfigError, match="CLERK_WEBHOOK_SECRET"):
+        settings.require_webhook_secrets()
+
+
+@pytest.mark.parametrize(
+    "secret", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "sk_test_abc", "whsec", "whsec_!!!not-base64!!!"]
+)
+def test_secret_that_is_not_a_svix_secret_is_refused(secret):
+    assert "CLERK_WEBHOOK_SECRET" in config_error(good_env(CLERK_WEBHOOK_SECRET=secret))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"{SECRET} {OTHER_SECRET}",
+        f"{SECRET},{OTHER_SECRET}",
+        f" {SECRET} ,\t{OTHER_SECRET}, ",
+    ],
+)
+def test_several_secrets_during_rotation(raw):
+    settings: Settings = load_settings(good_env(CLERK_WEBHOOK_SECRET=raw))
+    assert settings.require_webhook_secrets() == (SECRET, OTHER_SECRET)
+
+
+def test_one_bad_secret_among_several_is_refused():
+    assert "CLERK_WEBHOOK_SECRET" in config_error(good_env(CLERK_WEBHOOK_SECRET=f"{SECRET} nope"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "mysql://root@localhost/db"),
+        ("DATABASE_URL", "postgresql://"),
+        ("DATABASE_URL", "postgresql://localhost:notaport/db"),
+        ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "http://localhost:6379/0"),
+        ("REDIS_URL", "redis://"),
+        ("REDIS_URL", "redis://localhost:99999999/0"),
+        ("CLERK_API_URL", "api.clerk.com"),
+        ("CLERK_API_URL", "ftp://api.clerk.com"),
+        ("CLERK_API_URL", "https://"),
+    ],
+)
+def test_malformed_urls_are_refused(name, value):
+    assert name in config_error(good_env(**{name: value}))
+
+
+def test_postgres_scheme_variants_are_accepted():
+    for url in ("postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"):
+        assert load_settings(good_env(DATABASE_URL=url)).sqlalchemy_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MAX_BODY_BYTES",
+        "RETRY_MAX_ATTEMPTS",
+        "RETRY_BASE_SECONDS",
+        "STALE_PENDING_SECONDS",
+        "SWEEP_INTERVAL_SECONDS",
+        "PAYLOAD_RETENTION_DAYS",
+        "RECONCILE_INTERVAL_SECONDS",
+        "METRICS_PORT",
+    ],
+)
+def test_negative_numbers_are_refused(name):
+    assert name in config_error(good_env(**{name: "-1"}))
+
+
+@pytest.mark.parametrize("name", ["MAX_BODY_BYTES", "RETRY_MAX_ATTEMPTS", "RETRY_BASE_SECONDS", "METRICS_PORT"])
+def test_non_numbers_are_refused(name):
+    assert name in config_error(good_env(**{name: "lots"}))
+
+
+@pytest.mark.parametrize(("name", "value"), [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"), ("LOG_LEVEL", "info\nx")])
+def test_bad_log_settings_are_refused(name, value):
+    assert name in config_error(good_env(**{name: value}))
+
+
+def test_bad_clerk_secret_key_is_refused():
+    assert "CLERK_SECRET_KEY" in config_error(good_env(CLERK_SECRET_KEY="pk_test_x"))
+
+
+def test_error_message_does_not_echo_the_secret():
+    bad = "whsec_" + "?" * 20 + "SUPERSECRET"
+    assert "SUPERSECRET" not in config_error(good_env(CLERK_WEBHOOK_SECRET=bad))
+
+
+def _run_until_exit(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # A process that restarted workers forever would hit this timeout and fail the test.
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _config_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("secret", [None, "", "not-a-whsec-secret", "whsec_%%%"])
+def test_gunicorn_refuses_to_start_without_a_good_secret(base_env, secret):
+    # Given the web process's environment with a missing or bad secret
+    env = {**base_env, "PORT": str(free_port()), "HOST": "127.0.0.1"}
+    env.pop("CLERK_WEBHOOK_SECRET")
+    if secret is not None:
+        env["CLERK_WEBHOOK_SECRET"] = secret
+
+    # When gunicorn starts as the Procfile starts it
+    result = _run_until_exit([bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", "ingress.wsgi:app"], env)
+
+    # Then the whole process exits non-zero with one line naming the variable
+    assert result.returncode != 0
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "CLERK_WEBHOOK_SECRET" in lines[0]
+
+
+def test_gunicorn_refuses_to_start_with_a_malformed_redis_url(base_env):
+    env = {**base_env, "PORT": str(free_port()), "HOST": "127.0.0.1", "REDIS_URL": "redis//nohost"}
+    result = _run_until_exit([bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", "ingress.wsgi:app"], env)
+    assert result.returncode != 0
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "REDIS_URL" in lines[0]
+
+
+@pytest.mark.parametrize(("name", "value"), [("DATABASE_URL", "mysql://x@y/z"), ("LOG_LEVEL", "LOUD")])
+def test_celery_worker_refuses_to_start_with_bad_settings(base_env, name, value):
+    # Given the worker's environment with one malformed variable
+    env = {**base_env, name: value}
+
+    # When the Celery worker starts
+    argv = [bin_path("celery"), "-A", "worker.celery_app", "worker", "--pool", "solo", "--without-gossip"]
+    result = _run_until_exit(argv, env)
+
+    # Then it exits non-zero with one line naming the variable
+    assert result.returncode != 0
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_celery_beat_refuses_to_start_with_bad_settings(base_env, tmp_path):
+    env = {**base_env, "DATABASE_URL": "mysql://x@y/z"}
+    argv = [bin_path("celery"), "-A", "worker.celery_app", "beat", "--schedule", str(tmp_path / "schedule")]
+    result = _run_until_exit(argv, env)
+    assert result.returncode != 0
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0]

@@ -1,0 +1,83 @@
+"""Log lines of the real processes: one JSON object each, event context bound, no secrets or PII."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from shared.models import WebhookEvent
+from tests.support.signing import OTHER_SECRET, SECRET, load_payload, post_event
+from tests.support.waiting import wait_for
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every non-empty line parsed; fails naming the first line that is not one JSON object."""
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            pytest.fail(f"log line is not JSON: {line!r}")
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+def emails_of(payload: dict[str, Any]) -> list[str]:
+    return [address["email_address"] for address in payload["data"].get("email_addresses", [])]
+
+
+@pytest.mark.e2e
+def test_process_logs_are_json_with_event_context_and_no_secrets(processes, session_factory):
+    # Given web and worker logging JSON at DEBUG, the most talkative level
+    web = processes.start_web(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    worker = processes.start_worker(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+    created, updated = load_payload("user.created"), load_payload("user.updated")
+    emails = emails_of(created) + emails_of(updated)
+    assert emails
+
+    # When events are accepted and applied, and one is rejected for its signature
+    assert post_event(web.url, created, svix_id="msg_log_created").status_code == 200
+    assert post_event(web.url, updated, svix_id="msg_log_updated").status_code == 200
+    assert post_event(web.url, updated, svix_id="msg_log_forged", secret=OTHER_SECRET).status_code == 401
+
+    def applied() -> bool:
+        with session_factory() as session:
+            statuses = session.scalars(select(WebhookEvent.status)).all()
+        return sorted(statuses) == ["processed", "processed"]
+
+    wait_for(applied, timeout=90, what="both events processed")
+    # (Read while they run: Celery's own "worker: Warm shutdown" on SIGTERM is printed raw.)
+    web_log, worker_log = web.log(), worker.log()
+
+    # Then every line of both processes is one JSON object
+    web_records, worker_records = json_lines(web_log), json_lines(worker_log)
+    assert web_records
+    assert worker_records
+
+    # And the ingress's lines about each event carry its svix_id
+    web_by_id = {r.get("svix_id"): r for r in web_records if r.get("event") in ("webhook_enqueued", "webhook_rejected")}
+    assert {"msg_log_created", "msg_log_updated", "msg_log_forged"} <= set(web_by_id)
+    assert web_by_id["msg_log_forged"]["event"] == "webhook_rejected"
+
+    # And the worker's lines about each event carry its svix_id and event_type
+    applied_lines = [r for r in worker_records if r.get("event") == "event_applied"]
+    assert {(r["svix_id"], r["event_type"]) for r in applied_lines} == {
+        ("msg_log_created", "user.created"),
+        ("msg_log_updated", "user.updated"),
+    }
+    for record in worker_records:
+        if record.get("svix_id"):
+            assert record.get("event_type"), record
+
+    # And neither the webhook secret nor any email address appears in any line
+    secret_key = SECRET.removeprefix("whsec_")
+    for line in web_log.splitlines() + worker_log.splitlines():
+        assert secret_key not in line
+        for email in emails:
+            assert email not in line, line
