@@ -145,7 +145,7 @@ def _lock(session: Session, kind: str, clerk_id: str, *, shared: bool) -> None:
     session.execute(text(f"SELECT {fn}(hashtextextended(:key, 0))"), {"key": f"{kind}:{clerk_id}"})
 
 
-def _upsert(session: Session, model: type, values: dict[str, Any], *, extra_set: dict[str, Any] | None = None) -> bool:
+def _upsert(session: Session, model: Any, values: dict[str, Any], *, extra_set: dict[str, Any] | None = None) -> bool:
     """Insert, or update only if newer; True when the row changed."""
     created_ms = values.pop("created_at_ms")
     updated_ms = values.pop("updated_at_ms")
@@ -154,10 +154,10 @@ def _upsert(session: Session, model: type, values: dict[str, Any], *, extra_set:
     if created_ms is not None:
         values["created_at"] = millis_to_datetime(created_ms)
     stmt = pg_insert(model).values(**values)
-    set_ = {name: stmt.excluded[name] for name in values if name != "clerk_id"}
+    set_: dict[str, Any] = {name: stmt.excluded[name] for name in values if name != "clerk_id"}
     set_["synced_at"] = func.now()
     set_.update(extra_set or {})
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=["clerk_id"],
         set_=set_,
         where=or_(
@@ -165,7 +165,7 @@ def _upsert(session: Session, model: type, values: dict[str, Any], *, extra_set:
             model.clerk_updated_at < stmt.excluded.clerk_updated_at,
         ),
     ).returning(model.id)
-    return session.execute(stmt).first() is not None
+    return session.execute(upsert).first() is not None
 
 
 def upsert_user(session: Session, fields: UserFields, *, scrub_pii: bool) -> bool:
@@ -193,27 +193,28 @@ def upsert_membership(session: Session, fields: MembershipFields) -> bool:
 
 def _deactivate_if_parent_deleted(session: Session, membership_id: str) -> None:
     m = OrganizationMembership.__table__.c
-    parent_deleted_at = func.coalesce(
+    # The earlier of the two deletes, as in Clerk's order (LEAST skips nulls).
+    parent_deleted_at = func.least(
         select(User.deleted_at).where(User.clerk_id == m.user_clerk_id).scalar_subquery(),
         select(Organization.deleted_at).where(Organization.clerk_id == m.organization_clerk_id).scalar_subquery(),
     )
     session.execute(
         update(OrganizationMembership)
-        .where(OrganizationMembership.clerk_id == membership_id, OrganizationMembership.deleted_at.is_(None))
-        .where(parent_deleted_at.is_not(None))
+        .where(OrganizationMembership.clerk_id == membership_id, parent_deleted_at.is_not(None))
+        .where(or_(OrganizationMembership.deleted_at.is_(None), OrganizationMembership.deleted_at > parent_deleted_at))
         .values(deleted_at=parent_deleted_at)
     )
 
 
-def _tombstone(session: Session, model: type, clerk_id: str, deleted_at: dt.datetime) -> bool:
-    """Mark deleted (the first delete wins); creates the row if never seen. True if changed."""
+def _tombstone(session: Session, model: Any, clerk_id: str, deleted_at: dt.datetime) -> bool:
+    """Mark deleted, the earliest delete winning in any arrival order; creates the row if unseen. True if changed."""
     stmt = pg_insert(model).values(clerk_id=clerk_id, deleted_at=deleted_at)
-    stmt = stmt.on_conflict_do_update(
+    tombstone = stmt.on_conflict_do_update(
         index_elements=["clerk_id"],
         set_={"deleted_at": stmt.excluded.deleted_at, "synced_at": func.now()},
-        where=model.deleted_at.is_(None),
+        where=or_(model.deleted_at.is_(None), model.deleted_at > stmt.excluded.deleted_at),
     ).returning(model.id)
-    return session.execute(stmt).first() is not None
+    return session.execute(tombstone).first() is not None
 
 
 def delete_user(session: Session, clerk_id: str, *, deleted_at: dt.datetime, scrub_pii: bool) -> bool:
@@ -244,7 +245,8 @@ def delete_membership(
 def _deactivate_memberships(session: Session, condition: Any, deleted_at: dt.datetime) -> None:
     session.execute(
         update(OrganizationMembership)
-        .where(condition, OrganizationMembership.deleted_at.is_(None))
+        .where(condition)
+        .where(or_(OrganizationMembership.deleted_at.is_(None), OrganizationMembership.deleted_at > deleted_at))
         .values(deleted_at=deleted_at, synced_at=func.now())
     )
 

@@ -1,0 +1,435 @@
+"""Event histories in Clerk's shape, and a reference model of what they must converge to.
+
+A history is what Clerk did, in Clerk's order: each event carries the time it happened
+(``at``, whole seconds in milliseconds so that a value written in seconds is exact). The
+builder tracks Clerk's own state so that it only emits events Clerk could send (no update
+of a deleted user, a membership only between a live user and a live organization).
+
+``reference_tables`` applies each distinct event once, in that order, with the rules of
+CONTRACT section 5, written here independently of ``worker/apply.py``. ``snapshot`` reads
+the same view of the real tables, so a test compares the two with ``==``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+START_MS = 1_716_883_200_000
+STEP_MS = 1_000
+USER_PII = ("email", "first_name", "last_name", "username", "image_url")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Clerk event as it would be delivered, plus what the model needs to know."""
+
+    svix_id: str
+    type: str
+    at: int  # when it happened in Clerk, ms: data.updated_at for upserts, envelope timestamp for deletes
+    payload: dict[str, Any]
+
+    @property
+    def body(self) -> str:
+        return json.dumps(self.payload)
+
+    @property
+    def entity_id(self) -> str:
+        return str(self.payload["data"]["id"])
+
+    def replayed(self) -> Event:
+        """The same event under a new svix-id, as a manual replay of old data would be."""
+        return Event(svix_id=new_svix_id(), type=self.type, at=self.at, payload=copy.deepcopy(self.payload))
+
+
+def new_svix_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def _clerk_time(ms: int, rng: random.Random) -> int:
+    """Clerk sends milliseconds; older shapes and the spec's examples use seconds."""
+    return ms // 1000 if rng.random() < 0.25 else ms
+
+
+@dataclass
+class _Membership:
+    clerk_id: str
+    user_id: str
+    org_id: str
+    first_data: dict[str, Any]
+    data: dict[str, Any]
+
+
+@dataclass
+class HistoryBuilder:
+    """Emits a plausible Clerk history one event at a time, in Clerk's order."""
+
+    rng: random.Random
+    prefix: str = "h"
+    now: int = START_MS
+    events: list[Event] = field(default_factory=list)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # live users' current data
+    orgs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memberships: dict[str, _Membership] = field(default_factory=dict)  # active ones
+    deleted_users: set[str] = field(default_factory=set)
+    deleted_orgs: set[str] = field(default_factory=set)
+    _counter: int = 0
+
+    def _tick(self) -> int:
+        self.now += STEP_MS
+        return self.now
+
+    def _next_id(self, kind: str) -> str:
+        self._counter += 1
+        return f"{kind}_{self.prefix}{self._counter:04d}"
+
+    def _emit(self, event_type: str, data: dict[str, Any], at: int) -> Event:
+        deleted = event_type.endswith(".deleted")
+        payload = {
+            "data": data,
+            "event_attributes": {"http_request": {"client_ip": "192.0.2.1", "user_agent": "history-builder"}},
+            "instance_id": "ins_history",
+            "object": "event",
+            # Deletes are ordered by this; for other events it is just a little after updated_at.
+            "timestamp": _clerk_time(at, self.rng) if deleted else at + 12,
+            "type": event_type,
+        }
+        if self.rng.random() < 0.2:
+            del payload["event_attributes"]  # older shapes have none
+        event = Event(svix_id=new_svix_id(), type=event_type, at=at, payload=payload)
+        self.events.append(event)
+        return event
+
+    # Users
+
+    def _user_data(self, clerk_id: str, at: int, created_at: int) -> dict[str, Any]:
+        rng = self.rng
+        tag = f"{clerk_id}-{at}"
+        addresses = [
+            {"id": f"idn_{tag}-{n}", "object": "email_address", "email_address": f"{tag}-{n}@example.com"}
+            for n in range(rng.randint(0, 3))
+        ]
+        rng.shuffle(addresses)
+        primary = rng.choice(addresses)["id"] if addresses else None
+        return {
+            "object": "user",
+            "id": clerk_id,
+            "primary_email_address_id": primary,
+            "email_addresses": addresses,
+            "phone_numbers": [] if addresses else [{"id": f"idn_phone_{tag}", "phone_number": "+15555550100"}],
+            "first_name": rng.choice([None, f"First {tag}"]),
+            "last_name": f"Last {tag}",
+            "username": rng.choice([None, f"user{tag}"]),
+            "image_url": f"https://img.example.com/{tag}",
+            "public_metadata": rng.choice([{}, {"tier": tag}, {"nested": {"at": at}}]),
+            "private_metadata": {"secret": tag},
+            "created_at": created_at,
+            "updated_at": _clerk_time(at, rng),
+        }
+
+    def create_user(self) -> Event:
+        clerk_id = self._next_id("user")
+        at = self._tick()
+        data = self._user_data(clerk_id, at, at)
+        self.users[clerk_id] = data
+        return self._emit("user.created", data, at)
+
+    def update_user(self, clerk_id: str) -> Event:
+        at = self._tick()
+        data = self._user_data(clerk_id, at, self.users[clerk_id]["created_at"])
+        self.users[clerk_id] = data
+        return self._emit("user.updated", data, at)
+
+    def delete_user(self, clerk_id: str) -> Event:
+        del self.users[clerk_id]
+        self.deleted_users.add(clerk_id)
+        for membership_id in [m.clerk_id for m in self.memberships.values() if m.user_id == clerk_id]:
+            del self.memberships[membership_id]
+        return self._emit("user.deleted", {"object": "user", "id": clerk_id, "deleted": True}, self._tick())
+
+    # Organizations
+
+    def _org_data(self, clerk_id: str, at: int, created_at: int) -> dict[str, Any]:
+        tag = f"{clerk_id}-{at}"
+        return {
+            "object": "organization",
+            "id": clerk_id,
+            "name": f"Org {tag}",
+            "slug": f"org-{tag}".lower(),
+            "image_url": self.rng.choice([None, f"https://img.example.com/{tag}"]),
+            "public_metadata": self.rng.choice([{}, {"plan_hint": tag}]),
+            "members_count": self.rng.randint(0, 9),
+            "created_at": created_at,
+            "updated_at": _clerk_time(at, self.rng),
+        }
+
+    def create_org(self) -> Event:
+        clerk_id = self._next_id("org")
+        at = self._tick()
+        data = self._org_data(clerk_id, at, at)
+        self.orgs[clerk_id] = data
+        return self._emit("organization.created", data, at)
+
+    def update_org(self, clerk_id: str) -> Event:
+        at = self._tick()
+        data = self._org_data(clerk_id, at, self.orgs[clerk_id]["created_at"])
+        self.orgs[clerk_id] = data
+        return self._emit("organization.updated", data, at)
+
+    def delete_org(self, clerk_id: str) -> Event:
+        slug = self.orgs.pop(clerk_id)["slug"]
+        self.deleted_orgs.add(clerk_id)
+        for membership_id in [m.clerk_id for m in self.memberships.values() if m.org_id == clerk_id]:
+            del self.memberships[membership_id]
+        data = {"object": "organization", "id": clerk_id, "slug": slug, "deleted": True}
+        return self._emit("organization.deleted", data, self._tick())
+
+    # Memberships
+
+    def _membership_data(self, clerk_id: str, user_id: str, org_id: str, role: str, at: int, created: int):  # type: ignore[no-untyped-def]
+        return {
+            "object": "organization_membership",
+            "id": clerk_id,
+            "role": role,
+            "permissions": ["org:sys_profile:read"],
+            "organization": {"object": "organization", "id": org_id, "name": self.orgs[org_id]["name"]},
+            "public_user_data": {
+                "user_id": user_id,
+                "first_name": self.users[user_id]["first_name"],
+                "identifier": f"{user_id}@example.com",
+            },
+            "created_at": created,
+            "updated_at": _clerk_time(at, self.rng),
+        }
+
+    def join(self, user_id: str, org_id: str) -> Event:
+        """A new membership (a user rejoining after leaving gets a new membership id)."""
+        clerk_id = self._next_id("orgmem")
+        at = self._tick()
+        data = self._membership_data(clerk_id, user_id, org_id, self.rng.choice(["org:member", "admin"]), at, at)
+        self.memberships[clerk_id] = _Membership(clerk_id, user_id, org_id, data, data)
+        return self._emit("organizationMembership.created", data, at)
+
+    def change_role(self, membership_id: str) -> Event:
+        membership = self.memberships[membership_id]
+        at = self._tick()
+        role = "org:admin" if membership.data["role"] != "org:admin" else "org:member"
+        data = self._membership_data(
+            membership_id, membership.user_id, membership.org_id, role, at, membership.first_data["created_at"]
+        )
+        membership.data = data
+        return self._emit("organizationMembership.updated", data, at)
+
+    def leave(self, membership_id: str) -> Event:
+        """The delete carries the full membership; often Clerk's stale copy (older updated_at)."""
+        membership = self.memberships.pop(membership_id)
+        data = copy.deepcopy(membership.first_data if self.rng.random() < 0.5 else membership.data)
+        return self._emit("organizationMembership.deleted", data, self._tick())
+
+    def active_pairs(self) -> set[tuple[str, str]]:
+        return {(m.user_id, m.org_id) for m in self.memberships.values()}
+
+    # Random steps
+
+    def step(self, choice: int, a: int, b: int) -> Event | None:
+        """One random but valid operation, chosen by three small integers; None if not possible."""
+        users, orgs, memberships = sorted(self.users), sorted(self.orgs), sorted(self.memberships)
+        kind = choice % 9
+        if kind == 0:
+            return self.create_user()
+        if kind == 1:
+            return self.create_org()
+        if kind == 2 and users:
+            return self.update_user(users[a % len(users)])
+        if kind == 3 and orgs:
+            return self.update_org(orgs[a % len(orgs)])
+        if kind in (4, 5) and users and orgs:
+            pair = (users[a % len(users)], orgs[b % len(orgs)])
+            return None if pair in self.active_pairs() else self.join(*pair)
+        if kind == 6 and memberships:
+            return self.change_role(memberships[a % len(memberships)])
+        if kind == 7 and memberships:
+            return self.leave(memberships[a % len(memberships)])
+        if kind == 8 and a % 3 == 0 and users:
+            return self.delete_user(users[b % len(users)])
+        if kind == 8 and a % 3 == 1 and orgs:
+            return self.delete_org(orgs[b % len(orgs)])
+        return None
+
+
+def random_history(
+    rng: random.Random, *, users: int, orgs: int, memberships: int, updates: int, deletes: int
+) -> HistoryBuilder:
+    """A larger history: entities first, then updates, role changes, leaves/rejoins and deletes mixed."""
+    history = HistoryBuilder(rng=rng, prefix=uuid.uuid4().hex[:6])
+    for _ in range(users):
+        history.create_user()
+    for _ in range(orgs):
+        history.create_org()
+    joined = 0
+    while joined < memberships:
+        pair = (rng.choice(sorted(history.users)), rng.choice(sorted(history.orgs)))
+        if pair not in history.active_pairs():
+            history.join(*pair)
+            joined += 1
+    for _ in range(updates):
+        roll = rng.random()
+        if roll < 0.35:
+            history.update_user(rng.choice(sorted(history.users)))
+        elif roll < 0.5:
+            history.update_org(rng.choice(sorted(history.orgs)))
+        elif roll < 0.75 and history.memberships:
+            history.change_role(rng.choice(sorted(history.memberships)))
+        elif history.memberships:
+            # Leave, and sometimes rejoin the same organization under a new membership id.
+            membership = history.memberships[rng.choice(sorted(history.memberships))]
+            history.leave(membership.clerk_id)
+            if rng.random() < 0.5:
+                history.join(membership.user_id, membership.org_id)
+    for n in range(deletes):
+        if n % 3 == 2 and len(history.orgs) > 1:
+            history.delete_org(rng.choice(sorted(history.orgs)))
+        elif len(history.users) > 1:
+            history.delete_user(rng.choice(sorted(history.users)))
+    return history
+
+
+# The reference model
+
+
+def _ms(value: Any) -> int:
+    number = int(value)
+    return number * 1000 if number < 10**12 else number
+
+
+def _primary_email(data: dict[str, Any]) -> str | None:
+    wanted = data.get("primary_email_address_id")
+    for address in data.get("email_addresses") or []:
+        if address.get("id") == wanted:
+            return address.get("email_address")
+    return None
+
+
+def _user_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "email": _primary_email(data),
+        "first_name": data.get("first_name"),
+        "last_name": data.get("last_name"),
+        "username": data.get("username"),
+        "image_url": data.get("image_url"),
+        "public_metadata": data.get("public_metadata") or {},
+    }
+
+
+def _org_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": data.get("name"),
+        "slug": data.get("slug"),
+        "image_url": data.get("image_url"),
+        "public_metadata": data.get("public_metadata") or {},
+    }
+
+
+def _membership_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "organization_clerk_id": (data.get("organization") or {}).get("id"),
+        "user_clerk_id": (data.get("public_user_data") or {}).get("user_id"),
+        "role": data.get("role"),
+    }
+
+
+_EMPTY = {
+    "users": dict.fromkeys(USER_PII) | {"public_metadata": {}},
+    "organizations": {"name": None, "slug": None, "image_url": None, "public_metadata": {}},
+    "organization_memberships": {"organization_clerk_id": None, "user_clerk_id": None, "role": None},
+}
+_TABLE_OF = {"user": "users", "organization": "organizations", "organizationMembership": "organization_memberships"}
+_ROW_OF = {"users": _user_row, "organizations": _org_row, "organization_memberships": _membership_row}
+
+Tables = dict[str, dict[str, dict[str, Any]]]
+
+
+def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
+    """Apply each distinct event once in Clerk's order: what the tables must hold when drained.
+
+    - created/updated: the row takes the event's data if it is newer (by Clerk's
+      ``updated_at``) than what it holds; a deleted row still takes older data it
+      never saw (it keeps its last known fields);
+    - a membership delete carries the membership: its data counts like an update,
+      so a stale copy (older ``updated_at``) changes no field;
+    - deleted_at is the earliest delete: the entity's own, or for a membership its
+      user's or organization's;
+    - with scrubbing, a deleted user's PII columns are empty.
+    """
+    distinct = {event.svix_id: event for event in events}
+    tables: Tables = {name: {} for name in _EMPTY}
+    versions: dict[tuple[str, str], int] = {}
+    for event in sorted(distinct.values(), key=lambda e: e.at):
+        family, _, action = event.type.rpartition(".")
+        table = _TABLE_OF.get(family)
+        if table is None:
+            continue  # not synced
+        data = event.payload["data"]
+        clerk_id = data["id"]
+        row = tables[table].setdefault(
+            clerk_id, {"clerk_id": clerk_id, **copy.deepcopy(_EMPTY[table])} | {"deleted_at": None}
+        )
+        carries_data = action != "deleted" or table == "organization_memberships"
+        if carries_data:
+            version = _ms(data.get("updated_at") or data.get("created_at"))
+            if version > versions.get((table, clerk_id), -1):
+                versions[(table, clerk_id)] = version
+                row.update(_ROW_OF[table](data))
+        if action == "deleted":
+            deleted_at = _ms(event.payload["timestamp"])
+            row["deleted_at"] = deleted_at if row["deleted_at"] is None else min(row["deleted_at"], deleted_at)
+    # A user's or organization's delete makes its memberships inactive, whenever they arrive.
+    for membership in tables["organization_memberships"].values():
+        for parent_table, key in (("users", "user_clerk_id"), ("organizations", "organization_clerk_id")):
+            parent = tables[parent_table].get(membership[key] or "")
+            if parent and parent["deleted_at"] is not None:
+                current = membership["deleted_at"]
+                membership["deleted_at"] = (
+                    parent["deleted_at"] if current is None else min(current, parent["deleted_at"])
+                )
+    if scrub_pii:
+        for user in tables["users"].values():
+            if user["deleted_at"] is not None:
+                user.update(dict.fromkeys(USER_PII))
+    return tables
+
+
+_SNAPSHOT_COLUMNS = {
+    "users": ("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
+    "organizations": ("name", "slug", "image_url", "public_metadata"),
+    "organization_memberships": ("organization_clerk_id", "user_clerk_id", "role"),
+}
+
+
+def _to_ms(value: dt.datetime | None) -> int | None:
+    return None if value is None else round(value.timestamp() * 1000)
+
+
+def snapshot(session: Session) -> Tables:
+    """The synced columns of the real tables, shaped like ``reference_tables``."""
+    tables: Tables = {}
+    for table, columns in _SNAPSHOT_COLUMNS.items():
+        rows = session.execute(text(f"SELECT clerk_id, {', '.join(columns)}, deleted_at FROM {table}"))  # noqa: S608
+        tables[table] = {
+            row.clerk_id: {"clerk_id": row.clerk_id, **{c: getattr(row, c) for c in columns}}
+            | {"deleted_at": _to_ms(row.deleted_at)}
+            for row in rows
+        }
+    return tables
+
+
+def truncate_synced_tables(session: Session) -> None:
+    session.execute(text("TRUNCATE webhook_events, users, organizations, organization_memberships, clerk_sync_control"))

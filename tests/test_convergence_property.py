@@ -1,0 +1,114 @@
+"""Property: any delivery order, with duplicates, converges to the reference model.
+
+Histories are generated in Clerk's order (tests/support/history.py), delivered through
+``process_delivery`` in a random permutation with repeated svix-ids, and the synced
+tables compared with applying each distinct event once in Clerk's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from shared.models import WebhookEvent
+from tests.support.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
+from worker.ledger import Delivery
+from worker.process import process_delivery
+
+steps = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
+
+
+def _history(rng: random.Random, script: list[tuple[int, int, int]]) -> list[Event]:
+    builder = HistoryBuilder(rng=rng)
+    # Users and an organization to start with; the first user leaves and rejoins under a new membership id.
+    user, _ = builder.create_user().entity_id, builder.create_user()
+    org = builder.create_org().entity_id
+    builder.leave(builder.join(user, org).entity_id)
+    builder.join(user, org)
+    for choice, a, b in script:
+        builder.step(choice, a, b)
+    return builder.events
+
+
+def _deliver(session_factory, app_settings, events: list[Event]) -> list[str]:  # type: ignore[no-untyped-def]
+    return [process_delivery(session_factory, Delivery(e.svix_id, None, e.body), settings=app_settings) for e in events]
+
+
+def _with_duplicates(rng: random.Random, events: list[Event]) -> list[Event]:
+    """Shuffled, with some events delivered again under the same svix-id."""
+    stream = events + [e for e in events if rng.random() < 0.3]
+    rng.shuffle(stream)
+    return stream
+
+
+def _ledger_statuses(session_factory) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with session_factory() as session:
+        rows = session.execute(select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status))
+        return {status: count for status, count in rows}
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=steps, rng=st.randoms(use_true_random=False), scrub=st.booleans())
+def test_any_delivery_order_converges_to_the_model(session_factory, settings, script, rng, scrub):  # type: ignore[no-untyped-def]
+    # Given a history in Clerk's order, and empty tables for this example
+    app_settings = dataclasses.replace(settings, deleted_user_pii="scrub" if scrub else "keep")
+    with session_factory.begin() as session:
+        truncate_synced_tables(session)
+    events = _history(rng, script)
+
+    # When it is delivered shuffled, with duplicates
+    stream = _with_duplicates(rng, events)
+    statuses = _deliver(session_factory, app_settings, stream)
+
+    # Then the tables equal the model, every event is final, and each svix-id has one row
+    assert set(statuses) <= {"processed", "ignored"}
+    with session_factory() as session:
+        assert snapshot(session) == reference_tables(events, scrub_pii=scrub)
+    assert sum(_ledger_statuses(session_factory).values()) == len(events)
+
+
+def test_concurrent_workers_converge_to_the_model(session_factory, settings):  # type: ignore[no-untyped-def]
+    # Given a history over a few rows, where every event touches the same handful of entities
+    rng = random.Random(20240528)
+    builder = HistoryBuilder(rng=rng)
+    users = [builder.create_user().entity_id for _ in range(3)]
+    orgs = [builder.create_org().entity_id for _ in range(2)]
+    for user in users:
+        for org in orgs:
+            builder.join(user, org)
+    for _ in range(40):
+        builder.step(rng.randrange(9), rng.randrange(6), rng.randrange(6))
+    events = builder.events
+
+    # When four threads each deliver the whole stream, shuffled and duplicated, at once
+    errors: list[BaseException] = []
+    results: list[str] = []
+    start = threading.Barrier(4)
+
+    def worker(seed: int) -> None:
+        try:
+            stream = _with_duplicates(random.Random(seed), events)
+            start.wait(timeout=30)
+            results.extend(_deliver(session_factory, settings, stream))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+
+    # Then no event failed, one row per svix-id, and the tables equal the model
+    assert errors == []
+    assert set(results) <= {"processed", "ignored"}
+    statuses = _ledger_statuses(session_factory)
+    assert set(statuses) <= {"processed", "ignored"}
+    assert sum(statuses.values()) == len(events)
+    with session_factory() as session:
+        assert snapshot(session) == reference_tables(events)
