@@ -5,19 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from celery import Celery
 from flask import current_app
 from svix.webhooks import Webhook
 
 from shared.config import Settings
-from shared.queue import make_celery
+from shared.queue import EventPublisher, make_celery
 
 
 @dataclass
 class IngressState:
     settings: Settings
     verifiers: tuple[Webhook, ...]
-    publisher: Celery
+    publisher: EventPublisher
     broker: redis.Redis
 
     @classmethod
@@ -25,7 +24,7 @@ class IngressState:
         return cls(
             settings=settings,
             verifiers=tuple(Webhook(secret) for secret in settings.require_webhook_secrets()),
-            publisher=make_celery(settings, role="publisher", name="clerk_sync_ingress"),
+            publisher=EventPublisher(make_celery(settings, role="publisher", name="clerk_sync_ingress"), settings),
             broker=broker_client(settings.redis_url),
         )
 

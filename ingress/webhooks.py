@@ -12,7 +12,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ingress.state import state
 from shared import metrics
-from shared.queue import enqueue_event
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger("clerk_sync.ingress")
@@ -58,7 +57,7 @@ def receive() -> tuple[dict[str, str], int] | Response:
 
         started = time.perf_counter()
         try:
-            enqueue_event(state().publisher, svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
+            state().publisher.publish(svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
         except Exception as exc:  # any broker failure: Svix must retry, never a 2xx
             log.warning("enqueue_failed", error=type(exc).__name__)
             metrics.observe_enqueue(time.perf_counter() - started)

@@ -111,3 +111,63 @@ def enqueue_event(
         argsrepr=repr((svix_id, svix_timestamp, f"<body: {len(body)} chars>")),
         kwargsrepr="{}",
     )
+
+
+class EventPublisher:
+    """The ingress's publisher: one LPUSH per event on a persistent Redis connection.
+
+    ``send_task`` costs about 0.6 ms a call, most of it routing, signals and kombu's
+    Redis transport building a new client object for every put; a raw LPUSH costs
+    0.15 ms. This publisher keeps what matters of the former and the speed of the
+    latter: the message is built by Celery (``as_task_v2``) and serialized by kombu,
+    then wrapped in the envelope kombu's Redis transport stores (what
+    ``Channel.prepare_message`` and ``_inplace_augment_message`` produce), so a
+    Celery worker cannot tell it from ``send_task``'s. The queue's bindings are
+    declared by the worker; a test compares both messages field by field.
+    """
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._app = app
+        self._queue = settings.queue_name
+        url = settings.redis_url.replace("redis+socket://", "unix://", 1)
+        # Fail fast, as the Celery publisher does: an outage is a 503 within 2 s.
+        self._redis = redis.Redis.from_url(
+            url, socket_connect_timeout=1, socket_timeout=1, health_check_interval=25, retry=Retry(NoBackoff(), 0)
+        )
+
+    def publish(self, *, svix_id: str, svix_timestamp: int | None, body: str) -> None:
+        """Put one event on the queue; raises redis.RedisError/OSError if Redis can't take it."""
+        import base64
+        import json
+        import uuid
+
+        from kombu.serialization import dumps
+
+        args = (svix_id, svix_timestamp, body)
+        message = self._app.amqp.as_task_v2(
+            svix_id,
+            PROCESS_EVENT_TASK,
+            args=args,
+            argsrepr=repr((svix_id, svix_timestamp, f"<body: {len(body)} chars>")),
+            kwargsrepr="{}",
+        )
+        content_type, content_encoding, data = dumps(message.body, serializer="json")
+        envelope = {
+            "body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": message.headers,
+            "properties": {
+                **message.properties,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": self._queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        self._redis.lpush(self._queue, json.dumps(envelope))
