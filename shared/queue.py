@@ -25,6 +25,13 @@ RECONCILE_TASK = "clerk_sync.reconcile"
 VISIBILITY_TIMEOUT_SECONDS = 90
 MAX_COUNTDOWN_SECONDS = 60
 
+# The worker applies events in batches: up to BATCH_SIZE per transaction, or what
+# arrived within BATCH_INTERVAL_SECONDS. Each worker process reserves BATCH_SIZE * 2
+# messages (one batch being applied, one filling); all are acked only after their
+# batch committed, and redelivered after the visibility timeout if the worker dies.
+BATCH_SIZE = 32
+BATCH_INTERVAL_SECONDS = 0.05
+
 
 def celery_config(settings: Settings, *, role: str) -> dict[str, Any]:
     """Celery settings for ``role`` "worker" (consumer, beat, CLI) or "publisher" (ingress).
@@ -63,11 +70,12 @@ def celery_config(settings: Settings, *, role: str) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         # Delivery guarantees: ack only after the task finished; a worker killed
-        # mid-task leaves its message to be redelivered; no hoarding of messages.
+        # mid-task leaves its messages to be redelivered; each process reserves
+        # two batches (see BATCH_SIZE above), no more.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": BATCH_SIZE * 2,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_soft_shutdown_timeout": 10.0,

@@ -62,7 +62,7 @@ def _json_banner(sender: str, instance: Any, conf: Any, **_: Any) -> None:
     structlog.get_logger("clerk_sync.worker").info(
         "worker_starting",
         hostname=sender,
-        concurrency=instance.concurrency,
+        concurrency=getattr(instance, "concurrency", None) or conf.worker_concurrency,
         queues=sorted(queue.name for queue in conf.task_queues or ()),
     )
 

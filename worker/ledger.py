@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -160,4 +160,57 @@ def set_paused(session: Session, paused: bool) -> None:
         stmt.on_conflict_do_update(
             index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": func.now()}
         )
+    )
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A delivery whose body is a JSON object with a type: ready to claim and apply."""
+
+    delivery: Delivery
+    payload: dict[str, Any]
+    event_type: str
+    entity_id: str | None
+
+
+def claim_many(session: Session, items: list[Parsed]) -> dict[str, str]:
+    """``claim`` for a batch in one statement: svix_id -> current status, rows locked.
+
+    Rows are inserted in svix-id order so two batches sharing an event lock in the
+    same order instead of deadlocking.
+    """
+    ordered = sorted(items, key=lambda item: item.delivery.svix_id)
+    stmt = pg_insert(WebhookEvent).values(
+        [_insert_values(i.delivery, i.payload, i.event_type, i.entity_id) for i in ordered]
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["svix_id"],
+        set_={"updated_at": func.now(), "entity_id": func.coalesce(WebhookEvent.entity_id, stmt.excluded.entity_id)},
+    ).returning(WebhookEvent.svix_id, WebhookEvent.status)
+    return {row.svix_id: row.status for row in session.execute(stmt)}
+
+
+def finish_many(session: Session, outcomes: dict[str, tuple[str, str | None]]) -> None:
+    """``finish`` for a batch: one pipelined executemany of the same UPDATE."""
+    if not outcomes:
+        return
+    table = WebhookEvent.__table__
+    stmt = (
+        update(table)
+        .where(table.c.svix_id == bindparam("b_svix_id"))
+        .values(
+            status=bindparam("b_status"),
+            attempts=table.c.attempts + 1,
+            last_error=bindparam("b_reason"),
+            processed_at=func.now(),
+            next_attempt_at=None,
+            updated_at=func.now(),
+        )
+    )
+    session.connection().execute(
+        stmt,
+        [
+            {"b_svix_id": svix_id, "b_status": status, "b_reason": reason}
+            for svix_id, (status, reason) in outcomes.items()
+        ],
     )

@@ -39,10 +39,8 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
     entity_id: str | None = None
     try:
         payload = decode_body(delivery.body)
-        event_type = event_type_of(payload)
-        data = payload.get("data")
-        if isinstance(data, dict) and isinstance(data.get("id"), str):
-            entity_id = data["id"][:64]
+        parsed = parse_delivery(delivery, payload)
+        event_type, entity_id = parsed.event_type, parsed.entity_id
         structlog.contextvars.bind_contextvars(event_type=event_type)
         for attempt in _deadlock_retries():
             with attempt, factory.begin() as session:
@@ -74,6 +72,15 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
         metrics.event_handled(event_type, status, seconds=time.perf_counter() - started, svix_timestamp=None)
         return status
     raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+def parse_delivery(delivery: ledger.Delivery, payload: dict[str, Any] | None = None) -> ledger.Parsed:
+    """The body as an event with a type; PermanentEventError when it is not one."""
+    payload = decode_body(delivery.body) if payload is None else payload
+    event_type = event_type_of(payload)
+    data = payload.get("data")
+    entity_id = data["id"][:64] if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+    return ledger.Parsed(delivery=delivery, payload=payload, event_type=event_type, entity_id=entity_id)
 
 
 def _deadlock_retries() -> Retrying:

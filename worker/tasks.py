@@ -3,46 +3,101 @@
 from __future__ import annotations
 
 import random
+import time
 
 import structlog
-from celery import Task
-from celery.exceptions import Reject
+from celery_batches import Batches, SimpleRequest
 from kombu.exceptions import OperationalError as BrokerError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from shared import metrics
 from shared.config import ConfigError, get_settings
 from shared.db import session_factory
-from shared.queue import MAX_COUNTDOWN_SECONDS, PROCESS_EVENT_TASK, PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK
+from shared.queue import (
+    BATCH_INTERVAL_SECONDS,
+    BATCH_SIZE,
+    MAX_COUNTDOWN_SECONDS,
+    PROCESS_EVENT_TASK,
+    PURGE_PAYLOADS_TASK,
+    RECONCILE_TASK,
+    SWEEP_TASK,
+    enqueue_event,
+)
 from worker import sweeper
+from worker.batch import process_batch
 from worker.celery_app import app
 from worker.errors import DatabaseUnavailable
 from worker.ledger import Delivery
-from worker.process import process_delivery
 
 log = structlog.get_logger("clerk_sync.tasks")
 
 
-@app.task(name=PROCESS_EVENT_TASK, bind=True, max_retries=None)
-def process_event(self: Task, svix_id: str, svix_timestamp: int | None, body: str) -> str:
-    """Apply one event. While Postgres is down, retry without spending its budget."""
-    structlog.contextvars.bind_contextvars(svix_id=svix_id, task_id=self.request.id)
+@app.task(
+    name=PROCESS_EVENT_TASK,
+    base=Batches,
+    flush_every=BATCH_SIZE,
+    flush_interval=BATCH_INTERVAL_SECONDS,
+    acks_late=True,
+    ignore_result=True,
+)
+def process_event(requests: list[SimpleRequest]) -> None:
+    """Apply a batch of events (each message is one event; acked after the batch returns).
+
+    While Postgres is unreachable the batch waits in-process (nothing else can make
+    progress either); after a minute its events go back to the queue with a short
+    countdown. No attempt spends an event's retry budget.
+    """
     settings = get_settings()
+    deliveries = [Delivery(*request.args) for request in requests]
+    structlog.contextvars.bind_contextvars(batch_size=len(deliveries))
     try:
-        return process_delivery(
-            session_factory(settings),
-            Delivery(svix_id=svix_id, svix_timestamp=svix_timestamp, body=body),
-            settings=settings,
-        )
-    except DatabaseUnavailable as exc:
-        metrics.database_unavailable_retry(structlog.contextvars.get_contextvars().get("event_type"))
-        countdown = min(2 ** min(self.request.retries, 5), MAX_COUNTDOWN_SECONDS / 2) + random.uniform(0, 1)
-        try:
-            raise self.retry(exc=exc, countdown=countdown) from exc
-        except BrokerError:
-            # Redis is gone too: leave the message where it is; it is redelivered.
-            raise Reject(exc, requeue=True) from exc
+        while True:
+            try:
+                for attempt in _while_database_unavailable(deliveries):
+                    with attempt:
+                        process_batch(session_factory(settings), deliveries, settings=settings)
+                return
+            except DatabaseUnavailable:
+                if _requeue_later(deliveries):
+                    return
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+def _while_database_unavailable(deliveries: list[Delivery]) -> Retrying:
+    def count_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        log.warning("database_unavailable", error=str(error), waiting_events=len(deliveries))
+        for _delivery in deliveries:
+            metrics.database_unavailable_retry(None)
+
+    return Retrying(
+        retry=retry_if_exception_type(DatabaseUnavailable),
+        wait=wait_random_exponential(multiplier=0.5, max=10),
+        stop=stop_after_delay(60),
+        before_sleep=count_retry,
+        reraise=True,
+    )
+
+
+def _requeue_later(deliveries: list[Delivery]) -> bool:
+    """Put the events back with a countdown; False (keep waiting) if Redis is down too."""
+    try:
+        for delivery in deliveries:
+            enqueue_event(
+                app,
+                svix_id=delivery.svix_id,
+                svix_timestamp=delivery.svix_timestamp,
+                body=delivery.body,
+                countdown=random.uniform(MAX_COUNTDOWN_SECONDS / 4, MAX_COUNTDOWN_SECONDS / 2),
+            )
+    except (BrokerError, OSError) as exc:
+        # Acking now would lose the events: hold them until either store is back.
+        log.warning("requeue_failed_waiting", error=type(exc).__name__)
+        time.sleep(5)
+        return False
+    log.warning("batch_requeued_database_unavailable", count=len(deliveries))
+    return True
 
 
 @app.task(name=SWEEP_TASK, ignore_result=True)

@@ -1,0 +1,101 @@
+"""A batch of events in one transaction keeps each event's own status and failure isolation."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select, text
+
+from shared.models import User, WebhookEvent
+from tests.support.signing import load_payload
+from worker.batch import process_batch
+from worker.ledger import Delivery, set_paused
+
+
+def _user_created(index: int) -> str:
+    payload = load_payload("user.created")
+    payload["data"]["id"] = f"user_batch_{index}"
+    return json.dumps(payload)
+
+
+def _statuses(session_factory) -> dict[str, tuple[str, int, str | None]]:
+    with session_factory() as session:
+        rows = session.execute(
+            select(WebhookEvent.svix_id, WebhookEvent.status, WebhookEvent.attempts, WebhookEvent.last_error)
+        )
+        return {row.svix_id: (row.status, row.attempts, row.last_error) for row in rows}
+
+
+def test_batch_applies_each_event_once_and_dedupes_within_the_batch(session_factory, settings):
+    # Given a batch with five events, one of them delivered twice, and an unsynced type
+    deliveries = [Delivery(f"msg_b{i}", 1700000000, _user_created(i)) for i in range(5)]
+    deliveries.insert(2, deliveries[0])
+    deliveries.append(Delivery("msg_session", 1700000000, json.dumps(load_payload("session.created"))))
+
+    # When it is applied
+    results = process_batch(session_factory, deliveries, settings=settings)
+
+    # Then every distinct event has one row, one attempt, and its own status
+    assert results == {**{f"msg_b{i}": "processed" for i in range(5)}, "msg_session": "ignored"}
+    statuses = _statuses(session_factory)
+    assert {k: v[:2] for k, v in statuses.items()} == {
+        **{f"msg_b{i}": ("processed", 1) for i in range(5)},
+        "msg_session": ("ignored", 1),
+    }
+    with session_factory() as session:
+        assert session.scalar(select(text("count(*)")).select_from(User)) == 5
+
+    # And a second delivery of the same batch changes nothing
+    assert process_batch(session_factory, deliveries, settings=settings) == results
+    assert _statuses(session_factory) == statuses
+
+
+def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, settings):
+    # Given a batch where one body is not JSON, one has no data.id, and one violates a column limit
+    too_long = load_payload("user.created")
+    too_long["data"]["id"] = "user_" + "x" * 40  # fits the envelope check, not the application's trigger
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION reject_x() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.clerk_id LIKE 'user_xxxx%' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        session.execute(text("CREATE TRIGGER reject_x BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION reject_x()"))
+    try:
+        deliveries = [
+            Delivery("msg_ok1", 1700000000, _user_created(1)),
+            Delivery("msg_not_json", 1700000000, "{not json"),
+            Delivery("msg_no_id", 1700000000, json.dumps({"type": "user.created", "data": {}})),
+            Delivery("msg_trigger", 1700000000, json.dumps(too_long)),
+            Delivery("msg_ok2", 1700000000, _user_created(2)),
+        ]
+
+        # When the batch is applied
+        results = process_batch(session_factory, deliveries, settings=settings)
+    finally:
+        with session_factory.begin() as session:
+            session.execute(text("DROP TRIGGER reject_x ON users"))
+
+    # Then the good events are processed, the invalid ones dead with a readable reason,
+    # and the one the database refused has failed (transient) with its error recorded
+    statuses = _statuses(session_factory)
+    assert results["msg_ok1"] == results["msg_ok2"] == "processed"
+    assert statuses["msg_not_json"][0] == "dead" and "not JSON" in statuses["msg_not_json"][2]
+    assert statuses["msg_no_id"][0] == "dead" and "data.id" in statuses["msg_no_id"][2]
+    assert statuses["msg_trigger"][0] in ("failed", "dead")
+    assert "rejected by test trigger" in statuses["msg_trigger"][2]
+    with session_factory() as session:
+        ids = set(session.scalars(select(User.clerk_id)))
+    assert ids == {"user_batch_1", "user_batch_2"}
+
+
+def test_a_paused_batch_is_held_pending(session_factory, settings):
+    with session_factory.begin() as session:
+        set_paused(session, True)
+    results = process_batch(session_factory, [Delivery("msg_held", 1700000000, _user_created(7))], settings=settings)
+    assert results == {"msg_held": "pending"}
+    assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
+    with session_factory() as session:
+        assert session.scalars(select(User)).first() is None
