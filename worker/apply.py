@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, literal, or_, select, text, update
+from sqlalchemy import bindparam, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -65,6 +66,13 @@ class MembershipFields:
     role: str | None
     created_at_ms: int | None
     updated_at_ms: int
+
+
+_DATA_COLUMNS: dict[type, tuple[str, ...]] = {
+    User: ("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
+    Organization: ("name", "slug", "image_url", "public_metadata"),
+    OrganizationMembership: ("organization_clerk_id", "user_clerk_id", "role"),
+}
 
 
 def _text(value: Any) -> str | None:
@@ -145,27 +153,48 @@ def _lock(session: Session, kind: str, clerk_id: str, *, shared: bool) -> None:
     session.execute(text(f"SELECT {fn}(hashtextextended(:key, 0))"), {"key": f"{kind}:{clerk_id}"})
 
 
-def _upsert(session: Session, model: Any, values: dict[str, Any], *, extra_set: dict[str, Any] | None = None) -> bool:
-    """Insert, or update only if newer; True when the row changed."""
-    created_ms = values.pop("created_at_ms")
-    updated_ms = values.pop("updated_at_ms")
-    values["clerk_updated_at"] = updated_ms
-    values["updated_at"] = millis_to_datetime(updated_ms) or func.now()
-    if created_ms is not None:
-        values["created_at"] = millis_to_datetime(created_ms)
-    stmt = pg_insert(model).values(**values)
-    set_: dict[str, Any] = {name: stmt.excluded[name] for name in values if name != "clerk_id"}
+# A membership write takes both shared locks in one round trip.
+_LOCK_PARENTS_SHARED = text(
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:user_key, 0)),"
+    " pg_advisory_xact_lock_shared(hashtextextended(:org_key, 0))"
+)
+
+
+@cache
+def _upsert_statement(model: Any) -> Any:
+    """The conditional upsert for ``model``, built once: only the parameters change per event.
+
+    Building the statement per event cost SQLAlchemy more time than Postgres spends
+    running it; a prepared shape with bind parameters is compiled once and cached.
+    """
+    table = model.__table__
+    data = [name for name in _DATA_COLUMNS[model] if name in table.c]
+    stmt = pg_insert(table).values(
+        {
+            **{name: bindparam(name, type_=table.c[name].type) for name in ("clerk_id", *data)},
+            "clerk_updated_at": bindparam("clerk_updated_at", type_=table.c.clerk_updated_at.type),
+            "updated_at": bindparam("updated_at", type_=table.c.updated_at.type),
+            # Clerk's created_at when the object has one; else the insert time.
+            "created_at": func.coalesce(bindparam("created_at", type_=table.c.created_at.type), func.now()),
+        }
+    )
+    set_: dict[str, Any] = {name: stmt.excluded[name] for name in (*data, "clerk_updated_at", "updated_at")}
+    set_["created_at"] = func.coalesce(bindparam("created_at", type_=table.c.created_at.type), table.c.created_at)
     set_["synced_at"] = func.now()
-    set_.update(extra_set or {})
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["clerk_id"],
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.clerk_id],
         set_=set_,
-        where=or_(
-            model.clerk_updated_at.is_(None),
-            model.clerk_updated_at < stmt.excluded.clerk_updated_at,
-        ),
-    ).returning(model.id)
-    return session.execute(upsert).first() is not None
+        where=or_(table.c.clerk_updated_at.is_(None), table.c.clerk_updated_at < stmt.excluded.clerk_updated_at),
+    ).returning(table.c.id)
+
+
+def _upsert(session: Session, model: Any, values: dict[str, Any]) -> bool:
+    """Insert, or update only if newer; True when the row changed."""
+    params = {name: value for name, value in values.items() if not name.endswith("_ms")}
+    params["clerk_updated_at"] = values["updated_at_ms"]
+    params["updated_at"] = millis_to_datetime(values["updated_at_ms"])
+    params["created_at"] = millis_to_datetime(values["created_at_ms"])
+    return session.connection().execute(_upsert_statement(model), params).first() is not None
 
 
 def upsert_user(session: Session, fields: UserFields, *, scrub_pii: bool) -> bool:
@@ -182,10 +211,11 @@ def upsert_organization(session: Session, fields: OrganizationFields) -> bool:
 
 def upsert_membership(session: Session, fields: MembershipFields) -> bool:
     """Upsert a membership; inactive at once if its user or organization is deleted."""
-    if fields.user_clerk_id:
-        _lock(session, "user", fields.user_clerk_id, shared=True)
-    if fields.organization_clerk_id:
-        _lock(session, "org", fields.organization_clerk_id, shared=True)
+    if fields.user_clerk_id or fields.organization_clerk_id:
+        session.execute(
+            _LOCK_PARENTS_SHARED,
+            {"user_key": f"user:{fields.user_clerk_id or ''}", "org_key": f"org:{fields.organization_clerk_id or ''}"},
+        )
     changed = _upsert(session, OrganizationMembership, dict(fields.__dict__))
     _deactivate_if_parent_deleted(session, fields.clerk_id)
     return changed
