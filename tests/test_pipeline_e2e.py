@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
+import signal
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 import requests
 from sqlalchemy import func, select
@@ -182,3 +186,44 @@ def test_events_held_by_a_killed_worker_are_applied_by_the_next(processes, sessi
     assert sorted(row.svix_id for row in rows) == sorted(svix_id for svix_id, _ in events)
     assert {row.status for row in rows} <= {"processed", "ignored"}
     assert all(row.attempts == 1 for row in rows)
+
+
+def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session_factory, database_url):
+    # Given a worker whose pool process is stuck inside a batch (the users table is locked)
+    web = processes.start_web()
+    worker = processes.start_worker(concurrency=1)
+    locker = psycopg.connect(database_url)
+    locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    svix_ids = [f"msg_child_kill_{i}" for i in range(5)]
+    for index, svix_id in enumerate(svix_ids):
+        payload = load_payload("user.created")
+        payload["data"]["id"] = f"user_child_kill_{index}"
+        assert post_event(web.url, payload, svix_id=svix_id).status_code == 200
+
+    def child_waiting_on_lock():
+        # A separate connection: pg_stat_activity is a snapshot per transaction.
+        with psycopg.connect(database_url, autocommit=True) as observer:
+            row = observer.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'clerk-sync'"
+            ).fetchone()
+        return row is not None
+
+    wait_for(child_waiting_on_lock, timeout=60, what="the pool process blocked on the lock")
+
+    # When that pool process is killed (not the worker) and the lock is released
+    pool_processes = subprocess.run(
+        ["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert pool_processes, "no pool process found"
+    for pid in pool_processes:
+        os.kill(int(pid), signal.SIGKILL)
+    locker.rollback()
+    locker.close()
+
+    # Then the batch is requeued and applied well before the 90 s visibility timeout would return it
+    def all_processed():
+        with session_factory() as session:
+            rows = dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
+        return all(rows.get(svix_id) == "processed" for svix_id in svix_ids)
+
+    wait_for(all_processed, timeout=60, what="events of the killed pool process applied")

@@ -43,6 +43,10 @@ def body_of(row: WebhookEvent) -> str | None:
     return row.raw_body
 
 
+# A conservative drain rate (events/s) for spacing re-enqueued events' due times.
+RELEASE_DRAIN_RATE = 50
+
+
 def requeue(session: Session, app: Celery, rows: list[WebhookEvent], *, grace: dt.timedelta) -> int:
     """Enqueue ``rows`` and push their due time out so one sweep does not repeat another.
 
@@ -104,7 +108,10 @@ def release_held(session: Session, app: Celery, *, stale_pending_seconds: int) -
         )
         if not rows:
             return total
-        total += requeue(session, app, rows, grace=dt.timedelta(seconds=stale_pending_seconds))
+        # The n-th released event waits behind n others: give it time to be drained before
+        # a sweep presumes it lost and enqueues it again (harmless, but wasted work).
+        grace = dt.timedelta(seconds=stale_pending_seconds + total / RELEASE_DRAIN_RATE)
+        total += requeue(session, app, rows, grace=grace)
 
 
 def purge_payloads(session: Session, *, retention_days: int) -> int:

@@ -6,7 +6,7 @@ import random
 import time
 
 import structlog
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 from kombu.exceptions import OperationalError as BrokerError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -25,6 +25,7 @@ from shared.queue import (
 )
 from worker import sweeper
 from worker.batch import process_batch
+from worker.batching import EventBatches
 from worker.celery_app import app
 from worker.errors import DatabaseUnavailable
 from worker.ledger import Delivery
@@ -34,7 +35,7 @@ log = structlog.get_logger("clerk_sync.tasks")
 
 @app.task(
     name=PROCESS_EVENT_TASK,
-    base=Batches,
+    base=EventBatches,
     flush_every=BATCH_SIZE,
     flush_interval=BATCH_INTERVAL_SECONDS,
     acks_late=True,
@@ -58,8 +59,12 @@ def process_event(requests: list[SimpleRequest]) -> None:
                         process_batch(session_factory(settings), deliveries, settings=settings)
                 return
             except DatabaseUnavailable:
-                if _requeue_later(deliveries):
-                    return
+                pass
+            except Exception:
+                # A bug, not an outage: returning would ack the batch, so put the events back.
+                log.exception("batch_failed_requeued")
+            if _requeue_later(deliveries):
+                return
     finally:
         structlog.contextvars.clear_contextvars()
 
