@@ -47,6 +47,9 @@ def _insert_values(
         "raw_body": None if payload is not None else delivery.body.replace("\x00", "\\u0000"),
         "svix_timestamp": delivery.svix_timestamp,
         "entity_id": entity_id,
+        # clock_timestamp(), not now(): events of one batch share a transaction, and
+        # their arrival order must survive in received_at.
+        "received_at": func.clock_timestamp(),
     }
 
 
@@ -91,7 +94,7 @@ def finish(session: Session, svix_id: str, *, status: str, reason: str | None) -
             status=status,
             attempts=WebhookEvent.attempts + 1,
             last_error=reason,
-            processed_at=func.now(),
+            processed_at=func.clock_timestamp(),
             next_attempt_at=None,
             updated_at=func.now(),
         )
@@ -176,12 +179,12 @@ class Parsed:
 def claim_many(session: Session, items: list[Parsed]) -> dict[str, str]:
     """``claim`` for a batch in one statement: svix_id -> current status, rows locked.
 
-    Rows are inserted in svix-id order so two batches sharing an event lock in the
-    same order instead of deadlocking.
+    Rows are inserted in delivery order, so received_at keeps the order of arrival. Two
+    batches holding the same two svix-ids in opposite orders can deadlock; Postgres
+    breaks it and the loser falls back to one event per transaction.
     """
-    ordered = sorted(items, key=lambda item: item.delivery.svix_id)
     stmt = pg_insert(WebhookEvent).values(
-        [_insert_values(i.delivery, i.payload, i.event_type, i.entity_id) for i in ordered]
+        [_insert_values(i.delivery, i.payload, i.event_type, i.entity_id) for i in items]
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["svix_id"],
@@ -202,7 +205,7 @@ def finish_many(session: Session, outcomes: dict[str, tuple[str, str | None]]) -
             status=bindparam("b_status"),
             attempts=table.c.attempts + 1,
             last_error=bindparam("b_reason"),
-            processed_at=func.now(),
+            processed_at=func.clock_timestamp(),
             next_attempt_at=None,
             updated_at=func.now(),
         )
