@@ -21,13 +21,12 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from shared.config import Settings
 from shared.models import ControlFlag
 from worker import apply
 from worker.clerk_api import MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkClient, ClerkNotFound
-from worker.errors import Failure, classify
+from worker.process import deadlock_retries
 
 log = structlog.get_logger("clerk_sync.backfill")
 
@@ -100,16 +99,6 @@ def _valid(item: dict[str, Any]) -> bool:
     return isinstance(clerk_id, str) and 0 < len(clerk_id) <= 64
 
 
-def page_transaction() -> Retrying:
-    """Retry a page at once on a deadlock with a concurrent webhook (its locks are brief)."""
-    return Retrying(
-        retry=retry_if_exception(lambda exc: classify(exc) is Failure.RETRY_NOW),
-        stop=stop_after_attempt(5),
-        wait=wait_random_exponential(multiplier=0.05, max=1),
-        reraise=True,
-    )
-
-
 def _apply_page(
     factory: sessionmaker[Session],
     result: ResourceResult,
@@ -122,7 +111,7 @@ def _apply_page(
 ) -> None:
     """One transaction: the page's objects and the progress marker, together."""
     items = list(items)
-    for attempt in page_transaction():
+    for attempt in deadlock_retries():  # a deadlock with a concurrent webhook
         with attempt, factory.begin() as session:
             applied = unchanged = skipped = 0
             for item in items:

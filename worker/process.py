@@ -42,7 +42,7 @@ def process_delivery(factory: sessionmaker[Session], delivery: ledger.Delivery, 
         parsed = parse_delivery(delivery, payload)
         event_type, entity_id = parsed.event_type, parsed.entity_id
         structlog.contextvars.bind_contextvars(event_type=event_type)
-        for attempt in _deadlock_retries():
+        for attempt in deadlock_retries():
             with attempt, factory.begin() as session:
                 status = _apply(session, delivery, payload, event_type, entity_id, settings)
             if not attempt.retry_state.outcome.failed:  # type: ignore[union-attr]  # committed
@@ -83,7 +83,7 @@ def parse_delivery(delivery: ledger.Delivery, payload: dict[str, Any] | None = N
     return ledger.Parsed(delivery=delivery, payload=payload, event_type=event_type, entity_id=entity_id)
 
 
-def _deadlock_retries() -> Retrying:
+def deadlock_retries() -> Retrying:
     """A few quick in-process attempts for deadlocks and serialization failures."""
     return Retrying(
         retry=retry_if_exception(lambda exc: classify(exc) is Failure.RETRY_NOW),

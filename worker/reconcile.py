@@ -33,8 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.models import Organization, OrganizationMembership, User
 from worker import apply
-from worker.backfill import RESOURCES, apply_object, page_transaction
+from worker.backfill import RESOURCES, apply_object
 from worker.clerk_api import MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkClient
+from worker.process import deadlock_retries
 
 log = structlog.get_logger("clerk_sync.reconcile")
 
@@ -249,7 +250,7 @@ def reconcile(
                 else:
                     with factory() as session:
                         confirmed = _confirm_vanished(session, drift, client=client, page_size=page_size)
-            for attempt in page_transaction():
+            for attempt in deadlock_retries():
                 with attempt, factory.begin() as session:
                     drift.fixed = repair(session, drift, snapshot[resource], confirmed=confirmed, settings=settings)
         report.resources.append(drift)
