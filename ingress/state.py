@@ -9,7 +9,7 @@ from flask import current_app
 from svix.webhooks import Webhook
 
 from shared.config import Settings
-from shared.queue import EventPublisher, make_celery
+from shared.queue import EventPublisher, make_celery, redis_client
 
 
 @dataclass
@@ -25,14 +25,8 @@ class IngressState:
             settings=settings,
             verifiers=tuple(Webhook(secret) for secret in settings.require_webhook_secrets()),
             publisher=EventPublisher(make_celery(settings, role="publisher", name="clerk_sync_ingress"), settings),
-            broker=broker_client(settings.redis_url),
+            broker=redis_client(settings.redis_url, timeout=1.0),
         )
-
-
-def broker_client(redis_url: str) -> redis.Redis:
-    """A redis-py client for health checks, with the same fail-fast timeouts."""
-    url = redis_url.replace("redis+socket://", "unix://", 1)
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
 def state() -> IngressState:

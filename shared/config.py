@@ -44,6 +44,8 @@ class Settings:
     retry_base_seconds: float = 30.0
     # A `pending` event untouched this long is presumed lost and re-enqueued.
     stale_pending_seconds: int = 60
+    # A queued message with no `webhook_events` row after this long is presumed lost in Redis.
+    lost_message_seconds: int = 120
     sweep_interval_seconds: float = 15.0
     payload_retention_days: int = 30
     reconcile_interval_seconds: int = 0
@@ -177,6 +179,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_parse_int("RETRY_MAX_ATTEMPTS", get("RETRY_MAX_ATTEMPTS") or "8", minimum=1),
         retry_base_seconds=_parse_float("RETRY_BASE_SECONDS", get("RETRY_BASE_SECONDS") or "30", minimum=0.0),
         stale_pending_seconds=_parse_int("STALE_PENDING_SECONDS", get("STALE_PENDING_SECONDS") or "60", minimum=1),
+        lost_message_seconds=_parse_int("LOST_MESSAGE_SECONDS", get("LOST_MESSAGE_SECONDS") or "120", minimum=1),
         sweep_interval_seconds=_parse_float(
             "SWEEP_INTERVAL_SECONDS", get("SWEEP_INTERVAL_SECONDS") or "15", minimum=0.1
         ),

@@ -7,6 +7,7 @@ redelivery or a manual replay of one event is recognisable everywhere.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
@@ -121,6 +122,44 @@ def enqueue_event(
     )
 
 
+def receipt_keys(queue_name: str) -> tuple[str, str]:
+    """Redis keys of the ingress's receipts: a hash svix_id -> [svix_timestamp, body], and its age index.
+
+    kombu's Redis transport pops a message (BRPOP) and only then records it as unacked;
+    a connection cut between the two loses the message, and no Postgres row knows of
+    it yet. The ingress writes a receipt with every message; the worker deletes the
+    receipts of a batch once it has committed; beat's sweep re-enqueues any receipt
+    that is old and has no `webhook_events` row (``worker.sweeper.recover_lost``).
+    """
+    return f"clerk-sync:receipts:{queue_name}", f"clerk-sync:receipts-index:{queue_name}"
+
+
+def redis_client(redis_url: str, *, timeout: float = 1.0) -> Any:
+    """A redis-py client for what Celery does not do for us (receipts, health, depth)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    url = redis_url.replace("redis+socket://", "unix://", 1)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        health_check_interval=25,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def forget_receipts(client: Any, queue_name: str, svix_ids: list[str]) -> None:
+    """Drop the receipts of events Postgres now knows about."""
+    if svix_ids:
+        receipts, index = receipt_keys(queue_name)
+        pipe = client.pipeline(transaction=False)
+        pipe.hdel(receipts, *svix_ids)
+        pipe.zrem(index, *svix_ids)
+        pipe.execute()
+
+
 class EventPublisher:
     """The ingress's publisher: one LPUSH per event on a persistent Redis connection.
 
@@ -135,17 +174,10 @@ class EventPublisher:
     """
 
     def __init__(self, app: Celery, settings: Settings) -> None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         self._app = app
         self._queue = settings.queue_name
-        url = settings.redis_url.replace("redis+socket://", "unix://", 1)
         # Fail fast, as the Celery publisher does: an outage is a 503 within 2 s.
-        self._redis = redis.Redis.from_url(
-            url, socket_connect_timeout=1, socket_timeout=1, health_check_interval=25, retry=Retry(NoBackoff(), 0)
-        )
+        self._redis = redis_client(settings.redis_url, timeout=1.0)
 
     def publish(self, *, svix_id: str, svix_timestamp: int | None, body: str) -> None:
         """Put one event on the queue; raises redis.RedisError/OSError if Redis can't take it."""
@@ -178,4 +210,10 @@ class EventPublisher:
                 "delivery_tag": str(uuid.uuid4()),
             },
         }
-        self._redis.lpush(self._queue, json.dumps(envelope))
+        receipts, index = receipt_keys(self._queue)
+        # One MULTI/EXEC: the message and its receipt exist together or not at all.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(self._queue, json.dumps(envelope))
+        pipe.hset(receipts, svix_id, json.dumps([svix_timestamp, body]))
+        pipe.zadd(index, {svix_id: time.time()})
+        pipe.execute()

@@ -320,3 +320,59 @@ def test_transient_failure_ends_dead_after_the_budget(processes, session_factory
     # And nothing was applied
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(User)) == 0
+
+
+def test_redis_outage_for_every_process_drains_without_an_operator(processes, session_factory, redis_url):
+    # Given web, a worker and beat all reaching Redis through one proxy
+    proxy = TcpProxy("127.0.0.1", 6379)
+    try:
+        broker = via_proxy(redis_url, proxy)
+        web = processes.start_web(REDIS_URL=broker)
+        processes.start_worker(REDIS_URL=broker, LOST_MESSAGE_SECONDS="10")  # the sweep task runs in the worker
+        processes.start_beat(REDIS_URL=broker, SWEEP_INTERVAL_SECONDS="2")
+        http = requests.Session()
+        accepted: list[str] = []
+
+        def deliver(index: int, *, deadline: float) -> None:
+            """Post as Svix does: a 503 is retried until a 2xx."""
+            svix_id = f"msg_redis_all_{index}"
+            while time.monotonic() < deadline:
+                response = post_event(web.url, user_created("redisall", index), svix_id=svix_id, session=http)
+                if response.status_code == 200:
+                    accepted.append(svix_id)
+                    return
+                assert response.status_code == 503
+                time.sleep(0.5)
+            raise AssertionError(f"{svix_id} never accepted")
+
+        # When events flow, Redis is cut for 15 s for everyone, and events keep coming
+        for index in range(20):
+            deliver(index, deadline=time.monotonic() + 30)
+        proxy.cut()
+        cut_at = time.monotonic()
+        answers = [
+            post_event(web.url, user_created("redisall", 100 + i), svix_id=f"msg_redis_cut_{i}", session=http)
+            for i in range(5)
+        ]
+        assert {response.status_code for response in answers} == {503}
+        wait_for(lambda: time.monotonic() - cut_at >= 15, timeout=30, what="15 s of outage")
+        proxy.restore()
+        for index in range(20, 40):
+            deliver(index, deadline=time.monotonic() + 60)
+
+        # Then every accepted event ends processed, once, without an operator
+        def drained():
+            seen = statuses(session_factory)
+            return all(seen.get(svix_id) == "processed" for svix_id in accepted) and seen
+
+        final = wait_for(drained, timeout=200, what="every accepted event processed after the outage")
+        assert "dead" not in final.values()
+        with session_factory() as session:
+            attempts = dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.attempts)).all())
+            users = session.scalar(select(func.count()).select_from(User).where(User.clerk_id.like("user_redisall_%")))
+        assert {attempts[svix_id] for svix_id in accepted} == {1}
+        assert users == len(accepted) == 40
+        # The events refused with 503 during the cut were never accepted, so nothing of them exists
+        assert not any(svix_id.startswith("msg_redis_cut_") for svix_id in final)
+    finally:
+        proxy.close()

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from typing import Any
 
+import structlog
 from celery import Celery
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import WebhookEvent
-from shared.queue import enqueue_event
+from shared.queue import enqueue_event, forget_receipts, receipt_keys
 from worker import ledger
+
+log = structlog.get_logger("clerk_sync.sweeper")
 
 SWEEP_BATCH = 500
 NO_BODY_ERROR = "payload no longer stored (scrubbed or purged): the event cannot be enqueued again"
@@ -112,6 +117,41 @@ def release_held(session: Session, app: Celery, *, stale_pending_seconds: int) -
         # a sweep presumes it lost and enqueues it again (harmless, but wasted work).
         grace = dt.timedelta(seconds=stale_pending_seconds + total / RELEASE_DRAIN_RATE)
         total += requeue(session, app, rows, grace=grace)
+
+
+def recover_lost(session: Session, app: Celery, client: Any, *, queue_name: str, older_than_seconds: int) -> int:
+    """Re-enqueue events the ingress accepted whose message vanished before any worker recorded it.
+
+    A receipt older than ``older_than_seconds`` whose svix-id has a `webhook_events` row is
+    simply forgotten (Postgres owns the event now); one without a row is enqueued again
+    and checked again after the same delay. A receipt still queued behind a long
+    backlog may be enqueued twice: the svix-id dedupe makes that harmless.
+    """
+    if ledger.is_paused(session):
+        return 0
+    receipts, index = receipt_keys(queue_name)
+    cutoff = time.time() - older_than_seconds
+    svix_ids = [raw.decode() for raw in client.zrangebyscore(index, "-inf", cutoff, start=0, num=SWEEP_BATCH)]
+    if not svix_ids:
+        return 0
+    known = set(session.scalars(select(WebhookEvent.svix_id).where(WebhookEvent.svix_id.in_(svix_ids))))
+    forget_receipts(client, queue_name, sorted(known))
+    lost = [svix_id for svix_id in svix_ids if svix_id not in known]
+    requeued = 0
+    for svix_id, raw in zip(lost, client.hmget(receipts, lost) if lost else [], strict=True):
+        if raw is None:  # forgotten meanwhile by a worker
+            client.zrem(index, svix_id)
+            continue
+        svix_timestamp, body = json.loads(raw)
+        try:
+            enqueue_event(app, svix_id=svix_id, svix_timestamp=svix_timestamp, body=body)
+        except Exception as exc:  # any broker failure (kombu wraps most, not all)
+            raise QueueUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        client.zadd(index, {svix_id: time.time()})
+        requeued += 1
+    if requeued:
+        log.warning("lost_messages_requeued", count=requeued)
+    return requeued
 
 
 def purge_payloads(session: Session, *, retention_days: int) -> int:

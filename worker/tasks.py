@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import random
 import time
+from functools import cache
+from typing import Any
 
 import structlog
 from celery_batches import SimpleRequest
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from shared import metrics
-from shared.config import ConfigError, get_settings
+from shared.config import ConfigError, Settings, get_settings
 from shared.db import session_factory
 from shared.queue import (
     BATCH_INTERVAL_SECONDS,
@@ -22,6 +25,8 @@ from shared.queue import (
     RECONCILE_TASK,
     SWEEP_TASK,
     enqueue_event,
+    forget_receipts,
+    redis_client,
 )
 from worker import sweeper
 from worker.batch import process_batch
@@ -57,6 +62,7 @@ def process_event(requests: list[SimpleRequest]) -> None:
                 for attempt in _while_database_unavailable(deliveries):
                     with attempt:
                         process_batch(session_factory(settings), deliveries, settings=settings)
+                _forget_receipts(settings, deliveries)
                 return
             except DatabaseUnavailable:
                 pass
@@ -67,6 +73,20 @@ def process_event(requests: list[SimpleRequest]) -> None:
                 return
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+@cache
+def _redis(redis_url: str) -> Any:
+    return redis_client(redis_url, timeout=5.0)
+
+
+def _forget_receipts(settings: Settings, deliveries: list[Delivery]) -> None:
+    """Every event of the batch has its row now; the ingress's receipts can go."""
+    try:
+        forget_receipts(_redis(settings.redis_url), settings.queue_name, [d.svix_id for d in deliveries])
+    except (RedisError, OSError) as exc:
+        # Harmless: the sweep forgets receipts whose events Postgres already knows.
+        log.info("receipts_not_forgotten", error=type(exc).__name__)
 
 
 def _while_database_unavailable(deliveries: list[Delivery]) -> Retrying:
@@ -110,6 +130,13 @@ def sweep() -> int:
     settings = get_settings()
     with session_factory(settings).begin() as session:
         count = sweeper.sweep(session, app, stale_pending_seconds=settings.stale_pending_seconds)
+        count += sweeper.recover_lost(
+            session,
+            app,
+            _redis(settings.redis_url),
+            queue_name=settings.queue_name,
+            older_than_seconds=settings.lost_message_seconds,
+        )
     if count:
         log.info("sweep_requeued", count=count)
     return count

@@ -1,0 +1,78 @@
+"""Messages lost inside Redis (a cut mid-BRPOP, a deleted key) are recovered from the ingress's receipts."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import select
+
+from shared.models import User, WebhookEvent
+from shared.queue import EventPublisher, make_celery, receipt_keys
+from tests.support.signing import load_payload, post_event
+from tests.support.waiting import wait_for
+from worker import sweeper
+
+
+def test_the_ingress_writes_a_receipt_with_every_message(settings, redis_client):
+    EventPublisher(make_celery(settings, role="publisher"), settings).publish(
+        svix_id="msg_receipt", svix_timestamp=1700000000, body='{"a": 1}'
+    )
+    receipts, index = receipt_keys(settings.queue_name)
+    assert redis_client.llen(settings.queue_name) == 1
+    assert json.loads(redis_client.hget(receipts, "msg_receipt")) == [1700000000, '{"a": 1}']
+    assert redis_client.zscore(index, "msg_receipt") is not None
+
+
+def test_recover_lost_forgets_known_events_and_requeues_unknown_ones(settings, session_factory, redis_client):
+    # Given two old receipts: one whose event Postgres knows, one whose message vanished
+    receipts, index = receipt_keys(settings.queue_name)
+    old = time.time() - 600
+    for svix_id in ("msg_known", "msg_vanished"):
+        redis_client.hset(receipts, svix_id, json.dumps([1700000000, json.dumps(load_payload("user.created"))]))
+        redis_client.zadd(index, {svix_id: old})
+    with session_factory.begin() as session:
+        session.add(WebhookEvent(svix_id="msg_known", event_type="user.created", status="processed", attempts=1))
+
+    # When the sweep looks for lost messages
+    with session_factory.begin() as session:
+        requeued = sweeper.recover_lost(
+            session,
+            make_celery(settings, role="worker"),
+            redis_client,
+            queue_name=settings.queue_name,
+            older_than_seconds=60,
+        )
+
+    # Then the known one is forgotten and the vanished one is on the queue again, checked again later
+    assert requeued == 1
+    assert redis_client.hget(receipts, "msg_known") is None
+    assert redis_client.hget(receipts, "msg_vanished") is not None
+    assert redis_client.zscore(index, "msg_vanished") > old
+    assert redis_client.llen(settings.queue_name) == 1
+
+
+def test_an_accepted_event_whose_message_vanished_is_applied(processes, session_factory, redis_client, settings):
+    # Given an event accepted by the ingress while no worker runs
+    web = processes.start_web()
+    payload = load_payload("user.created")
+    assert post_event(web.url, payload, svix_id="msg_vanished_e2e").status_code == 200
+
+    # When its queue message is lost inside Redis before any worker recorded it
+    assert redis_client.delete(settings.queue_name) == 1
+
+    # Then the sweep finds its receipt with no row, enqueues it again, and it is applied
+    processes.start_worker(LOST_MESSAGE_SECONDS="3")  # the sweep task runs in the worker
+    processes.start_beat(SWEEP_INTERVAL_SECONDS="1")
+
+    def processed():
+        with session_factory() as session:
+            return session.scalar(select(WebhookEvent.status).where(WebhookEvent.svix_id == "msg_vanished_e2e"))
+
+    assert wait_for(processed, timeout=90, what="the vanished event applied") == "processed"
+    with session_factory() as session:
+        assert session.scalars(select(User.clerk_id)).all() == [payload["data"]["id"]]
+
+    # And once applied, its receipt is forgotten
+    receipts, _ = receipt_keys(settings.queue_name)
+    wait_for(lambda: redis_client.hlen(receipts) == 0, timeout=60, what="receipt forgotten")
