@@ -2,7 +2,8 @@
 
 Histories are generated in Clerk's order (tests/support/history.py), delivered through
 ``process_delivery`` in a random permutation with repeated svix-ids, and the synced
-tables compared with applying each distinct event once in Clerk's order.
+tables compared with applying each distinct event once in Clerk's order; once one
+event per transaction, once in batches of random size as the worker applies them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import dataclasses
 import random
 import threading
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from shared.models import WebhookEvent
 from tests.support.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
+from worker.batch import process_batch
 from worker.ledger import Delivery
 from worker.process import process_delivery
 
@@ -72,7 +75,31 @@ def test_any_delivery_order_converges_to_the_model(session_factory, settings, sc
     assert sum(_ledger_statuses(session_factory).values()) == len(events)
 
 
-def test_concurrent_workers_converge_to_the_model(session_factory, settings):  # type: ignore[no-untyped-def]
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=steps, rng=st.randoms(use_true_random=False), scrub=st.booleans(), size=st.integers(1, 40))
+def test_any_delivery_order_in_batches_converges_to_the_model(session_factory, settings, script, rng, scrub, size):  # type: ignore[no-untyped-def]
+    # Given a history in Clerk's order, and empty tables for this example
+    app_settings = dataclasses.replace(settings, deleted_user_pii="scrub" if scrub else "keep")
+    with session_factory.begin() as session:
+        truncate_synced_tables(session)
+    events = _history(rng, script)
+
+    # When it is delivered shuffled, with duplicates, in batches of random size (the worker's path)
+    stream = _with_duplicates(rng, events)
+    statuses: dict[str, str] = {}
+    for start in range(0, len(stream), size):
+        chunk = [Delivery(e.svix_id, None, e.body) for e in stream[start : start + size]]
+        statuses.update(process_batch(session_factory, chunk, settings=app_settings))
+
+    # Then the tables equal the model, every event is final, and each svix-id has one row
+    assert set(statuses.values()) <= {"processed", "ignored"}
+    with session_factory() as session:
+        assert snapshot(session) == reference_tables(events, scrub_pii=scrub)
+    assert sum(_ledger_statuses(session_factory).values()) == len(events)
+
+
+@pytest.mark.parametrize("batch_size", [1, 16], ids=["one-per-transaction", "batches"])
+def test_concurrent_workers_converge_to_the_model(session_factory, settings, batch_size):  # type: ignore[no-untyped-def]
     # Given a history over a few rows, where every event touches the same handful of entities
     rng = random.Random(20240528)
     builder = HistoryBuilder(rng=rng)
@@ -94,7 +121,12 @@ def test_concurrent_workers_converge_to_the_model(session_factory, settings):  #
         try:
             stream = _with_duplicates(random.Random(seed), events)
             start.wait(timeout=30)
-            results.extend(_deliver(session_factory, settings, stream))
+            if batch_size == 1:
+                results.extend(_deliver(session_factory, settings, stream))
+                return
+            for first in range(0, len(stream), batch_size):
+                chunk = [Delivery(e.svix_id, None, e.body) for e in stream[first : first + batch_size]]
+                results.extend(process_batch(session_factory, chunk, settings=settings).values())
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
