@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 from shared.models import ControlFlag, Organization, OrganizationMembership, User
+from tests.support.cli import run_cli
 from tests.support.fake_clerk import (
     SECRET_KEY,
     FakeClerkServer,
     clerk_env,
     make_instance,
     primary_email_of,
-    run_cli,
 )
 from worker.backfill import backfill
 from worker.clerk_api import ClerkClient

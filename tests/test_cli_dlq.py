@@ -13,27 +13,14 @@ from sqlalchemy import select
 
 from shared.models import User, WebhookEvent
 from shared.queue import make_celery
+from tests.support.cli import run_cli, statuses
 from tests.support.processes import free_port
-from tests.support.services import bin_path
 from tests.support.signing import load_payload, post_event
 from tests.support.waiting import wait_for
 from worker import operations
 from worker.operations import DeadFilter, OperationError
 
 FINAL = ("processed", "ignored", "dead")
-
-
-def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script as an operator would."""
-    return subprocess.run(
-        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def statuses(session_factory) -> dict[str, str]:
-    with session_factory() as session:
-        rows = session.execute(select(WebhookEvent.svix_id, WebhookEvent.status))
-        return {svix_id: status for svix_id, status in rows}
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -109,7 +96,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     env = dict(base_env)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return clerk_sync(env, *args, cwd=tmp_path)
+        return run_cli(env, *args, cwd=tmp_path)
 
     # dlq list: a table for people...
     table = cli("dlq", "list")
@@ -327,7 +314,7 @@ def test_replay_without_redis_fails_and_leaves_events_dead(session_factory, base
     env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
 
     # When it is replayed
-    result = clerk_sync(env, "dlq", "replay", "msg_stuck", cwd=tmp_path)
+    result = run_cli(env, "dlq", "replay", "msg_stuck", cwd=tmp_path)
 
     # Then the command fails in one line and the event is still dead, with its budget spent
     assert result.returncode == 1
@@ -340,6 +327,6 @@ def test_replay_without_redis_fails_and_leaves_events_dead(session_factory, base
 
 def test_database_unreachable_is_one_line_exit_1(base_env, tmp_path):
     env = {**base_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"}
-    result = clerk_sync(env, "dlq", "list", cwd=tmp_path)
+    result = run_cli(env, "dlq", "list", cwd=tmp_path)
     assert result.returncode == 1
     assert "database unavailable" in one_line_error(result)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import sessionmaker
 from shared.db import make_engine
 from shared.models import User, WebhookEvent
 from shared.queue import enqueue_event, make_celery
+from tests.support.cli import statuses
 from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
 from tests.support.signing import load_payload, new_svix_id, post_event
@@ -44,11 +45,6 @@ def user_created(tag: str, index: int) -> dict:
     payload = copy.deepcopy(load_payload("user.created"))
     payload["data"]["id"] = f"user_{tag}_{index}"
     return payload
-
-
-def statuses(session_factory) -> dict[str, str]:
-    with session_factory() as session:
-        return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
 
 
 def error_of(statement) -> BaseException:  # type: ignore[no-untyped-def]

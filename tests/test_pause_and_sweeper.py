@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 from typing import Any
 
 from sqlalchemy import select
 
 from shared.models import Organization, User, WebhookEvent
 from shared.queue import make_celery
-from tests.support.services import bin_path
+from tests.support.cli import run_cli, statuses
 from tests.support.signing import load_payload, post_event
 from tests.support.waiting import wait_for
 from worker import ledger, operations, sweeper
-
-
-def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def statuses(session_factory) -> dict[str, str]:
-    with session_factory() as session:
-        rows = session.execute(select(WebhookEvent.svix_id, WebhookEvent.status))
-        return {svix_id: status for svix_id, status in rows}
 
 
 def queued_ids(redis_client, queue: str) -> list[str]:
@@ -38,7 +25,7 @@ def test_pause_holds_events_and_resume_applies_them_in_arrival_order(processes, 
     # Given a running ingress and a single worker, and an operator who pauses
     web = processes.start_web()
     processes.start_worker(concurrency=1)
-    paused = clerk_sync(base_env, "pause", cwd=tmp_path)
+    paused = run_cli(base_env, "pause", cwd=tmp_path)
     assert paused.returncode == 0, paused.stderr
     assert "paused" in paused.stdout
 
@@ -58,7 +45,7 @@ def test_pause_holds_events_and_resume_applies_them_in_arrival_order(processes, 
         assert all(row.payload for row in session.scalars(select(WebhookEvent)))
 
     # When the operator resumes
-    resumed = clerk_sync(base_env, "resume", cwd=tmp_path)
+    resumed = run_cli(base_env, "resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "released 4 held event(s)" in resumed.stdout
 

@@ -10,16 +10,12 @@ every page from some offset on.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-from tests.support.services import bin_path
 
 SECRET_KEY = "sk_test_fakeclerk0000000000000000"
 BASE_MS = 1_700_000_000_000
@@ -306,14 +302,3 @@ def primary_email_of(user: dict[str, Any]) -> str:
 def clerk_env(base_env: dict[str, str], server: FakeClerkServer) -> dict[str, str]:
     """The test run's environment plus the key and URL of this fake Clerk."""
     return {**base_env, "CLERK_SECRET_KEY": SECRET_KEY, "CLERK_API_URL": server.url}
-
-
-def run_cli(env: dict[str, str], *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`clerk-sync ARGS...` as a subprocess, output captured as text.
-
-    ``cwd`` should be a test's tmp_path: the CLI reads ./.env, which `make run` writes
-    in the repository and which must not leak a real key into a test.
-    """
-    return subprocess.run(
-        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )

@@ -1,0 +1,31 @@
+"""Run the installed `clerk-sync` console script as an operator would, and read the ledger."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from shared.models import WebhookEvent
+from tests.support.services import bin_path
+
+
+def run_cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """`clerk-sync ARGS...` as a subprocess, output captured as text.
+
+    ``cwd`` should be a test's tmp_path: the CLI reads ./.env, which `make run` writes
+    in the repository and which must not leak a real key into a test.
+    """
+    return subprocess.run(
+        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def statuses(session_factory: Any) -> dict[str, str]:
+    """svix_id -> status of every `webhook_events` row."""
+    with session_factory() as session:
+        return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
