@@ -31,6 +31,7 @@ test: install $(BIN)/.embedded
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: install
 	scripts/ensure-services.sh

@@ -25,9 +25,9 @@ class EventBatches(Batches):
     """A Batches task base whose messages are acked after the batch, requeued if its process is lost."""
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
-        if self._tref is not None:
+        if self._tref is not None:  # type: ignore[has-type]
             with suppress(Exception):  # the timer it lived on may be gone already
-                self._tref.cancel()
+                self._tref.cancel()  # type: ignore[has-type]
             self._tref = None
         return super().Strategy(task, app, consumer)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -64,11 +64,11 @@ def claim(
     """Insert the event's row or lock the existing one; returns its current state."""
     stmt = pg_insert(WebhookEvent).values(**_insert_values(delivery, payload, event_type, entity_id))
     # A trivial update on conflict takes the row lock and returns the row in one trip.
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=["svix_id"],
         set_={"updated_at": func.now(), "entity_id": func.coalesce(WebhookEvent.entity_id, stmt.excluded.entity_id)},
     ).returning(WebhookEvent.status, WebhookEvent.attempts)
-    row = session.execute(stmt).one()
+    row = session.execute(upsert).one()
     return Claimed(status=row.status, attempts=row.attempts)
 
 
@@ -136,7 +136,7 @@ def record_failure(
             status="dead" if dead else "failed",
             attempts=attempts,
             last_error=error,
-            errors=WebhookEvent.errors + func.cast(_error_entry(error), WebhookEvent.errors.type),
+            errors=WebhookEvent.errors + literal(_error_entry(error), WebhookEvent.errors.type),
             next_attempt_at=None if dead else _next_attempt(attempts, retry_base_seconds),
             processed_at=func.now() if dead else None,
             updated_at=func.now(),
@@ -186,18 +186,18 @@ def claim_many(session: Session, items: list[Parsed]) -> dict[str, str]:
     stmt = pg_insert(WebhookEvent).values(
         [_insert_values(i.delivery, i.payload, i.event_type, i.entity_id) for i in items]
     )
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=["svix_id"],
         set_={"updated_at": func.now(), "entity_id": func.coalesce(WebhookEvent.entity_id, stmt.excluded.entity_id)},
     ).returning(WebhookEvent.svix_id, WebhookEvent.status)
-    return {row.svix_id: row.status for row in session.execute(stmt)}
+    return {row.svix_id: row.status for row in session.execute(upsert)}
 
 
 def finish_many(session: Session, outcomes: dict[str, tuple[str, str | None]]) -> None:
     """``finish`` for a batch: one pipelined executemany of the same UPDATE."""
     if not outcomes:
         return
-    table = WebhookEvent.__table__
+    table = cast(Table, WebhookEvent.__table__)
     stmt = (
         update(table)
         .where(table.c.svix_id == bindparam("b_svix_id"))
