@@ -7,11 +7,15 @@ redelivery or a manual replay of one event is recognisable everywhere.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import uuid
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from kombu.serialization import dumps
 
 from shared.config import Settings
 
@@ -181,12 +185,6 @@ class EventPublisher:
 
     def publish(self, *, svix_id: str, svix_timestamp: int | None, body: str) -> None:
         """Put one event on the queue; raises redis.RedisError/OSError if Redis can't take it."""
-        import base64
-        import json
-        import uuid
-
-        from kombu.serialization import dumps
-
         args = (svix_id, svix_timestamp, body)
         message = self._app.amqp.as_task_v2(
             svix_id,

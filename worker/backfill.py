@@ -108,8 +108,9 @@ def _apply_page(
     done: bool,
     mode: str | None,
     settings: Settings,
+    on_page: ProgressCallback | None = None,
 ) -> None:
-    """One transaction: the page's objects and the progress marker, together."""
+    """One transaction: the page's objects and the progress marker, together; then report it."""
     items = list(items)
     for attempt in deadlock_retries():  # a deadlock with a concurrent webhook
         with attempt, factory.begin() as session:
@@ -131,6 +132,9 @@ def _apply_page(
     result.skipped += skipped
     result.offset = next_offset
     result.complete = done
+    log.info("backfill_page", **result.as_dict())
+    if on_page:
+        on_page(result)
 
 
 def backfill_resource(
@@ -182,19 +186,16 @@ def _backfill_list(
     for offset, page in client.iter_pages(result.resource, limit=page_size, offset=result.offset):
         if page.total_count is not None:
             result.total = page.total_count
-        done = len(page.items) < page_size
         _apply_page(
             factory,
             result,
             page.items,
             next_offset=offset + len(page.items),
-            done=done,
+            done=len(page.items) < page_size,
             mode=None,
             settings=settings,
+            on_page=on_page,
         )
-        log.info("backfill_page", **result.as_dict())
-        if on_page:
-            on_page(result)
 
 
 def _backfill_memberships_per_organization(
@@ -222,10 +223,8 @@ def _backfill_memberships_per_organization(
             done=len(page.items) < page_size,
             mode=PER_ORGANIZATION,
             settings=settings,
+            on_page=on_page,
         )
-        log.info("backfill_page", **result.as_dict())
-        if on_page:
-            on_page(result)
 
 
 def backfill(
