@@ -125,7 +125,7 @@ class Harness:
     def start_gunicorn(self, app: str) -> tuple[Started, str]:
         port = free_port()
         env = {**self.env, "HOST": "127.0.0.1", "PORT": str(port)}
-        name = "bare" if "bare" in app else "ingress"
+        name = next((n for n in ("bare", "floor") if n in app), "ingress")
         proc = spawn(
             name, [bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", app], env=env, cwd=ROOT, log_dir=self.log_dir
         )
@@ -325,23 +325,32 @@ def run_wrk(url: str, script: Path, *, seconds: float, connections: int, threads
     }
 
 
+# The endpoints of the ingress benchmark, each under the same gunicorn configuration.
+INGRESS_APPS = {
+    "ingress": "ingress.wsgi:app",
+    # Verify + one raw LPUSH: what the target leaves room for (scripts/bench_floor_app.py).
+    "floor": "scripts.bench_floor_app:app",
+    "bare": "scripts.bench_bare_app:app",
+}
+
+
 def bench_ingress(h: Harness, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (apt-get install -y wrk)")
     body = realistic_user_updated()
-    ingress, ingress_url = h.start_gunicorn("ingress.wsgi:app")
-    bare, bare_url = h.start_gunicorn("scripts.bench_bare_app:app")
+    started = {name: h.start_gunicorn(app) for name, app in INGRESS_APPS.items()}
     # Enough distinct pre-signed requests for the run at a generous rate (svix ids repeat only beyond that).
     count = int(min(60_000, max(5_000, args.ingress_seconds * 3_000)))
-    runs: dict[str, list[dict[str, Any]]] = {"ingress": [], "bare": []}
-    sampler = RssSampler({"gunicorn_ingress": ingress.pid, "gunicorn_bare": bare.pid})
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in INGRESS_APPS}
+    sampler = RssSampler({f"gunicorn_{name}": proc.pid for name, (proc, _) in started.items()})
     with sampler:
-        for name, url in (("ingress", ingress_url), ("bare", bare_url)):  # warm-up: imports, broker connections
+        for name, (_, url) in started.items():  # warm-up: imports, broker connections
             script = work / f"warm-{name}.lua"
             wrk_script(script, body, 500, args.wrk_threads)
             run_wrk(url, script, seconds=2, connections=args.connections, threads=args.wrk_threads)
         for run in range(args.runs):
-            for name, url in (("ingress", ingress_url), ("bare", bare_url)):
+            # Back to back, so that the ratios compare the same minute of a shared machine.
+            for name, (_, url) in started.items():
                 h.reset()
                 script = work / f"{name}-{run}.lua"
                 wrk_script(script, body, count, args.wrk_threads)
@@ -355,26 +364,28 @@ def bench_ingress(h: Harness, args: argparse.Namespace, work: Path) -> dict[str,
                     f"ingress run {run + 1}/{args.runs} {name}: {result['rps']:.0f} req/s, "
                     f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx {result['non2xx']}"
                 )
-    ingress.stop()
-    bare.stop()
+    for proc, _ in started.values():
+        proc.stop()
     h.reset()
-    ratios = [i["rps"] / b["rps"] for i, b in zip(runs["ingress"], runs["bare"], strict=True)]
+
+    def ratio(name: str) -> dict[str, Any]:
+        return stats([r["rps"] / b["rps"] for r, b in zip(runs[name], runs["bare"], strict=True)])
+
     return {
         "body_bytes": len(body),
         "connections": args.connections,
         "wrk_threads": args.wrk_threads,
         "seconds_per_run": args.ingress_seconds,
-        "ingress": {
-            "rps": stats([r["rps"] for r in runs["ingress"]]),
-            "p50_ms": stats([r["p50_ms"] for r in runs["ingress"]]),
-            "p99_ms": stats([r["p99_ms"] for r in runs["ingress"]]),
+        **{
+            name: {
+                "rps": stats([r["rps"] for r in runs[name]]),
+                "p50_ms": stats([r["p50_ms"] for r in runs[name]]),
+                "p99_ms": stats([r["p99_ms"] for r in runs[name]]),
+            }
+            for name in INGRESS_APPS
         },
-        "bare": {
-            "rps": stats([r["rps"] for r in runs["bare"]]),
-            "p50_ms": stats([r["p50_ms"] for r in runs["bare"]]),
-            "p99_ms": stats([r["p99_ms"] for r in runs["bare"]]),
-        },
-        "ratio": stats(ratios),
+        "ratio": ratio("ingress"),
+        "floor_ratio": ratio("floor"),
         "target_ratio": 0.6,
         "memory": sampler.summary(),
         "raw": runs,
@@ -453,12 +464,21 @@ def drain_noop(h: Harness, events: list[Event], run: int) -> dict[str, Any]:
 def bench_worker(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
     distinct = round(args.backlog * (1 - args.duplicates))
     events = generate(distinct, duplicate_fraction=args.duplicates, seed=6, tag="w")
-    real, noop = [], []
+    # A quarter of the backlog, drained the same way: if memory followed the backlog, its peak would be lower.
+    small_distinct = distinct // 4
+    small_events = generate(small_distinct, duplicate_fraction=args.duplicates, seed=9, tag="s")
+    real, noop, small = [], [], []
     for run in range(args.runs):
+        small.append(drain_real(h, small_events, small_distinct, run))
         real.append(drain_real(h, events, distinct, run))
         noop.append(drain_noop(h, events, run))
     ratios = [r["messages_per_s"] / n["messages_per_s"] for r, n in zip(real, noop, strict=True)]
     growth = [r["rss_tree_mb_at_100pct"] - r["rss_tree_mb_at_25pct"] for r in real]
+
+    def peak(result: dict[str, Any]) -> float:
+        return float(result["memory"]["celery_worker"]["tree_peak_sum_mb"])
+
+    peak_difference = [peak(r) - peak(q) for r, q in zip(real, small, strict=True)]
     types: dict[str, int] = {}
     for event in events:
         types[event.event_type] = types.get(event.event_type, 0) + 1
@@ -474,8 +494,12 @@ def bench_worker(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
         "ratio": stats(ratios),
         "target_ratio": 0.8,
         "rss_growth_25_to_100pct_mb": stats(growth),
+        "small_backlog": len(small_events),
+        "rss_tree_peak_mb_small_backlog": stats([peak(q) for q in small]),
+        "rss_tree_peak_mb_full_backlog": stats([peak(r) for r in real]),
+        "rss_tree_peak_difference_mb": stats(peak_difference),
         "memory": {"worker": real[-1]["memory"], "noop": noop[-1]["memory"]},
-        "raw": {"worker": real, "noop": noop},
+        "raw": {"worker": real, "noop": noop, "small_backlog": small},
     }
 
 
@@ -631,6 +655,11 @@ def print_table(report: dict[str, Any]) -> None:
             ("bare p50 / p99 ms", f"{fmt(ing['bare']['p50_ms'], 1)} / {fmt(ing['bare']['p99_ms'], 1)}", ""),
             ("ingress / bare", fmt(ing["ratio"], 2), ">= 0.6"),
         ]
+        if "floor" in ing:
+            rows += [
+                ("floor (verify + LPUSH) req/s", fmt(ing["floor"]["rps"]), ""),
+                ("floor / bare", fmt(ing["floor_ratio"], 2), "(reference)"),
+            ]
         for name, mem in ing["memory"].items():
             rows.append((f"{name} peak RSS MB", f"master {mem['main_peak_mb']}, worker {mem['child_peak_mb']}", ""))
     if wrk := report.get("worker"):
@@ -641,6 +670,15 @@ def print_table(report: dict[str, Any]) -> None:
             ("worker / no-op (messages)", fmt(wrk["ratio"], 2), ">= 0.8"),
             ("worker RSS growth 25%->100% MB", fmt(wrk["rss_growth_25_to_100pct_mb"], 1), "~0"),
         ]
+        if "small_backlog" in wrk:
+            rows += [
+                (
+                    f"worker tree peak RSS MB, {wrk['small_backlog']} / {wrk['backlog']} msgs",
+                    f"{fmt(wrk['rss_tree_peak_mb_small_backlog'], 1)} / {fmt(wrk['rss_tree_peak_mb_full_backlog'], 1)}",
+                    "",
+                ),
+                ("  difference MB (4x the backlog)", fmt(wrk["rss_tree_peak_difference_mb"], 1), "~0"),
+            ]
         for name, mem in wrk["memory"].items():
             rows.append(
                 (
