@@ -151,6 +151,21 @@ def test_late_create_after_delete_keeps_fields_and_tombstone(session_factory, se
     assert ms(user.deleted_at) == load_payload("user.deleted")["timestamp"]
 
 
+def test_a_second_delete_is_ignored_as_already_deleted_and_the_first_time_stays(session_factory, settings):
+    # Given the user deleted once
+    first = load_payload("user.deleted")
+    assert deliver(session_factory, settings, first, svix_id="msg_delete_1") == "processed"
+
+    # When Clerk's delete is delivered again under a new svix-id, later
+    again = {**first, "timestamp": first["timestamp"] + 60_000}
+    status = deliver(session_factory, settings, again, svix_id="msg_delete_2")
+
+    # Then it is ignored, says why, and the row keeps the first delete's time
+    assert status == "ignored"
+    assert event_row(session_factory, "msg_delete_2").last_error == "already deleted by an earlier delete"
+    assert ms(one(session_factory, User, USER_ID).deleted_at) == first["timestamp"]
+
+
 def test_membership_delete_and_update_ordered_by_envelope_timestamp(session_factory, settings):
     # Given the delete (whose data.updated_at is OLDER than the update's) arrives before the update
     names = ("organizationMembership.created", "organizationMembership.deleted", "organizationMembership.updated")

@@ -1,8 +1,9 @@
 """Event handlers, dispatched through one explicit table.
 
 Each handler applies one Clerk event through ``worker.apply`` and says whether the
-tables changed (``processed``) or the event was older than what they hold
-(``ignored``). Event types missing from HANDLERS are recorded ``ignored``.
+tables changed (``processed``) or the event was older than what they hold, or
+deleted what an earlier delete had already deleted (``ignored``). Event types missing
+from HANDLERS are recorded ``ignored``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ class Outcome:
 
 
 STALE = Outcome("ignored", "older than what the tables hold")
+ALREADY_DELETED = Outcome("ignored", "already deleted by an earlier delete")
 APPLIED = Outcome("processed")
 
 
 def _result(changed: bool) -> Outcome:
     return APPLIED if changed else STALE
+
+
+def _deleted(changed: bool) -> Outcome:
+    # The earliest delete wins: a delete that changes nothing found one at or before its time.
+    return APPLIED if changed else ALREADY_DELETED
 
 
 def _deleted_at(envelope: Envelope):  # type: ignore[no-untyped-def]
@@ -45,7 +52,7 @@ def upsert_user(session: Session, envelope: Envelope, settings: Settings) -> Out
 
 
 def delete_user(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    return _result(
+    return _deleted(
         apply.delete_user(
             session,
             envelope.entity_id,
@@ -61,7 +68,7 @@ def upsert_organization(session: Session, envelope: Envelope, settings: Settings
 
 
 def delete_organization(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    return _result(apply.delete_organization(session, envelope.entity_id, deleted_at=_deleted_at(envelope)))
+    return _deleted(apply.delete_organization(session, envelope.entity_id, deleted_at=_deleted_at(envelope)))
 
 
 def upsert_membership(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
@@ -71,7 +78,7 @@ def upsert_membership(session: Session, envelope: Envelope, settings: Settings) 
 
 def delete_membership(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
     fields = apply.membership_fields(envelope.data, fallback_ms=envelope.timestamp_ms)
-    return _result(apply.delete_membership(session, fields, envelope.entity_id, deleted_at=_deleted_at(envelope)))
+    return _deleted(apply.delete_membership(session, fields, envelope.entity_id, deleted_at=_deleted_at(envelope)))
 
 
 Handler = Callable[[Session, Envelope, Settings], Outcome]
