@@ -14,6 +14,18 @@ from tests.support.waiting import wait_for
 from worker import sweeper
 
 
+def recover_lost(settings, session_factory, redis_client) -> int:  # type: ignore[no-untyped-def]
+    """One pass of the sweep's lost-message recovery, for receipts older than a minute."""
+    with session_factory.begin() as session:
+        return sweeper.recover_lost(
+            session,
+            make_celery(settings, role="worker"),
+            redis_client,
+            queue_name=settings.queue_name,
+            older_than_seconds=60,
+        )
+
+
 def test_the_ingress_writes_a_receipt_with_every_message(settings, redis_client):
     EventPublisher(make_celery(settings, role="publisher"), settings).publish(
         svix_id="msg_receipt", svix_timestamp=1700000000, body='{"a": 1}'
@@ -35,14 +47,7 @@ def test_recover_lost_forgets_known_events_and_requeues_unknown_ones(settings, s
         session.add(WebhookEvent(svix_id="msg_known", event_type="user.created", status="processed", attempts=1))
 
     # When the sweep looks for lost messages
-    with session_factory.begin() as session:
-        requeued = sweeper.recover_lost(
-            session,
-            make_celery(settings, role="worker"),
-            redis_client,
-            queue_name=settings.queue_name,
-            older_than_seconds=60,
-        )
+    requeued = recover_lost(settings, session_factory, redis_client)
 
     # Then the known one is forgotten and the vanished one is on the queue again, checked again later
     assert requeued == 1
@@ -50,6 +55,27 @@ def test_recover_lost_forgets_known_events_and_requeues_unknown_ones(settings, s
     assert redis_client.hget(receipts, "msg_vanished") is not None
     assert redis_client.zscore(index, "msg_vanished") > old
     assert redis_client.llen(settings.queue_name) == 1
+
+
+def test_recover_lost_leaves_receipts_whose_messages_may_still_be_queued(settings, session_factory, redis_client):
+    # Given three old receipts without rows, and two messages still waiting in the queue
+    # (a backlog older than the delay, as in a bulk import): they are the two newest
+    receipts, index = receipt_keys(settings.queue_name)
+    old = time.time() - 600
+    body = json.dumps(load_payload("user.created"))
+    for age, svix_id in enumerate(("msg_taken", "msg_queued_1", "msg_queued_2")):
+        redis_client.hset(receipts, svix_id, json.dumps([1700000000, body]))
+        redis_client.zadd(index, {svix_id: old + age})
+    redis_client.lpush(settings.queue_name, "queued message 1", "queued message 2")
+
+    # When the sweep looks for lost messages
+    requeued = recover_lost(settings, session_factory, redis_client)
+
+    # Then only the receipt older than every queued message is enqueued again
+    assert requeued == 1
+    assert redis_client.llen(settings.queue_name) == 3
+    assert redis_client.zscore(index, "msg_taken") > old + 60
+    assert [redis_client.zscore(index, s) for s in ("msg_queued_1", "msg_queued_2")] == [old + 1, old + 2]
 
 
 def test_an_accepted_event_whose_message_vanished_is_applied(processes, session_factory, redis_client, settings):

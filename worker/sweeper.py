@@ -124,19 +124,28 @@ def recover_lost(session: Session, app: Celery, client: Any, *, queue_name: str,
 
     A receipt older than ``older_than_seconds`` whose svix-id has a `webhook_events` row is
     simply forgotten (Postgres owns the event now); one without a row is enqueued again
-    and checked again after the same delay. A receipt still queued behind a long
-    backlog may be enqueued twice: the svix-id dedupe makes that harmless.
+    and checked again after the same delay, unless its message may still be waiting in
+    the queue: the queue is first in, first out, so the newest receipts, as many as there
+    are queued messages, are left alone. Behind a backlog older than the delay (a bulk
+    import), old receipts are then not enqueued a second time.
     """
     if ledger.is_paused(session):
         return 0
     receipts, index = receipt_keys(queue_name)
     cutoff = time.time() - older_than_seconds
-    svix_ids = [raw.decode() for raw in client.zrangebyscore(index, "-inf", cutoff, start=0, num=SWEEP_BATCH)]
+    with client.pipeline(transaction=True) as snapshot:
+        snapshot.zrangebyscore(index, "-inf", cutoff, start=0, num=SWEEP_BATCH)
+        snapshot.zcard(index)
+        snapshot.llen(queue_name)
+        oldest, receipt_count, queued = snapshot.execute()
+    svix_ids = [raw.decode() for raw in oldest]  # the oldest receipts, by age rank from 0
     if not svix_ids:
         return 0
     known = set(session.scalars(select(WebhookEvent.svix_id).where(WebhookEvent.svix_id.in_(svix_ids))))
     forget_receipts(client, queue_name, sorted(known))
-    lost = [svix_id for svix_id in svix_ids if svix_id not in known]
+    # Only receipts older than every queued message belong to messages a worker has taken.
+    taken = max(receipt_count - queued, 0)
+    lost = [svix_id for svix_id in svix_ids[:taken] if svix_id not in known]
     requeued = 0
     for svix_id, raw in zip(lost, client.hmget(receipts, lost) if lost else [], strict=True):
         if raw is None:  # forgotten meanwhile by a worker
