@@ -36,4 +36,4 @@ lint: install
 bench: install
 	scripts/ensure-services.sh
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python -m bench.run

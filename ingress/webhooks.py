@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ingress.state import state
 from shared import metrics
+from shared.publish import QueueUnavailable
 
 bp = Blueprint("webhooks", __name__)
 log = structlog.get_logger("clerk_sync.ingress")
@@ -58,8 +59,8 @@ def receive() -> tuple[dict[str, str], int] | Response:
         started = time.perf_counter()
         try:
             state().publisher.publish(svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
-        except Exception as exc:  # any broker failure: Svix must retry, never a 2xx
-            log.warning("enqueue_failed", error=type(exc).__name__)
+        except QueueUnavailable as exc:  # Svix must retry, never a 2xx
+            log.warning("enqueue_failed", error=str(exc))
             metrics.observe_enqueue(time.perf_counter() - started)
             metrics.ingress_request("unavailable", reason="queue_unavailable", status=503)
             response = Response('{"error":"queue_unavailable"}', status=503, mimetype="application/json")

@@ -16,10 +16,10 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from devkit.services import REDIS_BASE_URL, redis_db_index, temporary_database
 from shared.config import Settings, load_settings
 from shared.db import make_engine
 from tests.support.processes import ProcessManager
-from tests.support.services import REDIS_BASE_URL, redis_db_index, temporary_database
 from tests.support.signing import SECRET
 
 SYNCED_TABLES = ("webhook_events", "users", "organizations", "organization_memberships", "clerk_sync_control")

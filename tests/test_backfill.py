@@ -17,10 +17,10 @@ from tests.support.fake_clerk import (
     make_instance,
     primary_email_of,
 )
-from worker.backfill import backfill
-from worker.clerk_api import ClerkClient
-from worker.ledger import Delivery
-from worker.process import process_delivery
+from worker.clerk.api import ClerkClient
+from worker.clerk.backfill import backfill
+from worker.pipeline.ledger import Delivery
+from worker.pipeline.process import process_delivery
 
 
 def snapshot(session_factory) -> dict[str, list[tuple[Any, ...]]]:

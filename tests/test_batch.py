@@ -8,8 +8,8 @@ from sqlalchemy import select, text
 
 from shared.models import User, WebhookEvent
 from tests.support.signing import load_payload
-from worker.batch import process_batch
-from worker.ledger import Delivery, set_paused
+from worker.pipeline.batch import process_batch
+from worker.pipeline.ledger import Delivery, set_paused
 
 
 def _user_created(index: int) -> str:

@@ -11,14 +11,14 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
-from shared.queue import make_celery
+from shared.publish import EventPublisher
 from tests.support.cli import run_cli, statuses
 from tests.support.processes import free_port
 from tests.support.signing import load_payload, post_event
-from tests.support.waiting import wait_for
-from worker import operations
-from worker.operations import DeadFilter, OperationError
+from worker.ops import dead_letters
+from worker.ops.dead_letters import DeadFilter, OperationError
 
 FINAL = ("processed", "ignored", "dead")
 
@@ -230,15 +230,15 @@ def test_dead_letter_filters(session_factory):
 
     def ids(**filters: Any) -> list[str]:
         with session_factory() as session:
-            return [row.svix_id for row in operations.list_dead(session, DeadFilter(**filters))]
+            return [row.svix_id for row in dead_letters.list_dead(session, DeadFilter(**filters))]
 
     # Then every filter selects what it says, oldest first, dead only
     assert ids() == ["msg_old", "msg_mem", "msg_new"]
     assert ids(event_type="user.created") == ["msg_new"]
     assert ids(event_type="user") == []  # exact, not a prefix
-    assert ids(since=operations.parse_since("1d")) == ["msg_mem", "msg_new"]
-    assert ids(since=operations.parse_since("30m")) == ["msg_new"]
-    assert ids(since=operations.parse_since((now - dt.timedelta(days=4)).date().isoformat())) == [
+    assert ids(since=dead_letters.parse_since("1d")) == ["msg_mem", "msg_new"]
+    assert ids(since=dead_letters.parse_since("30m")) == ["msg_new"]
+    assert ids(since=dead_letters.parse_since((now - dt.timedelta(days=4)).date().isoformat())) == [
         "msg_old",
         "msg_mem",
         "msg_new",
@@ -253,15 +253,15 @@ def test_dead_letter_filters(session_factory):
 
 def test_parse_since_accepts_durations_and_iso_and_rejects_the_rest():
     now = dt.datetime(2024, 5, 10, 12, 0, tzinfo=dt.UTC)
-    assert operations.parse_since("2h", now=now) == dt.datetime(2024, 5, 10, 10, 0, tzinfo=dt.UTC)
-    assert operations.parse_since("3d", now=now) == dt.datetime(2024, 5, 7, 12, 0, tzinfo=dt.UTC)
-    assert operations.parse_since("1w", now=now) == dt.datetime(2024, 5, 3, 12, 0, tzinfo=dt.UTC)
-    assert operations.parse_since("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
-    assert operations.parse_since("2024-05-01T08:30:00Z") == dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
-    assert operations.parse_since("2024-05-01T08:30:00+02:00") == dt.datetime(2024, 5, 1, 6, 30, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("2h", now=now) == dt.datetime(2024, 5, 10, 10, 0, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("3d", now=now) == dt.datetime(2024, 5, 7, 12, 0, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("1w", now=now) == dt.datetime(2024, 5, 3, 12, 0, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("2024-05-01T08:30:00Z") == dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
+    assert dead_letters.parse_since("2024-05-01T08:30:00+02:00") == dt.datetime(2024, 5, 1, 6, 30, tzinfo=dt.UTC)
     for bad in ("yesterday", "2h ago", "-3d", "", "2024-13-01"):
         with pytest.raises(ValueError, match="--since"):
-            operations.parse_since(bad)
+            dead_letters.parse_since(bad)
 
 
 def test_replay_and_discard_act_only_on_named_dead_events(session_factory, settings, redis_client):
@@ -272,17 +272,17 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
         add_event(session, "msg_b")
         add_event(session, "msg_ok", status="processed", attempts=1)
         add_event(session, "msg_scrubbed", payload={"type": "user.created", "scrubbed": True, "data": {"id": "u"}})
-    app = make_celery(settings, role="publisher")
+    app = EventPublisher(settings)
     try:
         # When a replay names a processed event or an unknown one, nothing happens
         for named in (["msg_a", "msg_ok"], ["msg_a", "msg_nobody"], ["msg_scrubbed"]):
             with pytest.raises(OperationError), session_factory.begin() as session:
-                operations.replay(session, app, named)
+                dead_letters.replay(session, app, named)
         assert redis_client.llen(settings.queue_name) == 0
 
         # When --all style replay skips what is no longer dead
         with session_factory.begin() as session:
-            result = operations.replay(session, app, ["msg_b", "msg_a", "msg_ok"], skip_not_dead=True)
+            result = dead_letters.replay(session, app, ["msg_b", "msg_a", "msg_ok"], skip_not_dead=True)
     finally:
         app.close()
 
@@ -300,9 +300,9 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
 
     # And discard deletes only the dead rows it names
     with pytest.raises(OperationError), session_factory.begin() as session:
-        operations.discard(session, ["msg_scrubbed", "msg_ok"])
+        dead_letters.discard(session, ["msg_scrubbed", "msg_ok"])
     with session_factory.begin() as session:
-        assert operations.discard(session, ["msg_scrubbed"]).done == ["msg_scrubbed"]
+        assert dead_letters.discard(session, ["msg_scrubbed"]).done == ["msg_scrubbed"]
     with session_factory() as session:
         assert sorted(session.scalars(select(WebhookEvent.svix_id))) == ["msg_a", "msg_b", "msg_ok"]
 

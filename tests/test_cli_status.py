@@ -7,14 +7,14 @@ import json
 import subprocess
 from typing import Any
 
+from devkit.services import bin_path
 from shared.models import WebhookEvent
-from shared.queue import enqueue_event, make_celery
+from shared.publish import EventPublisher
 from tests.support.processes import free_port
-from tests.support.services import bin_path
 from tests.support.signing import load_payload
-from worker import ledger
-from worker.ledger import Delivery
-from worker.process import process_delivery
+from worker.pipeline import ledger
+from worker.pipeline.ledger import Delivery
+from worker.pipeline.process import process_delivery
 
 
 def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
@@ -46,10 +46,10 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
         for n in range(3):
             add_event(session, f"msg_d{n}", "dead", age=dt.timedelta(days=5))
     # and four messages waiting in the queue with no worker running, one delivered but unacked
-    app = make_celery(settings, role="publisher")
+    app = EventPublisher(settings)
     try:
         for n in range(4):
-            enqueue_event(app, svix_id=f"msg_q{n}", svix_timestamp=None, body="{}")
+            app.publish(svix_id=f"msg_q{n}", svix_timestamp=None, body="{}")
     finally:
         app.close()
     redis_client.hset("unacked", "tag-1", json.dumps([{"body": ""}, "", settings.queue_name]))

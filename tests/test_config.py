@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
+from devkit.services import ROOT, bin_path
 from shared.config import ConfigError, Settings, load_settings
 from tests.support.processes import free_port
-from tests.support.services import ROOT, bin_path
 from tests.support.signing import OTHER_SECRET, SECRET
 
 

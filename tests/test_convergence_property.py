@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from shared.models import WebhookEvent
 from tests.support.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
-from worker.batch import process_batch
-from worker.ledger import Delivery
-from worker.process import process_delivery
+from worker.pipeline.batch import process_batch
+from worker.pipeline.ledger import Delivery
+from worker.pipeline.process import process_delivery
 
 steps = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
 

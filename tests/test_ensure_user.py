@@ -1,4 +1,4 @@
-"""`shared.ensure.ensure_user`: the row if present, else fetched from Clerk and stored."""
+"""`worker.clerk.ensure.ensure_user`: the row if present, else fetched from Clerk and stored."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from shared.config import load_settings
-from shared.ensure import ensure_user
 from shared.models import User
 from tests.support.fake_clerk import FakeClerk, FakeClerkServer, make_user, primary_email_of
-from worker.clerk_api import ClerkApiError
+from worker.clerk.api import ClerkApiError
+from worker.clerk.ensure import ensure_user
 
 
 @pytest.fixture

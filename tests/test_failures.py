@@ -20,15 +20,15 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
+from devkit.waiting import wait_for
 from shared.db import make_engine
 from shared.models import User, WebhookEvent
-from shared.queue import enqueue_event, make_celery
+from shared.publish import EventPublisher
 from tests.support.cli import statuses
 from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
 from tests.support.signing import load_payload, new_svix_id, post_event
-from tests.support.waiting import wait_for
-from worker.errors import Failure, classify
+from worker.pipeline.errors import Failure, classify
 
 pytestmark = pytest.mark.e2e
 
@@ -238,10 +238,10 @@ def _start_retrying_worker(processes, *, max_attempts: int) -> None:
 
 
 def _enqueue_user_created(settings, svix_id: str) -> None:
-    publisher = make_celery(settings, role="publisher")
+    publisher = EventPublisher(settings)
     try:
         body = json.dumps(user_created("locked", 1))
-        enqueue_event(publisher, svix_id=svix_id, svix_timestamp=int(time.time()), body=body)
+        publisher.publish(svix_id=svix_id, svix_timestamp=int(time.time()), body=body)
     finally:
         publisher.close()
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from shared.models import Organization, OrganizationMembership, User, WebhookEvent
-from tests.support.signing import PAYLOADS, load_payload
-from worker.ledger import Delivery
-from worker.process import process_delivery
+from tests.support.signing import FIXTURES, load_payload
+from worker.pipeline.ledger import Delivery
+from worker.pipeline.process import process_delivery
 
 USER_ID = "user_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
 ORG_ID = "org_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
@@ -34,7 +34,7 @@ def deliver(session_factory, settings, payload: dict[str, Any] | str, svix_id: s
 
 
 def variant(name: str) -> dict[str, Any]:
-    return json.loads((PAYLOADS / "variants" / f"{name}.json").read_text())
+    return json.loads((FIXTURES / "variants" / f"{name}.json").read_text())
 
 
 def one(session_factory, model, clerk_id: str):  # type: ignore[no-untyped-def]

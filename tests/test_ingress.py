@@ -20,11 +20,11 @@ from svix.webhooks import Webhook
 
 from ingress import create_app
 from shared.config import load_settings
-from shared.queue import PROCESS_EVENT_TASK
+from shared.publish import PROCESS_EVENT_TASK
 from tests.support.processes import free_port
-from tests.support.signing import OTHER_SECRET, PAYLOADS, SECRET, load_payload, new_svix_id, signed_headers
+from tests.support.signing import FIXTURES, OTHER_SECRET, SECRET, load_payload, new_svix_id, signed_headers
 
-VECTORS = json.loads((PAYLOADS / "svix-test-vectors.json").read_text())["vectors"]
+VECTORS = json.loads((FIXTURES / "svix-test-vectors.json").read_text())["vectors"]
 URL = "/webhooks/clerk"
 
 

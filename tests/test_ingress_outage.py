@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from devkit.waiting import wait_for
 from tests.support.proxy import TcpProxy
 from tests.support.signing import load_payload, post_event
-from tests.support.waiting import wait_for
 
 # The contract's bound, with no margin taken off: a 503 must come back within 2 s.
 OUTAGE_ANSWER_SECONDS = 2.0

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from devkit.waiting import wait_for
 from shared.models import WebhookEvent
 from tests.support.signing import OTHER_SECRET, SECRET, load_payload, post_event
-from tests.support.waiting import wait_for
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

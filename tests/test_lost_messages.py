@@ -7,29 +7,24 @@ import time
 
 from sqlalchemy import select
 
+from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
-from shared.queue import EventPublisher, make_celery, receipt_keys
+from shared.publish import EventPublisher
+from shared.receipts import receipt_keys
 from tests.support.signing import load_payload, post_event
-from tests.support.waiting import wait_for
-from worker import sweeper
+from worker.recovery import sweeper
 
 
 def recover_lost(settings, session_factory, redis_client) -> int:  # type: ignore[no-untyped-def]
     """One pass of the sweep's lost-message recovery, for receipts older than a minute."""
     with session_factory.begin() as session:
         return sweeper.recover_lost(
-            session,
-            make_celery(settings, role="worker"),
-            redis_client,
-            queue_name=settings.queue_name,
-            older_than_seconds=60,
+            session, EventPublisher(settings), queue_name=settings.queue_name, older_than_seconds=60
         )
 
 
 def test_the_ingress_writes_a_receipt_with_every_message(settings, redis_client):
-    EventPublisher(make_celery(settings, role="publisher"), settings).publish(
-        svix_id="msg_receipt", svix_timestamp=1700000000, body='{"a": 1}'
-    )
+    EventPublisher(settings).publish(svix_id="msg_receipt", svix_timestamp=1700000000, body='{"a": 1}')
     receipts, index = receipt_keys(settings.queue_name)
     assert redis_client.llen(settings.queue_name) == 1
     assert json.loads(redis_client.hget(receipts, "msg_receipt")) == [1700000000, '{"a": 1}']

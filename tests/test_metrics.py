@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text, update
 
+from devkit.waiting import wait_for
 from shared import metrics
 from shared.models import WebhookEvent
 from tests.support.processes import free_port
 from tests.support.signing import OTHER_SECRET, load_payload, post_event
-from tests.support.waiting import wait_for
 from worker.metrics_server import ScrapeTimeCollector
 
 pytestmark = pytest.mark.e2e

@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from devkit.waiting import wait_for
 from shared.models import Organization, User, WebhookEvent
-from shared.queue import make_celery
+from shared.publish import EventPublisher
 from tests.support.cli import run_cli, statuses
 from tests.support.signing import load_payload, post_event
-from tests.support.waiting import wait_for
-from worker import ledger, operations, sweeper
+from worker.ops import control
+from worker.pipeline import ledger
+from worker.recovery import sweeper
 
 
 def queued_ids(redis_client, queue: str) -> list[str]:
@@ -85,7 +87,7 @@ def test_beat_re_enqueues_events_whose_messages_were_lost(processes, session_fac
         )
     # and an event held by a pause whose flag is then cleared without releasing it
     with session_factory.begin() as session:
-        operations.pause(session)
+        control.pause(session)
     sweeping = {"SWEEP_INTERVAL_SECONDS": "1", "STALE_PENDING_SECONDS": "2"}
     processes.start_worker(**sweeping)
     assert post_event(web.url, load_payload("user.created"), svix_id="msg_held").status_code == 200
@@ -133,7 +135,7 @@ def test_sweep_enqueues_due_failed_and_stale_pending_only(session_factory, setti
         add_event(session, "msg_pending_fresh", "pending")
         add_event(session, "msg_failed_scrubbed", "failed", next_attempt_at=past,
                   payload={"type": "user.created", "scrubbed": True, "data": {"id": "user_s"}})  # fmt: skip
-    app = make_celery(settings, role="publisher")
+    app = EventPublisher(settings)
     try:
         # When a sweep runs
         with session_factory.begin() as session:
@@ -165,7 +167,7 @@ def test_sweep_does_nothing_while_paused_and_release_keeps_arrival_order(session
         for n, svix_id in enumerate(order):
             add_event(session, svix_id, "pending", received_at=now - dt.timedelta(seconds=30 - n))
         add_event(session, "msg_failed", "failed", next_attempt_at=now - dt.timedelta(minutes=1))
-    app = make_celery(settings, role="publisher")
+    app = EventPublisher(settings)
     try:
         # When a sweep runs while paused, nothing is enqueued
         with session_factory.begin() as session:
@@ -174,10 +176,10 @@ def test_sweep_does_nothing_while_paused_and_release_keeps_arrival_order(session
 
         # When the flag is cleared and held events are released
         with session_factory.begin() as session:
-            assert operations.unpause(session) is True
+            assert control.unpause(session) is True
         with session_factory.begin() as session:
-            assert operations.held_count(session) == 3
-            released = operations.release_held(session, app, stale_pending_seconds=60)
+            assert control.held_count(session) == 3
+            released = control.release_held(session, app, stale_pending_seconds=60)
     finally:
         app.close()
 
@@ -185,4 +187,4 @@ def test_sweep_does_nothing_while_paused_and_release_keeps_arrival_order(session
     assert released == 3
     assert queued_ids(redis_client, settings.queue_name) == order
     with session_factory() as session:
-        assert operations.held_count(session) == 0
+        assert control.held_count(session) == 0

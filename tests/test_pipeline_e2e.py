@@ -16,9 +16,9 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
 from tests.support.signing import load_payload, post_event
-from tests.support.waiting import wait_for
 
 
 def test_signed_event_is_recorded_and_applied(processes, session_factory):

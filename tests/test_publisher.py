@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from shared.config import load_settings
-from shared.queue import EventPublisher, enqueue_event, make_celery
+from shared.publish import PROCESS_EVENT_TASK, EventPublisher, QueueUnavailable
+from worker.celery_app import app as celery_app
 
 
 def _pop(client: redis.Redis, queue: str) -> dict:
@@ -20,10 +21,15 @@ def _pop(client: redis.Redis, queue: str) -> dict:
 
 def test_fast_publisher_matches_send_task(settings, redis_client):
     # Given the same event published both ways
-    app = make_celery(settings, role="publisher")
     body = '{"type": "user.created", "data": {"id": "user_1", "email": "ünï@example.com"}}'
-    enqueue_event(app, svix_id="msg_ref", svix_timestamp=1700000000, body=body)
-    EventPublisher(app, settings).publish(svix_id="msg_fast", svix_timestamp=1700000000, body=body)
+    celery_app.send_task(
+        PROCESS_EVENT_TASK,
+        args=("msg_ref", 1700000000, body),
+        task_id="msg_ref",
+        queue=settings.queue_name,
+        connection=celery_app.connection_for_write(settings.redis_url),
+    )
+    EventPublisher(settings).publish(svix_id="msg_fast", svix_timestamp=1700000000, body=body)
 
     # When both messages are read back from Redis
     reference = _pop(redis_client, settings.queue_name)
@@ -51,6 +57,6 @@ def test_fast_publisher_matches_send_task(settings, redis_client):
 
 def test_fast_publisher_raises_when_redis_is_unreachable():
     settings = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0"})
-    publisher = EventPublisher(make_celery(settings, role="publisher"), settings)
-    with pytest.raises((redis.RedisError, OSError)):
+    publisher = EventPublisher(settings)
+    with pytest.raises(QueueUnavailable):
         publisher.publish(svix_id="msg_x", svix_timestamp=1, body="{}")

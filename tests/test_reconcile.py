@@ -6,12 +6,12 @@ import json
 
 from sqlalchemy import delete, insert, select, update
 
+from devkit.waiting import wait_for
 from shared.models import Organization, OrganizationMembership, User
 from tests.support.cli import run_cli
 from tests.support.fake_clerk import SECRET_KEY, FakeClerkServer, clerk_env, make_instance
-from tests.support.waiting import wait_for
-from worker.backfill import backfill
-from worker.clerk_api import ClerkClient
+from worker.clerk.api import ClerkClient
+from worker.clerk.backfill import backfill
 
 
 def backfilled(server, clerk, session_factory, settings) -> None:

@@ -27,14 +27,14 @@ import psycopg
 import pytest
 import requests
 
+from devkit.services import ROOT, bin_path
+from devkit.waiting import wait_for
 from shared.config import normalize_database_url
 from tests.support.processes import free_port
-from tests.support.services import ROOT, bin_path
 from tests.support.signing import SECRET
-from tests.support.waiting import wait_for
 
 LAUNCH = ROOT / "scripts" / "launch.py"
-SAMPLE_USER_ID = json.loads((ROOT / "worker" / "samples" / "user.created.json").read_text())["data"]["id"]
+SAMPLE_USER_ID = json.loads((ROOT / "worker" / "cli" / "samples" / "user.created.json").read_text())["data"]["id"]
 
 
 def bare_machine_env(**overrides: str) -> dict[str, str]:

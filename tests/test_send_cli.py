@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from devkit.services import bin_path
+from devkit.waiting import wait_for
 from shared.models import User
 from tests.support.processes import free_port
-from tests.support.services import bin_path
 from tests.support.signing import load_payload
-from tests.support.waiting import wait_for
 
 
 def clerk_sync(base_env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,8 @@
 """The worker's Celery app. Configured lazily from settings when the worker starts.
 
-Run it with ``celery -A worker.celery_app worker`` (see the Procfile). It never
-imports Flask; the ingress has a publisher of its own (``shared.queue``).
+Run it with ``celery -A worker.celery_app worker`` (see the Procfile). Every Celery
+setting lives here (``celery_config``). It never imports Flask; nothing publishes through
+Celery: events go on the queue through ``shared.publish``.
 """
 
 from __future__ import annotations
@@ -12,18 +13,92 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 from celery.schedules import schedule
+from kombu import Queue
 
 from shared import metrics
-from shared.config import ConfigError, exit_on_config_error, get_settings
+from shared.config import ConfigError, Settings, exit_on_config_error, get_settings
 from shared.db import dispose_engines
 from shared.logging import configure_logging
-from shared.queue import PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK, celery_config
+from shared.publish import PROCESS_EVENT_TASK, PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK, control_queue
+
+# Longer than any task (statement timeout 30 s) and any countdown (<= 60 s), so a
+# message held by a live worker is never handed out twice; short enough that one
+# held by a worker that died is handed to another within 2 minutes.
+VISIBILITY_TIMEOUT_SECONDS = 90
+MAX_COUNTDOWN_SECONDS = 60
+
+# The worker applies events in batches: up to BATCH_SIZE per transaction, or what
+# arrived within BATCH_INTERVAL_SECONDS. Each worker process reserves BATCH_SIZE * 2
+# messages (one batch being applied, one filling); all are acked only after their
+# batch committed, and redelivered after the visibility timeout if the worker dies.
+BATCH_SIZE = 32
+BATCH_INTERVAL_SECONDS = 0.05
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings of the worker, beat and the no-op benchmark worker."""
+    transport: dict[str, Any] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        # Look for messages of dead workers every 5 s (kombu's default scans every 100 s).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        # Celery reads the visibility timeout here too when a result backend is Redis.
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "broker_connection_timeout": 5,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # forever
+        "broker_pool_limit": 10,
+        "task_default_queue": settings.queue_name,
+        "task_create_missing_queues": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Delivery guarantees: ack only after the task finished; a worker killed
+        # mid-task leaves its messages to be redelivered; each process reserves
+        # two batches (see BATCH_SIZE above), no more.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": BATCH_SIZE * 2,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_soft_shutdown_timeout": 10.0,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "task_time_limit": 60,
+        "task_soft_time_limit": 45,
+        "enable_utc": True,
+        "timezone": "UTC",
+        # Periodic jobs get a queue of their own so a backlog never delays a sweep.
+        "task_queues": (Queue(settings.queue_name), Queue(control_queue(settings.queue_name))),
+        "task_routes": {
+            PROCESS_EVENT_TASK: {"queue": settings.queue_name},
+            SWEEP_TASK: {"queue": control_queue(settings.queue_name)},
+            PURGE_PAYLOADS_TASK: {"queue": control_queue(settings.queue_name)},
+            RECONCILE_TASK: {"queue": control_queue(settings.queue_name)},
+        },
+    }
+
 
 # Before the prefork children exist and before prometheus_client is imported: each child
 # writes its samples here and the main process's scrape sums them (worker/metrics_server.py).
 metrics.ensure_multiproc_dir()
 
-app = Celery("clerk_sync", set_as_current=True, include=["worker.tasks"])
+app = Celery(
+    "clerk_sync",
+    set_as_current=True,
+    include=["worker.pipeline.tasks", "worker.recovery.tasks", "worker.clerk.tasks"],
+)
 
 
 @app.on_configure.connect
@@ -36,7 +111,7 @@ def _configure(sender: Celery, **_: Any) -> None:
         return
     # Before the worker's first words (its root-privileges warning comes before setup_logging).
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    sender.conf.update(celery_config(settings, role="worker"))
+    sender.conf.update(celery_config(settings))
     beat: dict[str, Any] = {
         "sweep": {"task": SWEEP_TASK, "schedule": schedule(settings.sweep_interval_seconds)},
         "purge-payloads": {"task": PURGE_PAYLOADS_TASK, "schedule": schedule(3600.0)},

@@ -23,7 +23,8 @@ from sqlalchemy.pool import NullPool
 
 from shared import metrics
 from shared.config import Settings
-from shared.queue import control_queue
+from shared.publish import control_queue
+from shared.redis_client import redis_client
 
 log = structlog.get_logger("clerk_sync.metrics")
 
@@ -45,7 +46,7 @@ class ScrapeTimeCollector(Collector):
     """Gauges computed when scraped, from Postgres and Redis, with short timeouts."""
 
     def __init__(self, settings: Settings) -> None:
-        self.queues = (settings.queue_name, control_queue(settings))
+        self.queues = (settings.queue_name, control_queue(settings.queue_name))
         # No pool: a connection per scrape, never one a forked child could inherit.
         self.engine: Engine = create_engine(
             settings.sqlalchemy_url,
@@ -56,8 +57,7 @@ class ScrapeTimeCollector(Collector):
                 "options": "-c statement_timeout=5000",
             },
         )
-        url = settings.redis_url.replace("redis+socket://", "unix://", 1)
-        self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        self.redis = redis_client(settings.redis_url, timeout=2.0)
 
     def collect(self) -> Iterator[Any]:
         yield from self._database()

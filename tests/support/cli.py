@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from devkit.services import bin_path
 from shared.models import WebhookEvent
-from tests.support.services import bin_path
 
 
 def run_cli(

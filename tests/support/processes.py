@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
-from tests.support.services import ROOT, bin_path
-from tests.support.waiting import wait_for
+from devkit.services import ROOT, bin_path
+from devkit.waiting import wait_for
 
 
 def free_port() -> int:

@@ -11,14 +11,17 @@ from typing import Any
 import requests
 from svix.webhooks import Webhook
 
-# A copy of ../shared/clerk-payloads, so a clone runs its tests on its own.
-PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "clerk-payloads"
+ROOT = Path(__file__).resolve().parents[2]
+# One body per event type: the samples `clerk-sync send` ships (a copy of ../shared/clerk-payloads).
+PAYLOADS = ROOT / "worker" / "cli" / "samples"
+# Older shapes from Clerk's docs, and Svix's known-good signatures: only the tests use them.
+FIXTURES = ROOT / "tests" / "fixtures" / "clerk-variants"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_plJ3nmyCDGBKInavdOK15jsl"
 
 
 def load_payload(name: str) -> dict[str, Any]:
-    """A realistic Clerk body from ../shared/clerk-payloads (e.g. "user.updated")."""
+    """A realistic Clerk body of one type (e.g. "user.updated")."""
     return json.loads((PAYLOADS / f"{name}.json").read_text())
 
 

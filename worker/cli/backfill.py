@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
 from shared.db import session_factory
-from worker.backfill import RESOURCES, ResourceResult, backfill
-from worker.clerk_api import MAX_PAGE_SIZE, MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkApiError, client_from_settings
+from worker.clerk.api import MAX_PAGE_SIZE, MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkApiError, client_from_settings
+from worker.clerk.backfill import RESOURCES, ResourceResult, backfill
 from worker.cli.common import CliError, print_table
 
 
@@ -76,7 +76,7 @@ class Progress:
 
     def __call__(self, result: ResourceResult) -> None:
         if not self.live:
-            return  # worker.backfill logs each page
+            return  # worker.clerk.backfill logs each page
         seen = result.resumed_from + result.fetched
         share = f"{seen}/{result.total} ({min(100, 100 * seen // result.total)}%)" if result.total else str(seen)
         print(f"\r{result.resource:<13} {share}  applied {result.applied}", end="", file=sys.stderr, flush=True)

@@ -6,13 +6,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from celery import Celery
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import session_factory
-from shared.queue import make_celery
+from shared.publish import EventPublisher
 
 
 class CliError(Exception):
@@ -33,8 +32,9 @@ def transaction(settings: Settings) -> Iterator[Session]:
         raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
 
 
-def publisher(settings: Settings) -> Celery:
-    return make_celery(settings, role="worker", name="clerk_sync_cli")
+def publisher(settings: Settings) -> EventPublisher:
+    """The publisher replays and resumes enqueue with (5 s timeouts: an operator waits)."""
+    return EventPublisher(settings, timeout=5.0)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from worker import operations
+from shared.publish import QueueUnavailable
 from worker.cli.common import CliError, print_table, publisher, transaction
-from worker.operations import DeadFilter, OperationError, QueueUnavailable
+from worker.ops import dead_letters
+from worker.ops.dead_letters import DeadFilter, OperationError
 
 # Rows changed per transaction by --all: each batch is enqueued, then committed.
 BATCH = 100
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     commands = parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     list_parser = commands.add_parser("list", help="dead events, oldest first")
-    _add_filters(list_parser, limit_default=operations.DEFAULT_LIST_LIMIT)
+    _add_filters(list_parser, limit_default=dead_letters.DEFAULT_LIST_LIMIT)
     list_parser.add_argument("--json", action="store_true", help="a JSON array, one object per event")
     list_parser.set_defaults(handler=run_list)
 
@@ -78,7 +79,7 @@ def filters_from(args: argparse.Namespace) -> DeadFilter:
     since = None
     if args.since is not None:
         try:
-            since = operations.parse_since(args.since)
+            since = dead_letters.parse_since(args.since)
         except ValueError as exc:
             raise CliError(str(exc), exit_code=2) from None
     return DeadFilter(event_type=args.event_type, since=since, error=args.error, entity=args.entity, limit=args.limit)
@@ -92,9 +93,9 @@ def _one_line(text: str | None, width: int) -> str:
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     filters = filters_from(args)
     with transaction(settings) as session:
-        rows = operations.list_dead(session, filters)
+        rows = dead_letters.list_dead(session, filters)
         if args.json:
-            print(json.dumps([operations.summary(row) for row in rows], indent=2))
+            print(json.dumps([dead_letters.summary(row) for row in rows], indent=2))
             return 0
         if not rows:
             print("no dead events")
@@ -120,10 +121,10 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
     with transaction(settings) as session:
-        row = operations.get_event(session, args.svix_id)
+        row = dead_letters.get_event(session, args.svix_id)
         if row is None:
             raise CliError(f"no event with svix_id {args.svix_id}")
-        event = operations.detail(row)
+        event = dead_letters.detail(row)
     if args.json:
         print(json.dumps(event, indent=2))
         return 0
@@ -163,13 +164,13 @@ def _selected_ids(args: argparse.Namespace, settings: Settings, verb: str) -> tu
             raise CliError(f"dlq {verb}: filters only apply with --all", exit_code=2)
         return list(dict.fromkeys(args.svix_ids)), filters
     with transaction(settings) as session:
-        return [row.svix_id for row in operations.list_dead(session, filters)], filters
+        return [row.svix_id for row in dead_letters.list_dead(session, filters)], filters
 
 
 def _in_batches(
     settings: Settings,
     svix_ids: Sequence[str],
-    action: Callable[..., operations.Result],
+    action: Callable[..., dead_letters.Result],
     *,
     skip_not_dead: bool,
     done: list[str],
@@ -195,8 +196,8 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     replayed: list[str] = []
     skipped: list[str] = []
 
-    def replay(session: Session, batch: Sequence[str], *, skip_not_dead: bool) -> operations.Result:
-        return operations.replay(session, app, batch, skip_not_dead=skip_not_dead)
+    def replay(session: Session, batch: Sequence[str], *, skip_not_dead: bool) -> dead_letters.Result:
+        return dead_letters.replay(session, app, batch, skip_not_dead=skip_not_dead)
 
     try:
         _in_batches(settings, svix_ids, replay, skip_not_dead=args.all, done=replayed, skipped=skipped)
@@ -230,7 +231,7 @@ def run_discard(args: argparse.Namespace, settings: Settings) -> int:
     discarded: list[str] = []
     skipped: list[str] = []
     try:
-        _in_batches(settings, svix_ids, operations.discard, skip_not_dead=args.all, done=discarded, skipped=skipped)
+        _in_batches(settings, svix_ids, dead_letters.discard, skip_not_dead=args.all, done=discarded, skipped=skipped)
     except OperationError as exc:
         raise CliError(str(exc)) from None
     for svix_id in skipped:

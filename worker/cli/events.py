@@ -11,8 +11,8 @@ import datetime as dt
 import json
 
 from shared.config import Settings
-from worker import operations
 from worker.cli.common import print_table, transaction
+from worker.ops import dead_letters, timeline
 
 ERROR_WIDTH = 60
 
@@ -32,11 +32,11 @@ def _clerk_time(millis: int | None) -> str:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     with transaction(settings) as session:
-        timeline = operations.timeline(session, args.entity)
+        events = timeline.timeline(session, args.entity)
     if args.json:
-        print(json.dumps([{**operations.summary(row), "clerk_timestamp_ms": ms} for row, ms in timeline], indent=2))
+        print(json.dumps([{**dead_letters.summary(row), "clerk_timestamp_ms": ms} for row, ms in events], indent=2))
         return 0
-    if not timeline:
+    if not events:
         print(f"no events about {args.entity}")
         return 0
     print_table(
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
                 " ".join((row.last_error or "").split())[:ERROR_WIDTH],
             )
-            for row, ms in timeline
+            for row, ms in events
         ],
     )
     return 0

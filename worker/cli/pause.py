@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 
 from shared.config import Settings
-from worker import operations
+from shared.publish import QueueUnavailable
 from worker.cli.common import CliError, publisher, transaction
-from worker.operations import QueueUnavailable
+from worker.ops import control
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_pause(args: argparse.Namespace, settings: Settings) -> int:
     with transaction(settings) as session:
-        was_paused = operations.pause(session)
+        was_paused = control.pause(session)
     if was_paused:
         print("already paused")
     else:
@@ -38,11 +38,11 @@ def run_resume(args: argparse.Namespace, settings: Settings) -> int:
     # The flag is committed first: a worker must see it cleared before a released
     # message reaches it, or it would hold that event again.
     with transaction(settings) as session:
-        was_paused = operations.unpause(session)
+        was_paused = control.unpause(session)
     app = publisher(settings)
     try:
         with transaction(settings) as session:
-            released = operations.release_held(session, app, stale_pending_seconds=settings.stale_pending_seconds)
+            released = control.release_held(session, app, stale_pending_seconds=settings.stale_pending_seconds)
     except QueueUnavailable as exc:
         raise CliError(
             f"resumed, but the queue is unavailable ({exc}): held events stay pending "

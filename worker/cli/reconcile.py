@@ -13,10 +13,10 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
 from shared.db import session_factory
-from worker.clerk_api import ClerkApiError, client_from_settings
+from worker.clerk.api import ClerkApiError, client_from_settings
+from worker.clerk.reconcile import KINDS, Report, reconcile
 from worker.cli.backfill import add_api_flags, add_resource_flags, selected_resources
 from worker.cli.common import CliError, print_table
-from worker.reconcile import KINDS, Report, reconcile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

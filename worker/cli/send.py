@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def sample_types() -> list[str]:
-    folder = resources.files("worker") / "samples"
+    folder = resources.files("worker.cli") / "samples"
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -38,7 +38,7 @@ def load_event(spec: str) -> str:
     if path.is_file():
         return path.read_text()
     if spec in sample_types():
-        return (resources.files("worker") / "samples" / f"{spec}.json").read_text()
+        return (resources.files("worker.cli") / "samples" / f"{spec}.json").read_text()
     raise CliError(f"{spec!r} is neither a file nor a sample type ({', '.join(sample_types())})", exit_code=2)
 
 

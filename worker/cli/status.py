@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from worker import ledger, operations
 from worker.cli.common import print_table, transaction
+from worker.ops import status
+from worker.pipeline import ledger
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,13 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def collect(session: Session, settings: Settings) -> dict[str, Any]:
     """Everything `status` reports, as one JSON-ready dict."""
-    counts = operations.status_counts(session)
-    queue = operations.queue_depth(settings)
+    counts = status.status_counts(session)
+    queue = status.queue_depth(settings)
     return {
         "paused": ledger.is_paused(session),
         "counts": counts,
         "dead": counts["dead"],
-        "oldest_unprocessed_age_seconds": operations.oldest_unprocessed_age(session),
+        "oldest_unprocessed_age_seconds": status.oldest_unprocessed_age(session),
         "queue": {
             "name": queue.name,
             "available": queue.available,

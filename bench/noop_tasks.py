@@ -1,0 +1,24 @@
+"""The baseline for the worker benchmark: a Celery app with the worker's own settings and a no-op task.
+
+The task is registered under the real task name, so the very same messages (``process_event(svix_id,
+svix_timestamp, body)``, task id = svix-id) are consumed; it only does no work. Run it with the flags of
+deploy/celery-worker.sh: ``celery -A bench.noop_tasks worker --pool prefork --concurrency N
+--without-gossip --without-mingle``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from shared.config import get_settings
+from shared.publish import PROCESS_EVENT_TASK
+from worker.celery_app import celery_config
+
+app = Celery("clerk_sync_bench_noop", set_as_current=True)
+app.conf.update(celery_config(get_settings()))
+
+
+@app.task(name=PROCESS_EVENT_TASK)
+def process_event(svix_id: str, svix_timestamp: int | None, body: str) -> None:
+    """Accept the message and do nothing."""
+    return None

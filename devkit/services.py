@@ -1,0 +1,66 @@
+"""Per-run isolation on the shared servers: a database and a Redis db index of our own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("TEST_REDIS_BASE_URL", "redis://127.0.0.1:6379")
+LOCK_PREFIX = "clerk-sync-test-db-lock:"
+
+
+def bin_path(name: str) -> str:
+    """A console script from this interpreter's environment (the project's venv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@contextmanager
+def temporary_database() -> Iterator[str]:
+    """Create `clerk_sync_test_<random>`, migrate it with `alembic upgrade head`, drop it after."""
+    name = f"clerk_sync_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        subprocess.run(
+            [bin_path("alembic"), "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+            check=True,
+            capture_output=True,
+        )
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def redis_db_index() -> Iterator[int]:
+    """Lease a Redis db index (1-15) for this run, flushed before and after."""
+    admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    for index in range(1, 16):
+        if admin.set(f"{LOCK_PREFIX}{index}", token, nx=True, ex=3 * 3600):
+            break
+    else:
+        raise RuntimeError("no free Redis db index (1-15) for this test run")
+    client = redis.Redis.from_url(f"{REDIS_BASE_URL}/{index}")
+    client.flushdb()
+    try:
+        yield index
+    finally:
+        client.flushdb()
+        if admin.get(f"{LOCK_PREFIX}{index}") == token.encode():
+            admin.delete(f"{LOCK_PREFIX}{index}")

@@ -1,0 +1,193 @@
+"""Dead letters: which dead events an operator means, and replaying or discarding them.
+
+Functions take a session the caller owns and never commit. Replay enqueues after its rows
+are updated and flushed but before the caller commits: a worker that receives such a
+message waits on the row lock, so it sees the committed state, and a message whose
+transaction is rolled back finds its row still `dead` and is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import cast, delete, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from shared.models import WebhookEvent
+from shared.publish import EventPublisher
+from worker.ops.timeline import touches_entity
+from worker.recovery import sweeper
+
+DEFAULT_LIST_LIMIT = 100
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class OperationError(Exception):
+    """The operation cannot be done as asked; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead events an operator means; unset fields do not filter."""
+
+    event_type: str | None = None
+    since: dt.datetime | None = None
+    error: str | None = None
+    entity: str | None = None
+    limit: int | None = None
+
+    @property
+    def narrows(self) -> bool:
+        """True when something other than the limit restricts the selection."""
+        return any(v is not None for v in (self.event_type, self.since, self.error, self.entity))
+
+
+def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """``2h``, ``3d``, ``30m``, ``1w`` ago, or an ISO date/datetime (UTC unless it says)."""
+    match = _RELATIVE.match(text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2).lower()
+        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{_UNITS[unit]: amount})
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected an ISO date or datetime (2024-05-01, 2024-05-01T12:00Z) or a duration (2h, 3d)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def list_dead(session: Session, filters: DeadFilter) -> list[WebhookEvent]:
+    """Dead events matching ``filters``, oldest received first."""
+    query = select(WebhookEvent).where(WebhookEvent.status == "dead")
+    if filters.event_type is not None:
+        query = query.where(WebhookEvent.event_type == filters.event_type)
+    if filters.since is not None:
+        query = query.where(WebhookEvent.received_at >= filters.since)
+    if filters.error is not None:
+        query = query.where(WebhookEvent.last_error.icontains(filters.error, autoescape=True))
+    if filters.entity is not None:
+        query = query.where(touches_entity(filters.entity))
+    query = query.order_by(WebhookEvent.received_at, WebhookEvent.id)
+    if filters.limit is not None:
+        query = query.limit(filters.limit)
+    return list(session.scalars(query))
+
+
+def get_event(session: Session, svix_id: str) -> WebhookEvent | None:
+    return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def summary(row: WebhookEvent) -> dict[str, Any]:
+    """Every field of the row except the stored body, ready for JSON."""
+    return {
+        "svix_id": row.svix_id,
+        "event_type": row.event_type,
+        "status": row.status,
+        "entity_id": row.entity_id,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "errors": row.errors,
+        "svix_timestamp": row.svix_timestamp,
+        "received_at": _iso(row.received_at),
+        "processed_at": _iso(row.processed_at),
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def detail(row: WebhookEvent) -> dict[str, Any]:
+    """``summary`` plus the body as stored: ``payload`` (JSON) or ``raw_body`` (text)."""
+    return {**summary(row), "payload": row.payload, "raw_body": row.raw_body}
+
+
+def _lock_named(session: Session, svix_ids: Sequence[str]) -> list[WebhookEvent]:
+    rows = session.scalars(
+        select(WebhookEvent)
+        .where(WebhookEvent.svix_id.in_(list(svix_ids)))
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
+        .with_for_update()
+    )
+    return list(rows)
+
+
+def _check_dead(rows: list[WebhookEvent], svix_ids: Sequence[str], *, skip_not_dead: bool) -> list[WebhookEvent]:
+    """The dead rows among those named; an OperationError for any other unless skipping."""
+    found = {row.svix_id for row in rows}
+    missing = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in found]
+    if missing and not skip_not_dead:
+        raise OperationError(f"no event with svix_id {missing[0]}")
+    not_dead = [row for row in rows if row.status != "dead"]
+    if not_dead and not skip_not_dead:
+        raise OperationError(f"{not_dead[0].svix_id} is {not_dead[0].status}, not dead: nothing to do")
+    return [row for row in rows if row.status == "dead"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """Which of the named events an operation acted on, and which it skipped."""
+
+    done: list[str]
+    skipped: list[str]
+
+
+def replay(
+    session: Session, publisher: EventPublisher, svix_ids: Sequence[str], *, skip_not_dead: bool = False
+) -> Result:
+    """Give dead events a fresh retry budget and enqueue them again, in order of arrival.
+
+    ``attempts`` restarts from 0 so that the event has the whole budget again; the
+    ``errors`` history is kept, with a note of the replay appended.
+    """
+    rows = _lock_named(session, svix_ids)
+    dead = _check_dead(rows, svix_ids, skip_not_dead=skip_not_dead)
+    bodies = {row.svix_id: sweeper.body_of(row) for row in dead}
+    unreplayable = [svix_id for svix_id, body in bodies.items() if body is None]
+    if unreplayable:
+        raise OperationError(f"{unreplayable[0]}: its payload is no longer stored (scrubbed), it cannot be replayed")
+    now = dt.datetime.now(dt.UTC)
+    for row in dead:
+        note = {"at": now.isoformat(), "event": "replayed", "attempts_before": row.attempts}
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == row.id)
+            .values(
+                status="pending",
+                attempts=0,
+                next_attempt_at=None,
+                processed_at=None,
+                updated_at=func.now(),
+                errors=WebhookEvent.errors + cast(literal(json.dumps([note])), JSONB),
+            )
+        )
+    session.flush()
+    for row in dead:
+        # QueueUnavailable propagates: the caller rolls the batch back.
+        publisher.publish(svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=bodies[row.svix_id] or "")
+    skipped = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in bodies]
+    return Result(done=[row.svix_id for row in dead], skipped=skipped)
+
+
+def discard(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool = False) -> Result:
+    """Delete dead events' rows: the operator has decided they will never be applied.
+
+    Only dead rows are deleted. The svix-id is forgotten with its row, so a later
+    redelivery of it by Svix would be processed as a new event.
+    """
+    rows = _lock_named(session, svix_ids)
+    dead = _check_dead(rows, svix_ids, skip_not_dead=skip_not_dead)
+    if dead:
+        session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
+    done = {row.svix_id for row in dead}
+    return Result(done=[row.svix_id for row in dead], skipped=[s for s in dict.fromkeys(svix_ids) if s not in done])
