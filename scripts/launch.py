@@ -71,26 +71,11 @@ class Choice:
 # --------------------------------------------------------------------------- environment
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (comments, blanks and `export ` tolerated)."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
 def build_env(env_file: Path) -> dict[str, str]:
     """The environment for every child: .env first, the real environment on top of it."""
-    env = read_env_file(env_file)
+    from dotenv import dotenv_values
+
+    env = {key: value for key, value in dotenv_values(env_file).items() if value is not None}
     env.update(os.environ)
     return env
 

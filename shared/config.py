@@ -1,9 +1,12 @@
 """One typed settings object, read from the environment once at start-up.
 
-Every process (ingress, worker, beat, CLI) builds its settings through
-``get_settings()``; a missing or malformed value raises ``ConfigError`` whose
-message is one line naming the variable, so the process can exit before it
-serves anything half-configured.
+Every variable clerk-sync reads is one row of ``VARIABLES``: its name, the ``Settings``
+field it fills, its default and its parser. That table is the only place a default is
+written; ``python -m shared.config`` prints it as the reference in docs/configuration.md.
+Every process (ingress, worker, beat, console, CLI) builds its settings through
+``get_settings()``; a missing or malformed value raises ``ConfigError`` whose message is
+one line naming the variable, so the process exits before it serves anything
+half-configured.
 """
 
 from __future__ import annotations
@@ -11,50 +14,174 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 from urllib.parse import urlsplit
-
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@localhost:5432/clerk_sync"
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-DEFAULT_CLERK_API_URL = "https://api.clerk.com"
 
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message is one line."""
 
 
+# -- parsers: (variable name, raw text) -> value, or ConfigError naming the variable -------
+
+
+def _secrets(name: str, raw: str) -> tuple[str, ...]:
+    # Imported here so that the CLI's --help does not pay for svix.
+    from svix.webhooks import Webhook
+
+    secrets = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
+    for secret in secrets:
+        if not secret.startswith("whsec_"):
+            raise ConfigError(f"{name}: each secret must start with 'whsec_'")
+        # svix's own decoder silently drops non-base64 characters; a typo must not pass.
+        if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", secret[len("whsec_") :]):
+            raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_'")
+        try:
+            Webhook(secret)
+        except Exception as exc:  # binascii.Error, ValueError, EmptyWebhookSecretError
+            raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_' ({type(exc).__name__})") from None
+    return secrets
+
+
+def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL") from None
+    if parts.scheme not in schemes:
+        raise ConfigError(f"{name}: scheme must be one of {', '.join(schemes)}")
+    # A unix-socket URL has no host; every other one must name one.
+    if not (parts.hostname or "socket" in parts.scheme or parts.scheme == "unix" or "host=" in parts.query):
+        raise ConfigError(f"{name}: URL names no host")
+    return raw
+
+
+def _int(name: str, raw: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also refuses nan
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(name: str, raw: str, *, choices: tuple[str, ...], upper: bool = False) -> str:
+    value = raw.strip().upper() if upper else raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _clerk_key(name: str, raw: str) -> str:
+    if not raw.startswith("sk_"):
+        raise ConfigError(f"{name}: must start with 'sk_'")
+    return raw
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: where it goes, its default (None: unset), how it is read."""
+
+    env: str
+    field: str
+    default: str | None
+    parse: Callable[[str, str], Any]
+    doc: str
+
+
+def _log_format_default() -> str:
+    return "console" if sys.stdout.isatty() else "json"
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("CLERK_WEBHOOK_SECRET", "webhook_secrets", None, _secrets,
+             "Svix signing secret(s), whsec_...; several, separated by spaces or commas, while rotating."),
+    Variable("DATABASE_URL", "database_url", "postgresql+psycopg://postgres@localhost:5432/clerk_sync",
+             partial(_url, schemes=("postgresql", "postgresql+psycopg", "postgres")), "Postgres URL."),
+    Variable("REDIS_URL", "redis_url", "redis://localhost:6379/0",
+             partial(_url, schemes=("redis", "rediss", "redis+socket")), "Redis URL: the Celery broker."),
+    Variable("CLERK_SECRET_KEY", "clerk_secret_key", None, _clerk_key,
+             "Clerk Backend API key (sk_...), for backfill, reconcile and ensure_user only."),
+    Variable("CLERK_API_URL", "clerk_api_url", "https://api.clerk.com",
+             lambda name, raw: _url(name, raw, schemes=("http", "https")).rstrip("/"), "Clerk Backend API base URL."),
+    Variable("CLERK_INSTANCE_ID", "clerk_instance_id", None, _text,
+             "Apply only events of this Clerk instance (ins_...); others are recorded ignored."),
+    Variable("LOG_FORMAT", "log_format", None, partial(_choice, choices=("json", "console")),
+             "json (one object per line) or console; default json unless stdout is a terminal."),
+    Variable("LOG_LEVEL", "log_level", "INFO",
+             partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
+    Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576", partial(_int, minimum=1),
+             "Largest webhook body the ingress accepts (413 above)."),
+    Variable("DELETED_USER_PII", "deleted_user_pii", "keep", partial(_choice, choices=("keep", "scrub")),
+             "scrub: clear a deleted user's personal data from their row and stored payloads."),
+    Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1),
+             "Attempts before an event that keeps failing is dead."),
+    Variable("RETRY_BASE_SECONDS", "retry_base_seconds", "30", partial(_float, minimum=0.0),
+             "First retry delay; each later one doubles (with jitter)."),
+    Variable("STALE_PENDING_SECONDS", "stale_pending_seconds", "60", partial(_int, minimum=1),
+             "A pending event untouched this long is presumed lost and enqueued again."),
+    Variable("LOST_MESSAGE_SECONDS", "lost_message_seconds", "120", partial(_int, minimum=1),
+             "A queued message with no ledger row after this long is presumed lost in Redis."),
+    Variable("SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", "15", partial(_float, minimum=0.1),
+             "How often beat sweeps for due retries and lost messages."),
+    Variable("PAYLOAD_RETENTION_DAYS", "payload_retention_days", "30", partial(_int, minimum=0),
+             "Payloads of processed and ignored events are dropped after this many days."),
+    Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0", partial(_int, minimum=0),
+             "Run reconcile (report only) this often from beat; 0 never."),
+    Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
+    Variable("METRICS_PORT", "metrics_port", "9808", partial(_int, minimum=0),
+             "The worker's Prometheus port; 0 disables it."),
+    Variable("DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout_seconds", "10", partial(_float, minimum=0.001),
+             "A worker statement waiting longer for a lock fails the attempt (retried)."),
+    Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", "30", partial(_float, minimum=0.001),
+             "A worker statement running longer fails the attempt (retried)."),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything clerk-sync reads from its environment, validated."""
+    """Everything clerk-sync reads from its environment, validated (see ``VARIABLES``)."""
 
-    webhook_secrets: tuple[str, ...] = ()
-    database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    clerk_secret_key: str | None = None
-    clerk_api_url: str = DEFAULT_CLERK_API_URL
-    clerk_instance_id: str | None = None
-    log_format: str = "json"
-    log_level: str = "INFO"
-    max_body_bytes: int = 1024 * 1024
-    deleted_user_pii: str = "keep"
-    # Retries: attempts before an event is dead, and the first backoff step.
-    max_attempts: int = 8
-    retry_base_seconds: float = 30.0
-    # A `pending` event untouched this long is presumed lost and re-enqueued.
-    stale_pending_seconds: int = 60
-    # A queued message with no `webhook_events` row after this long is presumed lost in Redis.
-    lost_message_seconds: int = 120
-    sweep_interval_seconds: float = 15.0
-    payload_retention_days: int = 30
-    reconcile_interval_seconds: int = 0
-    queue_name: str = "clerk-events"
-    metrics_port: int = 9808
-    # Worker connections give up waiting for a lock / a statement after these (transient failure).
-    db_lock_timeout_seconds: float = 10.0
-    db_statement_timeout_seconds: float = 30.0
-    environment: str = "development"
+    webhook_secrets: tuple[str, ...]
+    database_url: str
+    redis_url: str
+    clerk_secret_key: str | None
+    clerk_api_url: str
+    clerk_instance_id: str | None
+    log_format: str
+    log_level: str
+    max_body_bytes: int
+    deleted_user_pii: str
+    max_attempts: int
+    retry_base_seconds: float
+    stale_pending_seconds: int
+    lost_message_seconds: int
+    sweep_interval_seconds: float
+    payload_retention_days: int
+    reconcile_interval_seconds: int
+    queue_name: str
+    metrics_port: int
+    db_lock_timeout_seconds: float
+    db_statement_timeout_seconds: float
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -72,6 +199,10 @@ class Settings:
         return self.clerk_secret_key
 
 
+# Unset variables whose absence is a value of its own (no secret, no key, no instance filter).
+_EMPTY: dict[str, Any] = {"webhook_secrets": (), "clerk_secret_key": None, "clerk_instance_id": None}
+
+
 def normalize_database_url(url: str) -> str:
     """Name the psycopg 3 driver explicitly; `postgresql://` would pick psycopg2."""
     for prefix in ("postgresql://", "postgres://"):
@@ -80,125 +211,18 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _parse_secrets(raw: str) -> tuple[str, ...]:
-    # Imported here so that the CLI's --help does not pay for svix.
-    from svix.webhooks import Webhook
-
-    secrets = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
-    for secret in secrets:
-        if not secret.startswith("whsec_"):
-            raise ConfigError("CLERK_WEBHOOK_SECRET: each secret must start with 'whsec_'")
-        # svix's own decoder silently drops non-base64 characters; a typo must not pass.
-        if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", secret[len("whsec_") :]):
-            raise ConfigError("CLERK_WEBHOOK_SECRET: a secret is not valid base64 after 'whsec_'")
-        try:
-            Webhook(secret)
-        except Exception as exc:  # binascii.Error, ValueError, EmptyWebhookSecretError
-            raise ConfigError(
-                f"CLERK_WEBHOOK_SECRET: a secret is not valid base64 after 'whsec_' ({type(exc).__name__})"
-            ) from None
-    return secrets
-
-
-def _parse_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
-    try:
-        parts = urlsplit(raw)
-        scheme_ok = parts.scheme in schemes
-        # A unix-socket URL has no host; every other one must name a host.
-        host_ok = bool(parts.hostname) or "socket" in parts.scheme or "host=" in parts.query
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigError(f"{name}: not a valid URL") from None
-    if not scheme_ok:
-        raise ConfigError(f"{name}: scheme must be one of {', '.join(schemes)}")
-    if not host_ok and parts.scheme not in ("redis+socket", "unix"):
-        raise ConfigError(f"{name}: URL names no host")
-    return raw
-
-
-def _parse_int(name: str, raw: str, *, minimum: int = 0) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
-    return value
-
-
-def _parse_float(name: str, raw: str, *, minimum: float = 0.0) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
-    return value
-
-
-def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
-    return value
-
-
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build and validate Settings from an environment mapping."""
+    """Build and validate Settings from an environment mapping (an empty value counts as unset)."""
     env = os.environ if environ is None else environ
-
-    def get(name: str) -> str | None:
-        value = env.get(name)
-        return value if value not in (None, "") else None
-
-    default_format = "console" if sys.stdout.isatty() else "json"
-    level = (get("LOG_LEVEL") or "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"LOG_LEVEL: must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
-    api_key = get("CLERK_SECRET_KEY")
-    if api_key is not None and not api_key.startswith("sk_"):
-        raise ConfigError("CLERK_SECRET_KEY: must start with 'sk_'")
-
-    return Settings(
-        webhook_secrets=_parse_secrets(get("CLERK_WEBHOOK_SECRET") or ""),
-        database_url=_parse_url(
-            "DATABASE_URL",
-            get("DATABASE_URL") or DEFAULT_DATABASE_URL,
-            ("postgresql", "postgresql+psycopg", "postgres"),
-        ),
-        redis_url=_parse_url("REDIS_URL", get("REDIS_URL") or DEFAULT_REDIS_URL, ("redis", "rediss", "redis+socket")),
-        clerk_secret_key=api_key,
-        clerk_api_url=_parse_url(
-            "CLERK_API_URL", get("CLERK_API_URL") or DEFAULT_CLERK_API_URL, ("http", "https")
-        ).rstrip("/"),
-        clerk_instance_id=get("CLERK_INSTANCE_ID"),
-        log_format=_parse_choice("LOG_FORMAT", get("LOG_FORMAT") or default_format, ("json", "console")),
-        log_level=level,
-        max_body_bytes=_parse_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES") or "1048576", minimum=1),
-        deleted_user_pii=_parse_choice("DELETED_USER_PII", get("DELETED_USER_PII") or "keep", ("keep", "scrub")),
-        max_attempts=_parse_int("RETRY_MAX_ATTEMPTS", get("RETRY_MAX_ATTEMPTS") or "8", minimum=1),
-        retry_base_seconds=_parse_float("RETRY_BASE_SECONDS", get("RETRY_BASE_SECONDS") or "30", minimum=0.0),
-        stale_pending_seconds=_parse_int("STALE_PENDING_SECONDS", get("STALE_PENDING_SECONDS") or "60", minimum=1),
-        lost_message_seconds=_parse_int("LOST_MESSAGE_SECONDS", get("LOST_MESSAGE_SECONDS") or "120", minimum=1),
-        sweep_interval_seconds=_parse_float(
-            "SWEEP_INTERVAL_SECONDS", get("SWEEP_INTERVAL_SECONDS") or "15", minimum=0.1
-        ),
-        payload_retention_days=_parse_int("PAYLOAD_RETENTION_DAYS", get("PAYLOAD_RETENTION_DAYS") or "30", minimum=0),
-        reconcile_interval_seconds=_parse_int(
-            "RECONCILE_INTERVAL_SECONDS", get("RECONCILE_INTERVAL_SECONDS") or "0", minimum=0
-        ),
-        queue_name=get("CLERK_SYNC_QUEUE") or "clerk-events",
-        metrics_port=_parse_int("METRICS_PORT", get("METRICS_PORT") or "9808", minimum=0),
-        db_lock_timeout_seconds=_parse_float(
-            "DB_LOCK_TIMEOUT_SECONDS", get("DB_LOCK_TIMEOUT_SECONDS") or "10", minimum=0.001
-        ),
-        db_statement_timeout_seconds=_parse_float(
-            "DB_STATEMENT_TIMEOUT_SECONDS", get("DB_STATEMENT_TIMEOUT_SECONDS") or "30", minimum=0.001
-        ),
-        environment=_parse_choice(
-            "CLERK_SYNC_ENV", get("CLERK_SYNC_ENV") or "development", ("development", "production", "test")
-        ),
-    )
+    values: dict[str, Any] = {}
+    for variable in VARIABLES:
+        raw = env.get(variable.env) or None
+        if raw is None and variable.env == "LOG_FORMAT":
+            raw = _log_format_default()
+        if raw is None:
+            raw = variable.default
+        values[variable.field] = _EMPTY[variable.field] if raw is None else variable.parse(variable.env, raw)
+    return Settings(**values)
 
 
 @lru_cache(maxsize=1)
@@ -211,3 +235,16 @@ def exit_on_config_error(exc: ConfigError) -> None:
     """Print the one-line reason and stop the whole process with a non-zero code."""
     print(f"clerk-sync: configuration error: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(3)
+
+
+def reference() -> str:
+    """The variables as a Markdown table (docs/configuration.md)."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for variable in VARIABLES:
+        default = "unset" if variable.default is None else f"`{variable.default}`"
+        lines.append(f"| `{variable.env}` | {default} | {variable.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference())

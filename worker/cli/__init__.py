@@ -8,10 +8,11 @@ failed, 2 usage or configuration error; errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from dotenv import load_dotenv
 
 from shared.config import ConfigError, get_settings
 from shared.logging import configure_logging
@@ -29,19 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_dotenv(path: Path = Path(".env")) -> None:
-    """Variables from ./.env (written by `make run`) for those not already set."""
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name.strip() and not name.lstrip().startswith("#"):
-            os.environ.setdefault(name.strip(), value.strip().strip("'\""))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    load_dotenv()
+    # Variables from ./.env (written by `make run`) for those not already set.
+    load_dotenv(Path(".env"), override=False)
     try:
         settings = get_settings()
         # Logs go to stderr so that stdout stays clean for tables and --json.
