@@ -11,6 +11,7 @@ half-configured.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
@@ -19,6 +20,10 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urlsplit
+
+
+# A webhook signing key shorter than this is a truncated secret, not a Svix one.
+MIN_SECRET_BYTES = 16
 
 
 class ConfigError(Exception):
@@ -40,9 +45,13 @@ def _secrets(name: str, raw: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", secret[len("whsec_") :]):
             raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_'")
         try:
+            key = base64.b64decode(secret[len("whsec_") :], validate=True)
             Webhook(secret)
         except Exception as exc:  # binascii.Error, ValueError, EmptyWebhookSecretError
             raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_' ({type(exc).__name__})") from None
+        if len(key) < MIN_SECRET_BYTES:
+            # Svix's own secrets are 24 to 32 bytes; a short one is a truncated copy-paste.
+            raise ConfigError(f"{name}: a secret decodes to {len(key)} bytes, fewer than {MIN_SECRET_BYTES}")
     return secrets
 
 

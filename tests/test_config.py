@@ -88,6 +88,12 @@ def test_several_secrets_during_rotation(raw):
     assert settings.require_webhook_secrets() == (SECRET, OTHER_SECRET)
 
 
+def test_a_secret_shorter_than_16_bytes_is_refused():
+    # "whsec_" + base64 of 12 bytes: well-formed, but a truncated secret
+    message = config_error(good_env(CLERK_WEBHOOK_SECRET="whsec_c2hvcnQtc2VjcmV0"))
+    assert "CLERK_WEBHOOK_SECRET" in message and "12 bytes" in message
+
+
 def test_one_bad_secret_among_several_is_refused():
     assert "CLERK_WEBHOOK_SECRET" in config_error(good_env(CLERK_WEBHOOK_SECRET=f"{SECRET} nope"))
 
