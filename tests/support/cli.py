@@ -9,7 +9,11 @@ from typing import Any
 from sqlalchemy import select
 
 from devkit.services import bin_path
-from shared.models import WebhookEvent
+from shared.models import OperatorAction, WebhookEvent
+from worker.ops.audit import Actor
+
+# The operator of changes a test makes through worker.ops directly.
+TESTER = Actor(name="tester", source="cli")
 
 
 def run_cli(
@@ -29,3 +33,9 @@ def statuses(session_factory: Any) -> dict[str, str]:
     """svix_id -> status of every `webhook_events` row."""
     with session_factory() as session:
         return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
+
+
+def audit_rows(session_factory: Any) -> list[OperatorAction]:
+    """Every `operator_actions` row, oldest first."""
+    with session_factory() as session:
+        return list(session.scalars(select(OperatorAction).order_by(OperatorAction.id)))

@@ -2,28 +2,31 @@
 
 Each command lives in a module of its own exposing ``register(subparsers)``; the
 list below is the whole table of contents. Exit codes: 0 success, 1 the operation
-failed, 2 usage or configuration error; errors are one line on stderr.
+failed, 2 usage or configuration error; errors are one line on stderr, and anything
+read from the ledger is printed with its control characters escaped.
+
+Start-up is kept short (``--help`` and ``status`` in a fraction of a second, measured by
+``bench/cli_startup.py``): modules here import only the standard library at the top,
+and each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dotenv import load_dotenv
+from worker.cli import backfill, console_password, dlq, events, pause, reconcile, send, status
+from worker.cli.common import CliError, Parser, printable
 
-from shared.config import ConfigError, get_settings
-from shared.logging import configure_logging
-from worker.cli import backfill, dlq, events, pause, reconcile, send, status
-from worker.cli.common import CliError
+if TYPE_CHECKING:
+    from shared.config import Settings
 
-COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send)
+COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send, console_password)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
+def build_parser() -> Parser:
+    parser = Parser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -31,20 +34,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    # Variables from ./.env (written by `make run`) for those not already set.
-    load_dotenv(Path(".env"), override=False)
+    args = build_parser().parse_args(argv)  # one line and exit 2 on a usage error
+    from shared.config import ConfigError
+
     try:
-        settings = get_settings()
-        # Logs go to stderr so that stdout stays clean for tables and --json.
-        configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+        settings = None
+        if getattr(args, "needs_settings", True):
+            settings = _configure()
         return int(args.handler(args, settings) or 0)
     except ConfigError as exc:
         print(f"clerk-sync: configuration error: {exc}", file=sys.stderr)
         return 2
     except CliError as exc:
-        print(f"clerk-sync: {exc}", file=sys.stderr)
+        print(f"clerk-sync: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("clerk-sync: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure() -> Settings:
+    """Settings from the environment and ./.env, and logging on stderr (stdout is for tables and --json)."""
+    from pathlib import Path
+
+    from dotenv import load_dotenv
+
+    from shared.config import get_settings
+    from shared.logging import configure_logging
+
+    # Variables from ./.env (written by `make run`) for those not already set.
+    load_dotenv(Path(".env"), override=False)
+    settings = get_settings()
+    configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+    return settings

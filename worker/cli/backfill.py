@@ -11,14 +11,16 @@ import argparse
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
+from worker.cli.common import CliError, database_error, print_table
 
-from shared.config import Settings
-from shared.db import session_factory
-from worker.clerk.api import MAX_PAGE_SIZE, MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkApiError, client_from_settings
-from worker.clerk.backfill import RESOURCES, ResourceResult, backfill
-from worker.cli.common import CliError, print_table
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from worker.clerk.backfill import ResourceResult
+
+# Far more than a 429 or a 5xx streak needs; a larger number is a typing mistake.
+MAX_RETRIES = 100
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,28 +42,42 @@ def add_resource_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_api_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--page-size", type=page_size, default=MAX_PAGE_SIZE, help=f"objects per request, 1-500 ({MAX_PAGE_SIZE})"
+        "--page-size", type=page_size, default=None, help="objects per request, 1 to Clerk's maximum (the default)"
     )
     parser.add_argument(
-        "--retries", type=retries, default=5, help="retries of a request after a 429, 5xx or timeout (5)"
+        "--retries",
+        type=retries,
+        default=5,
+        help=f"retries of a request after a 429, 5xx or timeout, 0-{MAX_RETRIES} (5)",
     )
 
 
 def page_size(raw: str) -> int:
+    from worker.clerk.api import MAX_PAGE_SIZE
+
     value = int(raw) if raw.isdigit() else 0
     if not 1 <= value <= MAX_PAGE_SIZE:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return value
 
 
+def page_size_of(args: argparse.Namespace) -> int:
+    from worker.clerk.api import MAX_PAGE_SIZE
+
+    return int(args.page_size or MAX_PAGE_SIZE)
+
+
 def retries(raw: str) -> int:
-    if not raw.isdigit():
-        raise argparse.ArgumentTypeError("must be a whole number")
+    if not raw.isdigit() or int(raw) > MAX_RETRIES:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_RETRIES}")
     return int(raw)
 
 
 def selected_resources(args: argparse.Namespace) -> list[str]:
     """The chosen resources in dependency order; none chosen means all three."""
+    from worker.clerk.api import MEMBERSHIPS, ORGANIZATIONS, USERS
+    from worker.clerk.backfill import RESOURCES
+
     chosen = {USERS: args.users, ORGANIZATIONS: args.organizations, MEMBERSHIPS: args.memberships}
     return [r for r in RESOURCES if chosen[r]] or list(RESOURCES)
 
@@ -85,6 +101,12 @@ class Progress:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import session_factory
+    from worker.clerk.api import ClerkApiError, client_from_settings
+    from worker.clerk.backfill import backfill
+
     resources = selected_resources(args)
     with client_from_settings(settings, attempts=args.retries + 1) as client:
         try:
@@ -93,14 +115,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 client,
                 resources,
                 settings=settings,
-                page_size=args.page_size,
+                page_size=page_size_of(args),
                 restart=args.restart,
                 on_page=Progress(),
             )
         except ClerkApiError as exc:
             raise CliError(f"backfill stopped, progress saved (run it again to resume): {exc}") from None
         except OperationalError as exc:
-            raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
+            raise database_error(exc) from None
     if args.json:
         print(json.dumps({"resources": {r.resource: r.as_dict() for r in results}}, indent=2))
     else:

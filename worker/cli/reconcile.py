@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
+from worker.cli.backfill import add_api_flags, add_resource_flags, page_size_of, selected_resources
+from worker.cli.common import CliError, database_error, print_table
 
-from shared.config import Settings
-from shared.db import session_factory
-from worker.clerk.api import ClerkApiError, client_from_settings
-from worker.clerk.reconcile import KINDS, Report, reconcile
-from worker.cli.backfill import add_api_flags, add_resource_flags, selected_resources
-from worker.cli.common import CliError, print_table
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from worker.clerk.reconcile import Report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import session_factory
+    from worker.clerk.api import ClerkApiError, client_from_settings
+    from worker.clerk.reconcile import reconcile
+
     with client_from_settings(settings, attempts=args.retries + 1) as client:
         try:
             report = reconcile(
@@ -45,12 +50,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 resources=selected_resources(args),
                 fix=args.fix,
                 allow_mass_delete=args.allow_mass_delete,
-                page_size=args.page_size,
+                page_size=page_size_of(args),
             )
         except ClerkApiError as exc:
             raise CliError(f"reconcile failed: {exc}") from None
         except OperationalError as exc:
-            raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
+            raise database_error(exc) from None
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_report(report: Report) -> None:
+    from worker.clerk.reconcile import KINDS
+
     rows = []
     for drift in report.resources:
         for kind in KINDS:
