@@ -25,6 +25,7 @@ run: install
 ## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.
 test: install $(BIN)/.embedded
 	scripts/ensure-services.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -14,14 +14,12 @@ from sqlalchemy import select
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import TESTER, audit_rows, run_cli, statuses
+from tests.support.cli import TESTER, audit_rows, run_cli, statuses, wait_until_final
 from tests.support.processes import free_port
 from tests.support.signing import load_payload, post_event
 from worker.ops import dead_letters
 from worker.ops.dead_letters import DeadFilter, OperationError, UnknownEvent
 from worker.ops.inputs import parse_since
-
-FINAL = ("processed", "ignored", "dead")
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -50,12 +48,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     assert post_event(web.url, load_payload("session.created"), svix_id="msg_dlq_ignored").status_code == 200
 
     # Then the three bad ones end dead with readable errors, the unsynced one ignored
-    wait_for(
-        lambda: len(statuses(session_factory)) == 4 and set(statuses(session_factory).values()) <= set(FINAL),
-        timeout=90,
-        what="four events final",
-    )
-    assert statuses(session_factory) == {
+    assert wait_until_final(session_factory, 4) == {
         "msg_dlq_poison": "dead",
         "msg_dlq_notjson": "dead",
         "msg_dlq_blocked": "dead",

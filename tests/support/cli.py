@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import select
 
 from devkit.services import bin_path
-from shared.models import OperatorAction, WebhookEvent
+from devkit.waiting import wait_for
+from shared.models import FINAL_STATUSES, OperatorAction, WebhookEvent
 from worker.ops.audit import Actor
 
 # The operator of changes a test makes through worker.ops directly.
@@ -39,3 +40,14 @@ def audit_rows(session_factory: Any) -> list[OperatorAction]:
     """Every `operator_actions` row, oldest first."""
     with session_factory() as session:
         return list(session.scalars(select(OperatorAction).order_by(OperatorAction.id)))
+
+
+def wait_until_final(session_factory: Any, count: int, *, timeout: float = 90) -> dict[str, str]:
+    """Wait until the ledger holds ``count`` events, all in a final status; returns their statuses."""
+
+    def done() -> dict[str, str] | None:
+        seen = statuses(session_factory)
+        return seen if len(seen) == count and set(seen.values()) <= set(FINAL_STATUSES) else None
+
+    result: dict[str, str] = wait_for(done, timeout=timeout, what=f"{count} events final")
+    return result

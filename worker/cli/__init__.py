@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = None
         if getattr(args, "needs_settings", True):
-            settings = _configure()
+            settings = _configure(logging=getattr(args, "configures_logging", True))
         return int(args.handler(args, settings) or 0)
     except ConfigError as exc:
         print(f"clerk-sync: configuration error: {exc}", file=sys.stderr)
@@ -53,17 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _configure() -> Settings:
-    """Settings from the environment and ./.env, and logging on stderr (stdout is for tables and --json)."""
+def _configure(*, logging: bool) -> Settings:
+    """Settings from the environment and ./.env, and logging on stderr (stdout is for tables and --json).
+
+    A command that logs nothing (``status``) skips the logging set-up: structlog's import alone
+    is a good part of the start-up time it is kept short for.
+    """
     from pathlib import Path
 
     from dotenv import load_dotenv
 
     from shared.config import get_settings
-    from shared.logging import configure_logging
 
     # Variables from ./.env (written by `make run`) for those not already set.
     load_dotenv(Path(".env"), override=False)
     settings = get_settings()
-    configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+    if logging:
+        from shared.logging import configure_logging
+
+        configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
     return settings

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -86,6 +85,8 @@ class Progress:
     """A live line on a terminal; INFO log lines (``backfill_page``) otherwise."""
 
     def __init__(self) -> None:
+        import logging
+
         self.live = sys.stderr.isatty()
         if not self.live:
             logging.getLogger("clerk_sync.backfill").setLevel(logging.INFO)

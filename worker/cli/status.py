@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("status", help="queue depth, events per status, oldest unprocessed event, paused")
     parser.add_argument("--json", action="store_true", help="one JSON object")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, configures_logging=False)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
