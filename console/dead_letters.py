@@ -9,6 +9,7 @@ and if the selection changed in between, the operator sees the new preview inste
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -71,7 +72,7 @@ def index() -> str | tuple[str, int]:
         return render_template("dead_list.html", error=str(exc), rows=[], total=0, page=1, pages=1, args={}), 400
     with state().reading() as session:
         total = dead_letters.count_dead(session, filters)
-        paged = DeadFilter(**{**filters.__dict__, "limit": PAGE_SIZE})
+        paged = dataclasses.replace(filters, limit=PAGE_SIZE)
         rows = dead_letters.list_dead(session, paged, offset=(page - 1) * PAGE_SIZE)
     return render_template(
         "dead_list.html",

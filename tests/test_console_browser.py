@@ -83,6 +83,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         assert page.inner_text("#count-processed .number") == "1"
         assert "Running" in page.inner_text("#sync-state")
         assert page.locator("svg polyline.series.dead").count() == 1
+        assert page.locator("meta[http-equiv=refresh]").count() == 1  # it refreshes itself
         page.screenshot(path=str(DOCS / "console-overview.png"), full_page=True)
 
         # And the dead letters appear, each with its error
@@ -157,6 +158,8 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         # Then the audit table holds each change, by this operator, from the console
         page.goto(f"{console.url}/entities?q={user_id}")
         assert "msg_br_held" in page.inner_text("main") and user_id in page.inner_text("main")
+        page.goto(f"{console.url}/entities?q=JOHN.DOE@example.com")
+        assert f"users {user_id}" in page.inner_text("main") and "msg_br_held" in page.inner_text("main")
         page.goto(f"{console.url}/audit")
         assert page.locator("#audit tbody tr").count() == 4
     rows = audit_rows(session_factory)
