@@ -150,7 +150,7 @@ def _preview(action: str, fields: MultiDict[str, str], *, notice: str | None = N
     except BadFilter as exc:
         return render_template("dead_list.html", error=str(exc), rows=[], total=0, page=1, pages=1, args={}), 400
     with state().reading() as session:
-        svix_ids = [row.svix_id for row in dead_letters.list_dead(session, filters)]
+        svix_ids = dead_letters.matching_ids(session, filters)
     return render_template(
         "bulk_preview.html",
         action=action,
@@ -179,7 +179,7 @@ def act_on_all(action: str) -> Response | str | tuple[str, int]:
     except BadFilter:
         return _preview(action, request.form)
     with state().reading() as session:
-        svix_ids = [row.svix_id for row in dead_letters.list_dead(session, filters)]
+        svix_ids = dead_letters.matching_ids(session, filters)
     if not svix_ids or digest(svix_ids) != request.form.get("digest"):
         return _preview(action, request.form, notice="the dead events matching changed since the preview: review again")
     result, failure = _act(action, svix_ids, selection=filters, skip_not_dead=True)

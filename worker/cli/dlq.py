@@ -203,7 +203,7 @@ def _selected(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[
             raise CliError(f"dlq {verb}: filters only apply with --all", exit_code=2)
         return list(dict.fromkeys(args.svix_ids)), None
     with transaction(settings) as session:
-        return [row.svix_id for row in dead_letters.list_dead(session, filters)], filters
+        return dead_letters.matching_ids(session, filters), filters
 
 
 def _describe(filters: DeadFilter | None) -> str:

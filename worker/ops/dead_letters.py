@@ -86,6 +86,12 @@ def list_dead(session: Session, filters: DeadFilter, *, offset: int = 0) -> list
     return list(session.scalars(query.offset(offset) if offset else query))
 
 
+def matching_ids(session: Session, filters: DeadFilter) -> list[str]:
+    """The svix-ids of ``list_dead``, without loading the rows (a bulk action may name many)."""
+    query = select(WebhookEvent.svix_id).where(*_matching(filters)).order_by(WebhookEvent.received_at, WebhookEvent.id)
+    return list(session.scalars(query if filters.limit is None else query.limit(filters.limit)))
+
+
 def count_dead(session: Session, filters: DeadFilter) -> int:
     """How many dead events match ``filters`` (the limit aside)."""
     return int(session.scalar(select(func.count()).select_from(WebhookEvent).where(*_matching(filters))) or 0)
