@@ -118,7 +118,7 @@ def filters_from(args: argparse.Namespace) -> DeadFilter:
 
 
 def _one_line(text: str | None, width: int) -> str:
-    flat = " ".join(printable(text or "").split())
+    flat = printable(" ".join((text or "").split()))
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 row.svix_id,
                 row.entity_id,
                 row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-                " ".join(printable(row.last_error or "").split())[:ERROR_WIDTH],
+                printable(" ".join((row.last_error or "").split()))[:ERROR_WIDTH],
             )
             for row, ms in events
         ],
