@@ -21,7 +21,6 @@ from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urlsplit
 
-
 # A webhook signing key shorter than this is a truncated secret, not a Svix one.
 MIN_SECRET_BYTES = 16
 
