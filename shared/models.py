@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # Re-exported: the statuses live in an import-free module (the CLI's fast start needs them).
 from shared.statuses import EVENT_STATUSES as EVENT_STATUSES
 from shared.statuses import FINAL_STATUSES as FINAL_STATUSES
+from shared.statuses import EventStatus as EventStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -106,6 +107,12 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_webhook_events_status_due", "status", "next_attempt_at"),
         Index("ix_webhook_events_entity", "entity_id"),
+        Index("ix_webhook_events_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),
+        Index(
+            "ix_webhook_events_organization",
+            "organization_clerk_id",
+            postgresql_where=text("organization_clerk_id IS NOT NULL"),
+        ),
         Index("ix_webhook_events_received", "received_at"),
         # The console's chart of the last hour reads the rows changed since then.
         Index("ix_webhook_events_updated", "updated_at"),
@@ -120,11 +127,21 @@ class WebhookEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Every attempt's error, oldest first: [{"at": iso, "error": str}, ...]
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    # The body as received and applied; null for event types that are not synced (and once
+    # purged by retention), a stub once scrubbed.
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # The body as received when it is not storable as jsonb (not JSON at all).
     raw_body: Mapped[str | None] = mapped_column(Text)
+    # sha256 of the body first received under this svix-id: a redelivery with another body is a conflict.
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Redeliveries of this svix-id whose body differed, never applied: [{"at": iso, "body_sha256": hex}, ...]
+    conflicts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     svix_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    # The Clerk ids the event names (its object, and a membership's user and organization):
+    # what `events --entity` and the PII scrub find events by, payload or not.
     entity_id: Mapped[str | None] = mapped_column(String(64))
+    user_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = _now_column()
     processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -2,7 +2,8 @@
 
 Resumes where an interrupted run stopped (``--restart`` starts over), shows
 progress on stderr (a live line on a terminal, log lines otherwise) and prints a
-summary table (or ``--json``) on stdout.
+summary table (or ``--json``) on stdout. Its flags come from the resource table, whose
+import is not cheap: they are added only when this command (or its --help) is parsed.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ MAX_RETRIES = 100
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "backfill", help="import existing users, organizations and memberships from the Clerk Backend API"
+    subparsers.add_parser(
+        "backfill",
+        help="import existing users, organizations and memberships from the Clerk Backend API",
+        populate=_populate,
     )
+
+
+def _populate(parser: argparse.ArgumentParser) -> None:
     add_resource_flags(parser)
     parser.add_argument("--restart", action="store_true", help="ignore saved progress and start from the beginning")
     add_api_flags(parser)
@@ -34,14 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def add_resource_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", action="store_true", help="users (default: all three)")
-    parser.add_argument("--organizations", action="store_true", help="organizations")
-    parser.add_argument("--memberships", action="store_true", help="organization memberships")
+    """One flag per resource of the resource table: --users, --organizations, --memberships ..."""
+    from shared.resources import RESOURCES
+
+    for resource in RESOURCES:
+        parser.add_argument(f"--{resource.name}", action="store_true", help=f"{resource.name} (default: all)")
 
 
 def add_api_flags(parser: argparse.ArgumentParser) -> None:
+    from worker.clerk.api import MAX_PAGE_SIZE
+
     parser.add_argument(
-        "--page-size", type=page_size, default=None, help="objects per request, 1 to Clerk's maximum (the default)"
+        "--page-size", type=page_size, default=MAX_PAGE_SIZE, help=f"objects per request, 1-500 ({MAX_PAGE_SIZE})"
     )
     parser.add_argument(
         "--retries",
@@ -60,12 +70,6 @@ def page_size(raw: str) -> int:
     return value
 
 
-def page_size_of(args: argparse.Namespace) -> int:
-    from worker.clerk.api import MAX_PAGE_SIZE
-
-    return int(args.page_size or MAX_PAGE_SIZE)
-
-
 def retries(raw: str) -> int:
     if not raw.isdigit() or int(raw) > MAX_RETRIES:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_RETRIES}")
@@ -73,12 +77,11 @@ def retries(raw: str) -> int:
 
 
 def selected_resources(args: argparse.Namespace) -> list[str]:
-    """The chosen resources in dependency order; none chosen means all three."""
-    from worker.clerk.api import MEMBERSHIPS, ORGANIZATIONS, USERS
-    from worker.clerk.backfill import RESOURCES
+    """The chosen resources' names in dependency order; none chosen means all."""
+    from shared.resources import RESOURCES
 
-    chosen = {USERS: args.users, ORGANIZATIONS: args.organizations, MEMBERSHIPS: args.memberships}
-    return [r for r in RESOURCES if chosen[r]] or list(RESOURCES)
+    names = [resource.name for resource in RESOURCES]
+    return [name for name in names if getattr(args, name)] or names
 
 
 class Progress:
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 client,
                 resources,
                 settings=settings,
-                page_size=page_size_of(args),
+                page_size=args.page_size,
                 restart=args.restart,
                 on_page=Progress(),
             )

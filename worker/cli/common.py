@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -38,7 +38,33 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the house's error shape: one line on stderr, exit code 2."""
+    """argparse with the house's error shape (one line on stderr, exit code 2), and lazy sub-commands.
+
+    ``populate`` (a keyword of ``add_parser``) adds a sub-command's arguments only when that
+    sub-command is parsed or its help is shown, for arguments whose definition needs a heavy
+    import (the resource table): ``clerk-sync --help`` and the other commands never pay for it.
+    """
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populated()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._populated()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("clerk-sync").strip() or "usage"

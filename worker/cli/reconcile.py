@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from worker.cli.backfill import add_api_flags, add_resource_flags, page_size_of, selected_resources
+from worker.cli.backfill import add_api_flags, add_resource_flags, selected_resources
 from worker.cli.common import CliError, database_error, print_table
 
 if TYPE_CHECKING:
@@ -19,9 +19,13 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "reconcile", help="compare the tables with the Clerk Backend API; exit 1 when they drifted"
+    subparsers.add_parser(
+        "reconcile", help="compare the tables with the Clerk Backend API; exit 1 when they drifted", populate=_populate
     )
+
+
+def _populate(parser: argparse.ArgumentParser) -> None:
+    """The flags, added when this command is parsed (the resource table is not cheap to import)."""
     parser.add_argument("--fix", action="store_true", help="repair the drift found (exit code is still 1)")
     parser.add_argument(
         "--allow-mass-delete",
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 resources=selected_resources(args),
                 fix=args.fix,
                 allow_mass_delete=args.allow_mass_delete,
-                page_size=page_size_of(args),
+                page_size=args.page_size,
             )
         except ClerkApiError as exc:
             raise CliError(f"reconcile failed: {exc}") from None
