@@ -22,7 +22,7 @@ AUDIT_PAGE_SIZE = 100
 # migration adds) is listed as it is.
 SHOWN_COLUMNS = frozenset(
     {"id", "svix_id", "event_type", "status", "attempts", "last_error", "errors", "payload", "raw_body",
-     "svix_timestamp", "entity_id", "received_at", "processed_at", "next_attempt_at"}
+     "svix_timestamp", "entity_id", "received_at", "processed_at", "next_attempt_at", "conflicts"}
 )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from devkit.services import ROOT
 from devkit.waiting import wait_for
-from shared.models import User
+from shared.models import User, WebhookEvent
 from tests.support.cli import audit_rows, statuses, wait_until_final
 from tests.support.console import OPERATOR, PASSWORD, browser_page, console_env
 from tests.support.signing import load_payload, post_event
@@ -31,6 +31,11 @@ def log_in(page, url: str, password: str) -> None:
     page.fill("input[name=username]", OPERATOR)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+
+
+def conflicts_of(session_factory, svix_id: str) -> list:
+    with session_factory() as session:
+        return session.scalars(select(WebhookEvent.conflicts).where(WebhookEvent.svix_id == svix_id)).one()
 
 
 def dead_ids_listed(page) -> list[str]:
@@ -90,7 +95,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         page.click("text=Dead letters")
         assert sorted(dead_ids_listed(page)) == ["msg_br_held", "msg_br_html", "msg_br_poison"]
         listed = page.inner_text("#dead-list")
-        assert "is on hold" in listed and "body is not JSON" in listed
+        assert "RaiseException (P0001)" in listed and "the body is not JSON" in listed
 
         # When filtering, the list narrows
         page.fill("input[name=type]", "user.created")
@@ -103,7 +108,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
 
         # Then the held event's page shows its error, attempts, timeline and the script as text, inert
         page.goto(f"{console.url}/events/msg_br_held")
-        assert "is on hold" in page.inner_text("#last-error")
+        assert page.inner_text("#last-error") == "RaiseException (P0001)"
         assert page.inner_text("#attempts") == "1"
         payload = json.loads(page.inner_text("#payload"))
         assert payload["data"]["first_name"] == SCRIPT
@@ -126,6 +131,14 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
             assert session.scalars(select(User.clerk_id)).all() == [user_id]
         page.reload()
         assert page.inner_text("#event-status") == "processed"
+
+        # And a redelivery of a processed svix-id with another body shows on its page, never applied
+        changed = {**load_payload("organization.created"), "timestamp": 1716883299999}
+        assert post_event(web.url, changed, svix_id="msg_br_ok").status_code == 200
+        wait_for(lambda: conflicts_of(session_factory, "msg_br_ok"), timeout=90, what="the conflict recorded")
+        page.goto(f"{console.url}/events/msg_br_ok")
+        assert page.locator("#conflicts li").count() == 1
+        assert "body_sha256" in page.inner_text("main")
 
         # When the operator asks to discard all that remain, a preview says how many and which
         page.goto(f"{console.url}/dead")
