@@ -105,9 +105,12 @@ def _guard(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
     return require_login
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path on this console: never another site (``//evil``, ``https://evil``)."""
-    if not target or not target.startswith("/") or target.startswith("//") or urlsplit(target).netloc:
+def safe_path(target: str | None) -> str:
+    """``target`` if it is a path on this console, else the overview: never another site
+    (``//evil``, ``/\\evil``, which browsers read as ``//evil``, ``https://evil``)."""
+    if not target or not target.startswith("/") or target[1:2] in ("/", "\\") or "\\" in target:
+        return url_for("overview.index")
+    if urlsplit(target).netloc:
         return url_for("overview.index")
     return target
 
@@ -124,7 +127,7 @@ def _login_view(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
         session.permanent = True
         session.update(operator=name, tag=_tag(accounts[name]))
         log.info("console_login", operator=name)
-        return redirect(_safe_next(request.form.get("next")))
+        return redirect(safe_path(request.form.get("next")))
 
     return login
 

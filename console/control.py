@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, flash, redirect, request, url_for
+from flask import Blueprint, flash, redirect, request
 from werkzeug.wrappers import Response
 
-from console.auth import current_actor
+from console.auth import current_actor, safe_path
 from console.state import state
 from shared.publish import QueueUnavailable
 from worker.ops import control
@@ -15,8 +15,7 @@ blueprint = Blueprint("control", __name__)
 
 def back() -> Response:
     """To the page the button was on (a path on this console only)."""
-    target = request.form.get("back", "")
-    return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("overview.index"))
+    return redirect(safe_path(request.form.get("back")))
 
 
 @blueprint.post("/pause")

@@ -72,10 +72,11 @@ def test_no_page_is_served_and_nothing_changes_without_a_login(processes, sessio
     assert audit_rows(session_factory) == []
 
     # And after a login, a "next" pointing to another site is ignored
-    token = csrf_token(http.get(f"{console.url}/login", timeout=10).text)
-    form = {"csrf_token": token, "username": OPERATOR, "password": PASSWORD, "next": "//evil.example/"}
-    response = http.post(f"{console.url}/login", data=form, timeout=30, allow_redirects=False)
-    assert response.status_code == 302 and response.headers["Location"] == "/"
+    for target in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        token = csrf_token(http.get(f"{console.url}/login", timeout=10).text)
+        form = {"csrf_token": token, "username": OPERATOR, "password": PASSWORD, "next": target}
+        response = http.post(f"{console.url}/login", data=form, timeout=30, allow_redirects=False)
+        assert response.status_code == 302 and response.headers["Location"] == "/", target
 
 
 def test_logins_are_throttled_after_repeated_failures(processes):
