@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             (data_dir / "urls.json").write_text(json.dumps(urls, indent=2) + "\n")
             # beat's schedule beside the data rather than in /tmp, shared with every other checkout.
             env.setdefault("CELERY_BEAT_SCHEDULE", str(data_dir / "celerybeat-schedule"))
+        else:
+            # Nothing embedded this time: an old file would send the CLI to servers not running.
+            (data_dir / "urls.json").unlink(missing_ok=True)
         assert pg.url is not None and rd.url is not None
         env.update({"DATABASE_URL": pg.url, "REDIS_URL": rd.url})
         print(f"{PROG}: {pg.describe}; {rd.describe}", flush=True)

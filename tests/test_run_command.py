@@ -207,6 +207,19 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     assert user_email(urls["DATABASE_URL"]) == "john.doe@example.com"
     assert (data_dir / "redis" / "appendonly.aof").exists()
 
+    # And the CLI, in another terminal of the checkout with no URL set, talks to the embedded servers
+    status = subprocess.run(
+        [bin_path("clerk-sync"), "status", "--json"],
+        env={**env, "CLERK_SYNC_DATA_DIR": str(data_dir)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["processed"] == 1
+
     # When the run command is stopped with SIGTERM
     stop(first, signal.SIGTERM)
 

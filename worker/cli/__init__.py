@@ -67,9 +67,30 @@ def _configure(*, logging: bool) -> Settings:
 
     # Variables from ./.env (written by `make run`) for those not already set.
     load_dotenv(Path(".env"), override=False)
+    _embedded_server_urls()
     settings = get_settings()
     if logging:
         from shared.logging import configure_logging
 
         configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
     return settings
+
+
+def _embedded_server_urls() -> None:
+    """The URLs of the embedded servers `make run` started here, for DATABASE_URL/REDIS_URL not set.
+
+    `make run` writes them to ``.data/urls.json`` while it runs on embedded servers (and removes the
+    file when it does not), so that `clerk-sync status` in a second terminal of the checkout just works.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("CLERK_SYNC_DATA_DIR") or ".data") / "urls.json"
+    try:
+        urls = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if isinstance(urls, dict) and isinstance(urls.get(name), str) and not os.environ.get(name):
+            os.environ[name] = urls[name]
