@@ -4,12 +4,14 @@ One operator's incident from login to repair: a wrong password is refused; dead 
 appear with their errors; filters narrow the list; a replay brings an event to `processed`;
 a bulk discard shows its preview and waits for confirmation; a body carrying a script tag
 stays text; a form without its CSRF token is refused; every change is in the audit table.
-The run saves the screenshots of docs/console.md.
+The run takes the screenshots of docs/console.md; with UPDATE_SCREENSHOTS=1 (`make screenshots`)
+it saves them over the ones in docs/, otherwise beside the test's other files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,12 @@ from tests.support.cli import audit_rows, statuses, wait_until_final
 from tests.support.console import OPERATOR, PASSWORD, browser_page, console_env
 from tests.support.signing import load_payload, post_event
 
-DOCS = ROOT / "docs"
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where the screenshots go: docs/ when asked to update them, else the test's own directory."""
+    return ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+
 SCRIPT = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
 
 
@@ -43,7 +50,7 @@ def dead_ids_listed(page) -> list[str]:
 
 
 @pytest.mark.e2e
-def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_factory, blocking_trigger):
+def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_factory, blocking_trigger, shots):
     # Given an ingress, a worker with one attempt per event, the console, and a trigger holding one user
     user_created = load_payload("user.created")
     user_id = user_created["data"]["id"]
@@ -89,7 +96,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         assert "Running" in page.inner_text("#sync-state")
         assert page.locator("svg polyline.series.dead").count() == 1
         assert page.locator("meta[http-equiv=refresh]").count() == 1  # it refreshes itself
-        page.screenshot(path=str(DOCS / "console-overview.png"), full_page=True)
+        page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
 
         # And the dead letters appear, each with its error
         page.click("text=Dead letters")
@@ -112,7 +119,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         assert page.inner_text("#attempts") == "1"
         payload = json.loads(page.inner_text("#payload"))
         assert payload["data"]["first_name"] == SCRIPT
-        page.screenshot(path=str(DOCS / "console-event.png"), full_page=True)
+        page.screenshot(path=str(shots / "console-event.png"), full_page=True)
         page.goto(f"{console.url}/events/msg_br_html")
         assert SCRIPT in page.inner_text("#payload")
         assert page.locator("script").count() == 0 and page.locator("main img").count() == 0
@@ -183,4 +190,4 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         (OPERATOR, "console", "resume", [], 0),
     ]
     assert rows[0].filter is None and rows[1].filter == {}
-    assert Path(DOCS / "console-overview.png").stat().st_size > 10_000
+    assert (shots / "console-overview.png").stat().st_size > 10_000
