@@ -12,6 +12,7 @@ half-configured.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import sys
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urlsplit
-
 
 # A webhook signing key shorter than this is a truncated secret, not a Svix one.
 MIN_SECRET_BYTES = 16
@@ -100,6 +100,24 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _address(name: str, raw: str) -> str:
+    """An IP address or a host name to bind a listening socket to."""
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*", value):
+            raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}") from None
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw, minimum=1)
+    if value > 65535:
+        raise ConfigError(f"{name}: must be a port number (1-65535), got {value}")
+    return value
+
+
 def _clerk_key(name: str, raw: str) -> str:
     if not raw.startswith("sk_"):
         raise ConfigError(f"{name}: must start with 'sk_'")
@@ -140,6 +158,13 @@ VARIABLES: tuple[Variable, ...] = (
              partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
     Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576", partial(_int, minimum=1),
              "Largest webhook body the ingress accepts (413 above)."),
+    Variable("PORT", "port", "8000", _port, "Port the web process listens on."),
+    Variable("HOST", "host", "0.0.0.0", _address,  # noqa: S104 - a server listens
+             "Address the web process listens on."),
+    Variable("WEB_CONCURRENCY", "web_concurrency", "2", partial(_int, minimum=1),
+             "Web server worker processes (granian workers)."),
+    Variable("WEB_THREADS", "web_threads", "4", partial(_int, minimum=1),
+             "Request threads per web worker process; each keeps one Redis connection."),
     Variable("DELETED_USER_PII", "deleted_user_pii", "keep", partial(_choice, choices=("keep", "scrub")),
              "scrub: clear a deleted user's personal data from their row and stored payloads."),
     Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1),
@@ -179,6 +204,10 @@ class Settings:
     log_format: str
     log_level: str
     max_body_bytes: int
+    port: int
+    host: str
+    web_concurrency: int
+    web_threads: int
     deleted_user_pii: str
     max_attempts: int
     retry_base_seconds: float
