@@ -19,6 +19,7 @@ and are killed if it is killed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -40,6 +41,7 @@ from shared.config import ConfigError, Settings, exit_on_config_error, load_sett
 from shared.logging import configure_logging, logging_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_APP = "ingress.wsgi:app"
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 # How long each server may take to come up, and to finish its requests when stopping.
 START_SECONDS = 60.0
@@ -64,7 +66,7 @@ def nginx_config(settings: Settings, *, runtime: Path, upstream: Path) -> str:
     return text
 
 
-def granian_argv(settings: Settings, *, upstream: Path, log_config: Path) -> list[str]:
+def granian_argv(settings: Settings, *, upstream: Path, log_config: Path, app: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -90,7 +92,7 @@ def granian_argv(settings: Settings, *, upstream: Path, log_config: Path) -> lis
         "--respawn-failed-workers",
         "--workers-kill-timeout",
         str(int(STOP_SECONDS) - 5),
-        "ingress.wsgi:app",
+        app,
     ]
 
 
@@ -128,8 +130,9 @@ def connects(address: str | tuple[str, int]) -> bool:
 class Supervisor:
     """Starts granian then nginx, and stops them in the opposite order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, app: str) -> None:
         self.settings = settings
+        self.app = app
         self.runtime = Path(tempfile.mkdtemp(prefix="clerk-sync-web-"))
         # nginx's workers (an unprivileged user under root) reach the socket through here.
         self.runtime.chmod(0o711)
@@ -157,7 +160,7 @@ class Supervisor:
         )
         nginx_conf = self.runtime / "nginx.conf"
         nginx_conf.write_text(nginx_config(self.settings, runtime=self.runtime, upstream=self.upstream))
-        granian = granian_argv(self.settings, upstream=self.upstream, log_config=log_config)
+        granian = granian_argv(self.settings, upstream=self.upstream, log_config=log_config, app=self.app)
         self.children["granian"] = start("granian", granian)
         if not self.wait_until("granian", str(self.upstream)):
             return self.stop(failed=None if self.stop_signal else "granian")
@@ -202,7 +205,14 @@ def _stop_child(child: subprocess.Popen[bytes], graceful: int) -> None:
         child.wait(timeout=5.0)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deploy/web.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help=f"WSGI app to serve (default {DEFAULT_APP}; make bench serves its references)",
+    )
+    args = parser.parse_args(argv)
     try:
         settings = load_settings()
         settings.require_webhook_secrets()
@@ -212,7 +222,7 @@ def main() -> int:
     # Before granian's workers import prometheus_client: each writes its samples there, and
     # GET /metrics sums them. Unset, a private directory is made and removed at exit.
     metrics.ensure_multiproc_dir()
-    supervisor = Supervisor(settings)
+    supervisor = Supervisor(settings, app=args.app)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, supervisor.on_signal)
     return supervisor.run()

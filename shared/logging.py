@@ -1,6 +1,6 @@
 """Logging configured once: structlog in front of the standard library.
 
-gunicorn, Celery and library records pass through the same ProcessorFormatter, so
+granian, Celery and library records pass through the same ProcessorFormatter, so
 every line has one shape: one JSON object in production, colours on a terminal.
 Per-event context (``svix_id``, ``event_type``, ``task_id``) is bound with
 structlog's contextvars and cleared after each event.

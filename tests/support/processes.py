@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from devkit.services import ROOT, bin_path
+from devkit.services import ROOT, bin_path, free_port
 from devkit.waiting import wait_for
 
 
@@ -30,12 +29,6 @@ def web_argv() -> list[str]:
     return ["sh", "-c", procfile_command("web")]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Proc:
     """One started process, its log file, and how to stop it."""
@@ -50,7 +43,7 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group (gunicorn/celery children included)."""
+        """Signal the whole process group (as honcho does; celery children included)."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
