@@ -24,15 +24,18 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -111,9 +114,32 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+def start(name: str, argv: list[str], *, relay_stderr: bool = False) -> subprocess.Popen[bytes]:
     log.info("web_server_starting", server=name)
-    return subprocess.Popen(argv, cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        stderr=subprocess.PIPE if relay_stderr else None,
+    )
+    if relay_stderr:
+        threading.Thread(target=relay_nginx_log, args=(child.stderr,), daemon=True).start()
+    return child
+
+
+# nginx's error log: "2026/12/02 01:47:43 [error] 4782#4782: *12 client intended to send too large body..."
+_NGINX_LINE = re.compile(r"^\S+ \S+ \[(?P<level>\w+)\] \d+#\d+: (?:\*\d+ )?(?P<message>.*)$")
+_NGINX_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "error": "error", "warn": "warning"}
+
+
+def relay_nginx_log(pipe: Any) -> None:
+    """nginx's own lines, re-logged as ours: every line of `web` is one JSON object."""
+    for raw in iter(pipe.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        match = _NGINX_LINE.match(line)
+        level, message = (match["level"], match["message"]) if match else ("error", line)
+        getattr(log, _NGINX_LEVELS.get(level, "info"))("nginx_log", nginx_level=level, message=message)
 
 
 def connects(address: str | tuple[str, int]) -> bool:
@@ -164,7 +190,7 @@ class Supervisor:
         self.children["granian"] = start("granian", granian)
         if not self.wait_until("granian", str(self.upstream)):
             return self.stop(failed=None if self.stop_signal else "granian")
-        self.children["nginx"] = start("nginx", nginx_argv(nginx_conf, self.runtime))
+        self.children["nginx"] = start("nginx", nginx_argv(nginx_conf, self.runtime), relay_stderr=True)
         probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.settings.host, self.settings.host)  # noqa: S104
         if not self.wait_until("nginx", (probe_host, self.settings.port)):
             return self.stop(failed=None if self.stop_signal else "nginx")

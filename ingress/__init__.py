@@ -16,7 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the ingress app: settings, logging, verifier, publisher, routes."""
     settings = settings or get_settings()
     settings.require_webhook_secrets()
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    configure_logging(log_format=settings.log_format, level=settings.log_level, direct=True)
 
     from ingress import health, webhooks
     from ingress.state import IngressState

@@ -94,6 +94,9 @@ def test_a_body_over_the_limit_is_refused_unread_and_its_connection_closed(proce
     with connect(web.url) as fresh:
         assert exchange(fresh, headers, body).status == 200
     assert queued_ids(redis_client, queue) == [svix_id]
+    # And nginx's own word about it is one of the process's JSON lines, like every other line
+    records = [json.loads(line) for line in web.log().splitlines() if line.strip()]
+    assert any(r["event"] == "nginx_log" and "too large body" in r["message"] for r in records)
 
 
 # --------------------------------------------------------------------------- slow clients
