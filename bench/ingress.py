@@ -115,7 +115,7 @@ SERVERS = (
     Server("ingress", "clerk-sync web as the Procfile starts it", _web("ingress.wsgi:app"), _WEB_ENV),
     Server("bare_granian", "bare Flask, granian 2x4 alone", _granian("bench.bare_app:app"), {}),
     Server("ingress_granian", "ingress, granian 2x4 alone", _granian("ingress.wsgi:app"), {}),
-    Server("ingress_gunicorn", "ingress, gunicorn gthread 2x4", _gunicorn("ingress.wsgi:app"), {}),
+    Server("ingress_gunicorn", "ingress, gunicorn gthread 2x4 (the old web server)", _gunicorn("ingress.wsgi:app"), {}),
 )
 
 
