@@ -22,7 +22,7 @@ $(BIN)/.embedded: $(BIN)/.installed
 run: install $(BIN)/.embedded
 	scripts/run.sh
 
-## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.
+## Set up and run the tests against real PostgreSQL, Redis, web (nginx + granian) and Celery processes.
 test: install $(BIN)/.embedded
 	scripts/ensure-services.sh
 	scripts/ensure-chromium.sh

@@ -1,7 +1,7 @@
-"""The baseline for the ingress benchmark: the same gunicorn settings, a Flask app that does nothing.
+"""The baseline for the ingress benchmark: a Flask app that does nothing.
 
-Served with ``gunicorn -c deploy/gunicorn.conf.py bench.bare_app:app`` (the config file
-validates settings, so CLERK_WEBHOOK_SECRET must be set even though nothing here reads it).
+bench/ingress.py serves it on gunicorn gthread 2x4 (the reference every ratio divides by)
+and on the `web` server itself (``python deploy/web.py --app bench.bare_app:app``).
 """
 
 from __future__ import annotations

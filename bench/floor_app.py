@@ -4,7 +4,7 @@ It checks the Svix signature with the same library and writes the raw body to Re
 then answers 204: no Celery message, no receipt, no log line, no metric. It is not an ingress (nothing
 consumes what it writes, and without a receipt a message lost in the worker's BRPOP is lost for good);
 it shows how much of the bare endpoint's speed one signature check and one Redis round trip leave,
-measured in the same run and under the same gunicorn configuration as the other two endpoints.
+measured in the same run and on the same server as the ingress (bench/ingress.py).
 """
 
 from __future__ import annotations

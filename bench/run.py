@@ -1,10 +1,9 @@
 """`make bench`: throughput, lag and memory of clerk-sync against its own do-nothing baselines.
 
 It starts everything it needs: a throwaway migrated database and a leased Redis db index (as the
-tests do), real gunicorn and Celery worker processes with the default settings, and measures
+tests do), real web and Celery worker processes with the default settings, and measures
 
-- ingress: signed POST /webhooks/clerk (pre-signed ~3 KB user.updated, keep-alive, wrk) against the
-  same gunicorn config serving a bare Flask 204 endpoint -> requests/s, p50/p99, ratio;
+- ingress: signed POSTs with wrk against the web process and its references (bench/ingress.py);
 - worker: a pre-published backlog of realistic events (20 % duplicate svix-ids) drained by
   deploy/celery-worker.sh, against the same worker flags draining no-op tasks -> events/s, ratio;
 - lag: a steady rate through the real ingress with the worker running -> processed_at - send time;
@@ -40,10 +39,9 @@ sys.path[:0] = [str(ROOT)]
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-import requests  # noqa: E402
 
-from bench import cli_startup  # noqa: E402
-from bench.events import SECRET, Event, generate, new_svix_id, realistic_user_updated, sign  # noqa: E402
+from bench import cli_startup, ingress  # noqa: E402
+from bench.events import SECRET, Event, generate, sign  # noqa: E402
 from bench.procs import RssSampler, Started, snapshot, spawn  # noqa: E402
 from devkit.services import REDIS_BASE_URL, bin_path, redis_db_index, temporary_database  # noqa: E402
 from shared.config import load_settings  # noqa: E402
@@ -91,14 +89,6 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Harness:
     """The environment of one benchmark: database, Redis db index, process env, logs."""
 
@@ -123,27 +113,6 @@ class Harness:
         self.started: list[Started] = []
 
     # processes
-    def start_gunicorn(self, app: str) -> tuple[Started, str]:
-        port = free_port()
-        env = {**self.env, "HOST": "127.0.0.1", "PORT": str(port)}
-        name = next((n for n in ("bare", "floor") if n in app), "ingress")
-        proc = spawn(
-            name, [bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", app], env=env, cwd=ROOT, log_dir=self.log_dir
-        )
-        self.started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{name} gunicorn exited:\n{proc.log()[-3000:]}")
-            try:
-                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, timeout=30, what=f"{name} gunicorn", interval=0.1)
-        return proc, url
-
     def start_worker(self, *, noop: bool = False) -> Started:
         """deploy/celery-worker.sh with its defaults; the no-op app with the very same flags."""
         tag = f"bench{len(self.started)}-{os.getpid()}@%h"
@@ -238,156 +207,6 @@ class Harness:
 
 
 _TUNING_VARIABLES = ("WEB_CONCURRENCY", "WEB_THREADS", "WORKER_CONCURRENCY", "PORT", "HOST", "LOG_LEVEL")
-
-
-# --------------------------------------------------------------------------- ingress (wrk)
-
-_LUA = """
-local body = [==[%(body)s]==]
-local reqs = {
-%(rows)s
-}
-local nthreads = %(threads)d
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
-function init(args)
-  cache = {}
-  local i = tid + 1
-  while i <= #reqs do
-    local r = reqs[i]
-    cache[#cache + 1] = wrk.format("POST", "/webhooks/clerk", {
-      ["Content-Type"] = "application/json",
-      ["svix-id"] = r[1], ["svix-timestamp"] = r[2], ["svix-signature"] = r[3]}, body)
-    i = i + nthreads
-  end
-  n = 0
-end
-function request()
-  n = n + 1
-  return cache[(n - 1) %% #cache + 1]
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCHJSON {"requests":%%d,"duration_us":%%d,"non2xx":%%d,"connect":%%d,"read":%%d,"write":%%d,' ..
-    '"timeout":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
-
-
-def wrk_script(path: Path, body: str, count: int, threads: int) -> None:
-    """A Lua script holding ``count`` distinct pre-signed header sets, formatted once per wrk thread."""
-    rows = []
-    for _ in range(count):
-        headers = sign(body, new_svix_id())
-        rows.append(f'{{"{headers["svix-id"]}","{headers["svix-timestamp"]}","{headers["svix-signature"]}"}},')
-    path.write_text(_LUA % {"body": body, "rows": "\n".join(rows), "threads": threads})
-
-
-def run_wrk(url: str, script: Path, *, seconds: float, connections: int, threads: int) -> dict[str, Any]:
-    argv = [
-        "wrk",
-        "-t",
-        str(threads),
-        "-c",
-        str(connections),
-        "-d",
-        f"{max(1, round(seconds))}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        f"{url}/webhooks/clerk",
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or "BENCHJSON " not in done.stdout:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
-    out = done.stdout
-    line = next(line for line in out.splitlines() if line.startswith("BENCHJSON "))
-    raw = json.loads(line[len("BENCHJSON ") :])
-    errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
-    return {
-        "requests": raw["requests"],
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "p50_ms": raw["p50_us"] / 1000,
-        "p90_ms": raw["p90_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "max_ms": raw["max_us"] / 1000,
-        "non2xx": raw["non2xx"],
-        "socket_errors": errors,
-    }
-
-
-# The endpoints of the ingress benchmark, each under the same gunicorn configuration.
-INGRESS_APPS = {
-    "ingress": "ingress.wsgi:app",
-    # Verify + one raw LPUSH: what the target leaves room for (bench/floor_app.py).
-    "floor": "bench.floor_app:app",
-    "bare": "bench.bare_app:app",
-}
-
-
-def bench_ingress(h: Harness, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    if shutil.which("wrk") is None:
-        raise SystemExit("bench: wrk is not installed (apt-get install -y wrk)")
-    body = realistic_user_updated()
-    started = {name: h.start_gunicorn(app) for name, app in INGRESS_APPS.items()}
-    # Enough distinct pre-signed requests for the run at a generous rate (svix ids repeat only beyond that).
-    count = int(min(60_000, max(5_000, args.ingress_seconds * 3_000)))
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in INGRESS_APPS}
-    sampler = RssSampler({f"gunicorn_{name}": proc.pid for name, (proc, _) in started.items()})
-    with sampler:
-        for name, (_, url) in started.items():  # warm-up: imports, broker connections
-            script = work / f"warm-{name}.lua"
-            wrk_script(script, body, 500, args.wrk_threads)
-            run_wrk(url, script, seconds=2, connections=args.connections, threads=args.wrk_threads)
-        for run in range(args.runs):
-            # Back to back, so that the ratios compare the same minute of a shared machine.
-            for name, (_, url) in started.items():
-                h.reset()
-                script = work / f"{name}-{run}.lua"
-                wrk_script(script, body, count, args.wrk_threads)
-                result = run_wrk(
-                    url, script, seconds=args.ingress_seconds, connections=args.connections, threads=args.wrk_threads
-                )
-                if name == "ingress":
-                    result["queued"] = h.queue_depth()
-                runs[name].append(result)
-                log(
-                    f"ingress run {run + 1}/{args.runs} {name}: {result['rps']:.0f} req/s, "
-                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx {result['non2xx']}"
-                )
-    for proc, _ in started.values():
-        proc.stop()
-    h.reset()
-
-    def ratio(name: str) -> dict[str, Any]:
-        return stats([r["rps"] / b["rps"] for r, b in zip(runs[name], runs["bare"], strict=True)])
-
-    return {
-        "body_bytes": len(body),
-        "connections": args.connections,
-        "wrk_threads": args.wrk_threads,
-        "seconds_per_run": args.ingress_seconds,
-        **{
-            name: {
-                "rps": stats([r["rps"] for r in runs[name]]),
-                "p50_ms": stats([r["p50_ms"] for r in runs[name]]),
-                "p99_ms": stats([r["p99_ms"] for r in runs[name]]),
-            }
-            for name in INGRESS_APPS
-        },
-        "ratio": ratio("ingress"),
-        "floor_ratio": ratio("floor"),
-        "target_ratio": 0.6,
-        "memory": sampler.summary(),
-        "raw": runs,
-    }
 
 
 # --------------------------------------------------------------------------- worker drain
@@ -546,11 +365,11 @@ def send_steady(url: str, signed: list[tuple[Event, dict[str, str]]], rate: floa
 
 def bench_lag(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
     h.reset()
-    ingress, url = h.start_gunicorn("ingress.wsgi:app")
+    web, url = ingress.start_web(h)
     worker = h.start_worker()
     h.wait_ready(worker)
     runs = []
-    sampler = RssSampler({"gunicorn_ingress": ingress.pid, "celery_worker": worker.pid})
+    sampler = RssSampler({"web": web.pid, "celery_worker": worker.pid})
     with sampler:
         for run in range(args.runs):
             h.reset()
@@ -587,7 +406,7 @@ def bench_lag(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
                 f"p99 {result['lag_p99_ms']:.0f} ms, http p99 {result['http_p99_ms']:.1f} ms"
             )
     worker.stop()
-    ingress.stop()
+    web.stop()
     return {
         "rate": args.lag_rate,
         "seconds": args.lag_seconds,
@@ -646,20 +465,7 @@ def fmt(figure: dict[str, Any] | None, digits: int = 0) -> str:
 def print_table(report: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str]] = []
     if ing := report.get("ingress"):
-        rows += [
-            ("ingress req/s", fmt(ing["ingress"]["rps"]), ""),
-            ("ingress p50 / p99 ms", f"{fmt(ing['ingress']['p50_ms'], 1)} / {fmt(ing['ingress']['p99_ms'], 1)}", ""),
-            ("bare 204 req/s", fmt(ing["bare"]["rps"]), ""),
-            ("bare p50 / p99 ms", f"{fmt(ing['bare']['p50_ms'], 1)} / {fmt(ing['bare']['p99_ms'], 1)}", ""),
-            ("ingress / bare", fmt(ing["ratio"], 2), ">= 0.6"),
-        ]
-        if "floor" in ing:
-            rows += [
-                ("floor (verify + LPUSH) req/s", fmt(ing["floor"]["rps"]), ""),
-                ("floor / bare", fmt(ing["floor_ratio"], 2), "(reference)"),
-            ]
-        for name, mem in ing["memory"].items():
-            rows.append((f"{name} peak RSS MB", f"master {mem['main_peak_mb']}, worker {mem['child_peak_mb']}", ""))
+        rows += ingress.table_rows(ing, fmt)
     if wrk := report.get("worker"):
         rows += [
             (f"worker applied events/s ({wrk['distinct']} distinct)", fmt(wrk["applied_events_per_s"]), ""),
@@ -713,11 +519,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 run, 5 s ingress, 4k backlog, 15 s lag (~1-2 min)")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3; --quick 1)")
-    parser.add_argument("--ingress-seconds", type=float, help="wrk duration per run (default 15; --quick 5)")
-    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
-    parser.add_argument(
-        "--wrk-threads", type=int, default=1, help="wrk threads (default 1: leave the CPUs to the server)"
-    )
     parser.add_argument("--backlog", type=int, help="queued messages incl. duplicates (default 20000; --quick 4000)")
     parser.add_argument("--duplicates", type=float, default=0.2, help="share of duplicate svix-ids (default 0.2)")
     parser.add_argument("--lag-rate", type=float, default=200.0, help="events/s for the lag test (default 200)")
@@ -727,10 +528,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
+    ingress.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
-    args.ingress_seconds = args.ingress_seconds or (5.0 if quick else 15.0)
+    ingress.defaults(args)
     args.backlog = args.backlog or (4000 if quick else 20000)
     args.lag_seconds = args.lag_seconds or (15.0 if quick else 60.0)
     args.only = args.only or ["ingress", "worker", "lag", "cli"]
@@ -769,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         report["machine"] = machine_info(h)
         log(f"database {h.db_url.rsplit('/', 1)[1]}, redis {h.redis_url}, logs {h.log_dir}")
         if "ingress" in args.only:
-            report["ingress"] = bench_ingress(h, args, h.log_dir)
+            report["ingress"] = ingress.run(h, args)
         if "worker" in args.only:
             report["worker"] = bench_worker(h, args)
         if "lag" in args.only:

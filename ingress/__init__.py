@@ -16,7 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the ingress app: settings, logging, verifier, publisher, routes."""
     settings = settings or get_settings()
     settings.require_webhook_secrets()
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    configure_logging(log_format=settings.log_format, level=settings.log_level, direct=True)
 
     from ingress import health, webhooks
     from ingress.state import IngressState
@@ -27,6 +27,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["clerk_sync"] = IngressState.from_settings(settings)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
-    # Prometheus scrape point: this ingress's own metrics, summed over gunicorn workers.
+    # Prometheus scrape point: this ingress's own metrics, summed over the server's workers.
     app.add_url_rule("/metrics", "metrics", metrics.exposition)
     return app

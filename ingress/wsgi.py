@@ -1,4 +1,4 @@
-"""gunicorn's entry point: `gunicorn -c deploy/gunicorn.conf.py ingress.wsgi:app`."""
+"""The WSGI entry point: `ingress.wsgi:app` (granian serves it in `web`, see deploy/web.py)."""
 
 from ingress import create_app
 

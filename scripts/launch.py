@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir.expanduser().resolve()
     env = build_env(args.env_file)
     env.setdefault("PORT", "8000")  # the contract's default; honcho's own would be 5000
-    # The Procfile names gunicorn and celery bare: find this venv's, activated or not.
+    # The Procfile names python and celery bare: find this venv's, activated or not.
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", os.defpath)])
 
     try:

@@ -12,6 +12,7 @@ half-configured.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import sys
@@ -101,24 +102,28 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def _clerk_key(name: str, raw: str) -> str:
-    if not raw.startswith("sk_"):
-        raise ConfigError(f"{name}: must start with 'sk_'")
-    return raw
+def _address(name: str, raw: str) -> str:
+    """An IP address (IPv6 with or without brackets) or a host name to bind a listening socket to."""
+    value = raw.strip().removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*", value):
+            raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}") from None
+    return value
 
 
 def _port(name: str, raw: str) -> int:
     value = _int(name, raw, minimum=1)
     if value > 65535:
-        raise ConfigError(f"{name}: must be a port number from 1 to 65535, got {value}")
+        raise ConfigError(f"{name}: must be a port number (1-65535), got {value}")
     return value
 
 
-def _host(name: str, raw: str) -> str:
-    value = raw.strip().removeprefix("[").removesuffix("]")
-    if not value or not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
-        raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}")
-    return value
+def _clerk_key(name: str, raw: str) -> str:
+    if not raw.startswith("sk_"):
+        raise ConfigError(f"{name}: must start with 'sk_'")
+    return raw
 
 
 def _console_users(name: str, raw: str) -> tuple[tuple[str, str], ...]:
@@ -189,6 +194,13 @@ VARIABLES: tuple[Variable, ...] = (
              partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
     Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576", partial(_int, minimum=1),
              "Largest webhook body the ingress accepts (413 above)."),
+    Variable("PORT", "port", "8000", _port, "Port the web process listens on."),
+    Variable("HOST", "host", "0.0.0.0", _address,  # noqa: S104 - a server listens
+             "Address the web process listens on."),
+    Variable("WEB_CONCURRENCY", "web_concurrency", "2", partial(_int, minimum=1),
+             "Web server worker processes (granian workers)."),
+    Variable("WEB_THREADS", "web_threads", "4", partial(_int, minimum=1),
+             "Request threads per web worker process; each keeps one Redis connection."),
     Variable("DELETED_USER_PII", "deleted_user_pii", "keep", partial(_choice, choices=("keep", "scrub")),
              "scrub: clear a deleted user's personal data from their row and stored payloads."),
     Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1),
@@ -213,7 +225,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", "30", partial(_float, minimum=0.001),
              "A worker statement running longer fails the attempt (retried)."),
     Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console."),
-    Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _host,
+    Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _address,
              "Address the console listens on; put it behind a TLS proxy before widening it."),
     Variable("CONSOLE_USERS", "console_users", None, _console_users,
              "Console accounts, name:hash separated by commas (`clerk-sync console-password` prints a hash)."),
@@ -237,6 +249,10 @@ class Settings:
     log_format: str
     log_level: str
     max_body_bytes: int
+    port: int
+    host: str
+    web_concurrency: int
+    web_threads: int
     deleted_user_pii: str
     max_attempts: int
     retry_base_seconds: float

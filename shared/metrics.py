@@ -1,9 +1,9 @@
 """Prometheus metrics shared by the ingress and the worker, in multiprocess mode.
 
-gunicorn workers and Celery prefork children each write their samples to files in
+Web server workers (granian) and Celery prefork children each write their samples to files in
 ``PROMETHEUS_MULTIPROC_DIR``; the process that serves a scrape sums them with a
 ``MultiProcessCollector``. prometheus_client chooses multiprocess mode when it is
-first imported, so the entry points (``deploy/gunicorn.conf.py``, ``worker/celery_app.py``)
+first imported, so the entry points (``deploy/web.py``, ``worker/celery_app.py``)
 call ``ensure_multiproc_dir()`` before anything imports it, and this module imports it
 lazily: the instruments are built on first use, in the process that records.
 
@@ -71,7 +71,7 @@ def _values_in_files() -> bool:
 
 
 def mark_process_dead(pid: int) -> None:
-    """Forget a dead child's live gauges (gunicorn ``child_exit``, Celery process shutdown)."""
+    """Forget a dead child's live gauges (Celery process shutdown)."""
     if multiprocess_enabled():
         from prometheus_client import multiprocess
 

@@ -1,7 +1,7 @@
 """Fixtures on real services: one database and one Redis db index per test run.
 
 The database is created and migrated once per run (with the real `alembic upgrade
-head`); each test starts from empty tables. Processes started by a test (gunicorn,
+head`); each test starts from empty tables. Processes started by a test (web,
 Celery worker, beat) get the same environment and are stopped at teardown.
 """
 

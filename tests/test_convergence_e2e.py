@@ -1,4 +1,4 @@
-"""Convergence end to end: real gunicorn, two Celery workers, Redis and Postgres.
+"""Convergence end to end: the real web process, two Celery workers, Redis and Postgres.
 
 A few hundred events over many users, organizations and memberships are posted
 shuffled, duplicated and concurrently, with old events replayed at the end; once the

@@ -215,8 +215,8 @@ def test_lowered_body_limit(base_env, redis_client):
     assert redis_client.llen(settings.queue_name) == 1
 
 
-def test_oversized_chunked_body_is_rejected_by_gunicorn(processes, redis_client):
-    # A chunked upload announces no length: the limit must hold while reading (real gunicorn).
+def test_oversized_chunked_body_is_rejected_by_the_web_process(processes, redis_client):
+    # A chunked upload announces no length: the limit must hold while reading (the real web process).
     web = processes.start_web(workers=1, MAX_BODY_BYTES="1000")
     big = json.dumps({"type": "session.created", "data": {"pad": "x" * 5000}}).encode()
 

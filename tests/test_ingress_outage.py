@@ -1,4 +1,4 @@
-"""The ingress under gunicorn while Redis is unreachable: a fast 503, never a lost 2xx.
+"""The web process while Redis is unreachable: a fast 503, never a lost 2xx.
 
 Redis is reached through a TcpProxy so the outage is cut and restored without
 touching the shared server. The one latency bound here (< 2 s to answer 503) is a
@@ -63,7 +63,7 @@ def test_redis_outage_answers_503_fast_and_recovers(processes, redis_client, red
     proxy, proxied_url = redis_proxy
     queue = processes.env["CLERK_SYNC_QUEUE"]
 
-    # Given an ingress under gunicorn whose Redis connection goes through the proxy, and is in use
+    # Given the web process whose Redis connection goes through the proxy, and is in use
     web = processes.start_web(REDIS_URL=proxied_url)
     assert post_event(web.url, load_payload("user.created"), svix_id="msg_before").status_code == 200
     assert readyz(web.url) == 200
@@ -72,7 +72,7 @@ def test_redis_outage_answers_503_fast_and_recovers(processes, redis_client, red
     proxy.cut()
 
     # Then every POST answers 503 within the contract's bound, with Retry-After, and /readyz says 503
-    for attempt in range(4):  # both gunicorn workers, warm and cold connections
+    for attempt in range(4):  # both server workers, warm and cold connections
         response, elapsed = timed_post(web.url, f"msg_during_{attempt}")
         assert response.status_code == 503, response.text
         assert response.headers.get("Retry-After")

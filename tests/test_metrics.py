@@ -1,4 +1,4 @@
-"""Prometheus metrics from real gunicorn and Celery processes, in multiprocess mode.
+"""Prometheus metrics from the real web and Celery processes, in multiprocess mode.
 
 Each process tree gets its own PROMETHEUS_MULTIPROC_DIR; the test causes a known
 number of accepted, rejected and poisoned deliveries and checks that both scrape

@@ -1,4 +1,4 @@
-"""End to end through real gunicorn, Celery worker, Redis and Postgres."""
+"""End to end through the real web process, Celery worker, Redis and Postgres."""
 
 from __future__ import annotations
 

@@ -1,16 +1,33 @@
-"""The ingress's fast publisher writes exactly the message Celery's send_task writes."""
+"""The publisher's templated message is the one Celery's send_task writes, and a real worker takes it.
+
+The template is prepared once at start-up (``MessageTemplate.build``); these tests compare a
+message rendered from it with ``send_task``'s field by field, check the countdown and the
+receipt written in the same transaction, and have a real Celery worker apply one.
+"""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 
 import pytest
 import redis
+from sqlalchemy import select
 
+from devkit.waiting import wait_for
 from shared.config import load_settings
+from shared.models import WebhookEvent
 from shared.publish import PROCESS_EVENT_TASK, EventPublisher, QueueUnavailable
+from shared.receipts import receipt_keys
+from tests.support.signing import load_payload
 from worker.celery_app import app as celery_app
+
+# What differs between two messages by design: the task id (the svix-id) wherever Celery
+# repeats it, Celery's printable arguments (ours leave the body out), the delivery tag, and
+# reply_to (the sending app's id, where RPC results would go: process_event returns none).
+PER_MESSAGE_HEADERS = {"id", "root_id", "argsrepr"}
+PER_MESSAGE_PROPERTIES = {"correlation_id", "delivery_tag", "reply_to"}
 
 
 def _pop(client: redis.Redis, queue: str) -> dict:
@@ -19,9 +36,13 @@ def _pop(client: redis.Redis, queue: str) -> dict:
     return json.loads(raw)
 
 
-def test_fast_publisher_matches_send_task(settings, redis_client):
+def _without(mapping: dict, keys: set[str]) -> dict:
+    return {key: value for key, value in mapping.items() if key not in keys}
+
+
+def test_templated_message_matches_send_task_field_by_field(settings, redis_client):
     # Given the same event published both ways
-    body = '{"type": "user.created", "data": {"id": "user_1", "email": "ünï@example.com"}}'
+    body = '{"type": "user.created", "data": {"id": "user_1", "email": "ünï@example.com", "note": "a \\"q\\" {x}"}}'
     celery_app.send_task(
         PROCESS_EVENT_TASK,
         args=("msg_ref", 1700000000, body),
@@ -35,24 +56,59 @@ def test_fast_publisher_matches_send_task(settings, redis_client):
     reference = _pop(redis_client, settings.queue_name)
     fast = _pop(redis_client, settings.queue_name)
 
-    # Then the envelopes have the same shape, and the same task, id and arguments
-    assert set(fast) == set(reference)
-    assert set(fast["properties"]) - {"argsrepr", "kwargsrepr"} == set(reference["properties"]) - {
-        "argsrepr",
-        "kwargsrepr",
-    }
-    assert fast["headers"].keys() == reference["headers"].keys()
-    assert fast["headers"]["task"] == reference["headers"]["task"] == "clerk_sync.process_event"
-    assert fast["headers"]["id"] == "msg_fast"
-    assert fast["properties"]["delivery_info"] == reference["properties"]["delivery_info"]
-    for key in ("content-type", "content-encoding"):
-        assert fast[key] == reference[key]
-    fast_args = json.loads(base64.b64decode(fast["body"]))
-    reference_args = json.loads(base64.b64decode(reference["body"]))
-    assert fast_args[0] == ["msg_fast", 1700000000, body]
-    assert fast_args[1:] == reference_args[1:]
-    # The body (PII) never reaches Celery's printable argument strings.
+    # Then the envelopes agree on every field but the per-message ones
+    assert _without(fast, {"body", "headers", "properties"}) == _without(reference, {"body", "headers", "properties"})
+    assert _without(fast["headers"], PER_MESSAGE_HEADERS) == _without(reference["headers"], PER_MESSAGE_HEADERS)
+    assert _without(fast["properties"], PER_MESSAGE_PROPERTIES) == _without(
+        reference["properties"], PER_MESSAGE_PROPERTIES
+    )
+    # And those carry this message's own values
+    assert fast["headers"]["id"] == fast["headers"]["root_id"] == fast["properties"]["correlation_id"] == "msg_fast"
+    assert fast["headers"]["task"] == PROCESS_EVENT_TASK
+    assert fast["properties"]["delivery_tag"] != reference["properties"]["delivery_tag"]
+    # And the decoded bodies differ only in the task's own arguments, the body byte for byte
+    fast_args, fast_kwargs, fast_embed = json.loads(base64.b64decode(fast["body"]))
+    _, reference_kwargs, reference_embed = json.loads(base64.b64decode(reference["body"]))
+    assert fast_args == ["msg_fast", 1700000000, body]
+    assert (fast_kwargs, fast_embed) == (reference_kwargs, reference_embed)
+    # And the body (PII) never reaches Celery's printable argument strings
     assert "example.com" not in fast["headers"]["argsrepr"]
+
+
+def test_each_message_gets_its_own_delivery_tag_and_its_receipt(settings, redis_client):
+    publisher = EventPublisher(settings)
+    for svix_id in ("msg_a", "msg_b"):
+        publisher.publish(svix_id=svix_id, svix_timestamp=None, body='{"n": 1}')
+    messages = [_pop(redis_client, settings.queue_name) for _ in range(2)]
+    assert [m["headers"]["id"] for m in messages] == ["msg_a", "msg_b"]
+    assert len({m["properties"]["delivery_tag"] for m in messages}) == 2
+    # The message and its receipt went in one transaction: both exist for each event
+    receipts, index = receipt_keys(settings.queue_name)
+    assert json.loads(redis_client.hget(receipts, "msg_b")) == [None, '{"n": 1}']
+    assert redis_client.zcard(index) == 2
+
+
+def test_countdown_sets_the_eta(settings, redis_client):
+    before = dt.datetime.now(dt.UTC)
+    EventPublisher(settings).publish(svix_id="msg_later", svix_timestamp=1, body="{}", countdown=30)
+    eta = dt.datetime.fromisoformat(_pop(redis_client, settings.queue_name)["headers"]["eta"])
+    assert before + dt.timedelta(seconds=29) <= eta <= dt.datetime.now(dt.UTC) + dt.timedelta(seconds=31)
+
+
+def test_a_real_worker_applies_a_templated_message(settings, processes, session_factory):
+    # Given an event put on the queue by the publisher (not through the ingress)
+    EventPublisher(settings).publish(
+        svix_id="msg_templated", svix_timestamp=1700000000, body=json.dumps(load_payload("user.created"))
+    )
+
+    # When a Celery worker runs, then it applies the event as it would one from send_task
+    processes.start_worker()
+
+    def status() -> str | None:
+        with session_factory() as session:
+            return session.scalar(select(WebhookEvent.status).where(WebhookEvent.svix_id == "msg_templated"))
+
+    assert wait_for(lambda: status() == "processed", timeout=60, what="templated event processed")
 
 
 def test_fast_publisher_raises_when_redis_is_unreachable():
@@ -60,3 +116,6 @@ def test_fast_publisher_raises_when_redis_is_unreachable():
     publisher = EventPublisher(settings)
     with pytest.raises(QueueUnavailable):
         publisher.publish(svix_id="msg_x", svix_timestamp=1, body="{}")
+    # And the next publish tries again on a fresh connection, failing the same clean way
+    with pytest.raises(QueueUnavailable):
+        publisher.publish(svix_id="msg_y", svix_timestamp=1, body="{}")

@@ -1,11 +1,10 @@
-"""Real gunicorn, Celery worker and beat processes for end-to-end tests."""
+"""Real web (nginx + granian, as the Procfile starts it), Celery worker and beat processes for end-to-end tests."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -13,14 +12,21 @@ from pathlib import Path
 
 import requests
 
-from devkit.services import ROOT, bin_path
+from devkit.services import ROOT, bin_path, free_port
 from devkit.waiting import wait_for
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def procfile_command(name: str) -> str:
+    """The command the Procfile gives process ``name``."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == name:
+            return command.strip()
+    raise KeyError(f"no {name!r} process in the Procfile")
+
+
+def web_argv() -> list[str]:
+    return ["sh", "-c", procfile_command("web")]
 
 
 @dataclass
@@ -37,7 +43,7 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group (gunicorn/celery children included)."""
+        """Signal the whole process group (as honcho does; celery children included)."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
@@ -65,6 +71,8 @@ class ProcessManager:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         log_path = self.log_dir / f"{name}-{len(self.procs)}.log"
         handle = log_path.open("wb")
+        # The Procfile names its programs bare, as honcho finds them: this venv's come first.
+        env = {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])}
         popen = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -73,12 +81,13 @@ class ProcessManager:
         return proc
 
     def start_web(self, *, workers: int = 2, wait: bool = True, **env_overrides: str) -> Proc:
+        """The Procfile's `web` command, run as honcho runs it (``sh -c``, a session of its own)."""
         port = free_port()
         env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers), **env_overrides}
-        proc = self._spawn("web", [bin_path("gunicorn"), "-c", "deploy/gunicorn.conf.py", "ingress.wsgi:app"], env)
+        proc = self._spawn("web", web_argv(), env)
         proc.url = f"http://127.0.0.1:{port}"
         if wait:
-            wait_for(lambda: _healthy(proc), timeout=30, what=f"gunicorn on {proc.url}\n{proc.log()}")
+            wait_for(lambda: _healthy(proc), timeout=60, what=f"web on {proc.url}\n{proc.log()}")
         return proc
 
     def start_worker(self, *, concurrency: int = 2, wait: bool = True, **env_overrides: str) -> Proc:

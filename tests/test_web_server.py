@@ -1,0 +1,330 @@
+"""The `web` process as the Procfile starts it (nginx in front of granian): connections, slow clients, stop, config.
+
+Everything here runs against real processes with raw sockets where a client library would
+hide what matters (keep-alive, the server closing, bytes trickling in). The only time bound
+asserted is Svix's own: a delivery not answered within 15 s counts as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from devkit.services import ROOT
+from devkit.waiting import wait_for
+from tests.support.processes import free_port, web_argv
+from tests.support.rawhttp import Answer, closed_by_server, connect, read_answer, request_bytes
+from tests.support.signing import load_payload, new_svix_id, post_event, signed_headers
+
+URL = "/webhooks/clerk"
+# Svix gives up on a delivery after 15 s: the client timeout of every delivery below.
+SVIX_TIMEOUT_SECONDS = 15.0
+
+
+def signed_request(payload: str = "user.created", **header_overrides: str) -> tuple[str, bytes, dict[str, str]]:
+    svix_id = new_svix_id()
+    body = json.dumps(load_payload(payload)).encode()
+    headers = {**signed_headers(body, svix_id=svix_id), "Content-Length": str(len(body)), **header_overrides}
+    return svix_id, body, headers
+
+
+def queued_ids(redis_client, queue: str) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange(queue, 0, -1)]
+
+
+def exchange(sock: socket.socket, headers: dict[str, str], body: bytes) -> Answer:
+    sock.sendall(request_bytes(URL, headers=headers, body=body))
+    return read_answer(sock)
+
+
+# --------------------------------------------------------------------------- connection hygiene
+
+
+def test_refusals_with_a_body_leave_the_keep_alive_connection_usable(processes, redis_client):
+    # Given the web process and one keep-alive connection to it
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    sock = connect(web.url)
+
+    # When it carries a bad signature, a missing header and a non-UTF-8 body, each with its body sent
+    svix_id, body, headers = signed_request()
+    bad_signature = exchange(sock, {**headers, "svix-signature": "v1,bm90IGEgc2lnbmF0dXJl"}, body)
+    missing = exchange(sock, {k: v for k, v in headers.items() if k != "svix-id"}, body)
+    _, _, utf8_headers = signed_request()
+    not_utf8 = exchange(sock, {**utf8_headers, "Content-Length": "4"}, b"\xff\xfe\xfd\xfc")
+
+    # Then each is refused, and a signed delivery on the same connection is still answered and queued
+    assert (bad_signature.status, missing.status, not_utf8.status) == (401, 400, 400)
+    accepted = exchange(sock, headers, body)
+    assert accepted.status == 200, accepted.body
+    assert queued_ids(redis_client, queue) == [svix_id]
+    sock.close()
+
+
+def test_a_body_over_the_limit_is_refused_unread_and_its_connection_closed(processes, redis_client):
+    # Given the web process with an 8 KiB limit, and a client announcing a far larger body
+    web = processes.start_web(workers=1, MAX_BODY_BYTES="8192")
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    sock = connect(web.url)
+    _, _, headers = signed_request()
+
+    # When only the headers are sent (the client waits for an answer before sending the body)
+    sock.sendall(request_bytes(URL, headers={**headers, "Content-Length": "5000000"}))
+    answer = read_answer(sock)
+
+    # Then it is refused 413 and told, then shown, that the connection is over: nothing hangs
+    assert answer.status == 413
+    assert json.loads(answer.body) == {"error": "body_too_large"}
+    assert answer.headers.get("connection") == "close"
+    assert closed_by_server(sock)
+    sock.close()
+    # And a new connection is answered as usual, and nothing was queued for the refused one
+    svix_id, body, headers = signed_request()
+    assert len(body) <= 8192
+    with connect(web.url) as fresh:
+        assert exchange(fresh, headers, body).status == 200
+    assert queued_ids(redis_client, queue) == [svix_id]
+    # And nginx's own word about it is one of the process's JSON lines, like every other line
+    records = [json.loads(line) for line in web.log().splitlines() if line.strip()]
+    assert any(r["event"] == "nginx_log" and "too large body" in r["message"] for r in records)
+
+
+# --------------------------------------------------------------------------- slow clients
+
+
+class Trickle:
+    """Connections that send one piece a second: some stuck in their headers, some in a 100 KB body.
+
+    A header trickler that the server cuts (a header timeout) connects again, as an attacker
+    would. The attack stops when ``stop()`` is called; it never runs for more than ``limit`` s.
+    """
+
+    def __init__(self, url: str, *, header_connections: int, body_connections: int, limit: float = 120.0) -> None:
+        self.url = url
+        self.selector = selectors.DefaultSelector()
+        self.headers = [self._open_header() for _ in range(header_connections)]
+        self.bodies = [self._open_body() for _ in range(body_connections)]
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + limit
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _open_header(self) -> socket.socket:
+        sock = connect(self.url, timeout=5)
+        sock.sendall(f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+        return sock
+
+    def _open_body(self) -> socket.socket:
+        sock = connect(self.url, timeout=5)
+        _, _, headers = signed_request()
+        sock.sendall(request_bytes(URL, headers={**headers, "Content-Length": str(100 * 1024)}) + b"{")
+        return sock
+
+    def _run(self) -> None:
+        line = 0
+        while not self._stop.wait(1.0) and time.monotonic() < self._deadline:
+            line += 1
+            for index, sock in enumerate(self.headers):
+                try:
+                    sock.sendall(f"X-Slow-{line}: {line}\r\n".encode())
+                except OSError:
+                    sock.close()
+                    self.headers[index] = self._open_header()
+                    self.reconnects += 1
+            for sock in self.bodies:
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    continue
+
+    def open_bodies(self) -> int:
+        """How many body tricklers the server still holds open (it neither answered nor closed them)."""
+        held = 0
+        for sock in self.bodies:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)  # b"": closed; data: answered; either way not held
+            except BlockingIOError:
+                held += 1
+            except OSError:
+                continue
+        return held
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.headers + self.bodies:
+            sock.close()
+
+
+def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processes, redis_client):
+    # Given the web process with its default settings, and 64 connections trickling headers
+    # plus 64 trickling a declared 100 KB body, one piece a second each
+    web = processes.start_web()
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    attack = Trickle(web.url, header_connections=64, body_connections=64)
+    try:
+        time.sleep(3)  # every connection open and trickling
+
+        # When Svix delivers ten signed events on fresh connections meanwhile
+        delivered = []
+        for _ in range(10):
+            svix_id = new_svix_id()
+            response = post_event(web.url, load_payload("user.created"), svix_id=svix_id, timeout=SVIX_TIMEOUT_SECONDS)
+            assert response.status_code == 200, response.text
+            delivered.append(svix_id)
+            time.sleep(0.5)
+
+        # Then every delivery was answered 2xx within Svix's timeout and is queued, while the
+        # attack was still holding its connections (the body tricklers are neither answered nor cut)
+        assert sorted(queued_ids(redis_client, queue)) == sorted(delivered)
+        assert attack.open_bodies() == 64
+    finally:
+        attack.stop()
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def accepts(url: str) -> bool:
+    try:
+        connect(url, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_sigterm_finishes_the_request_in_flight_and_loses_nothing(processes, redis_client):
+    # Given the web process and a signed delivery whose body is half sent
+    web = processes.start_web()
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    svix_id, body, headers = signed_request()
+    sock = connect(web.url, timeout=SVIX_TIMEOUT_SECONDS)
+    sock.sendall(request_bytes(URL, headers=headers, body=body[: len(body) // 2]))
+    time.sleep(0.5)
+
+    # When the process group gets SIGTERM (as honcho, Heroku and Kubernetes stop a process)
+    web.kill(signal.SIGTERM)
+
+    # Then it stops taking new connections
+    wait_for(lambda: not accepts(web.url), timeout=30, what="the listener closed")
+    # And the request in flight, once its body is complete, is answered 200 and queued
+    sock.sendall(body[len(body) // 2 :])
+    answer = read_answer(sock)
+    assert answer.status == 200, answer.body
+    sock.close()
+    assert queued_ids(redis_client, queue) == [svix_id]
+    # And the process then exits cleanly, leaving no server behind
+    assert web.popen.wait(timeout=60) == 0
+    web.stopped = True
+    assert not accepts(web.url)
+
+
+def test_sigterm_under_load_never_answers_2xx_for_an_event_not_queued(processes, redis_client):
+    # Given the web process taking a stream of deliveries from four clients
+    web = processes.start_web()
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    answered: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        session = requests.Session()
+        for _ in range(500):  # bounded: the stop below ends it long before
+            if stop.is_set():
+                return
+            svix_id = new_svix_id()
+            try:
+                status = post_event(web.url, load_payload("user.updated"), svix_id=svix_id, session=session).status_code
+            except requests.RequestException:
+                status = 0  # refused or cut: Svix would retry
+            with lock:
+                answered.append((svix_id, status))
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    wait_for(lambda: len(answered) >= 40, timeout=60, what="deliveries flowing")
+
+    # When it gets SIGTERM in the middle of the stream
+    web.kill(signal.SIGTERM)
+    exit_code = web.popen.wait(timeout=60)
+    web.stopped = True
+    stop.set()
+    for thread in clients:
+        thread.join()
+
+    # Then it exits cleanly, and every delivery answered 2xx is in the queue
+    assert exit_code == 0
+    accepted = {svix_id for svix_id, status in answered if 200 <= status < 300}
+    assert accepted, "no delivery was accepted before the stop"
+    assert accepted <= set(queued_ids(redis_client, queue))
+    # And the others were refused or cut, never given a success answer
+    assert all(status == 0 or status >= 500 for svix_id, status in answered if svix_id not in accepted)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def run_web_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # A process that kept restarting (or never refused) would hit this timeout and fail the test.
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    return subprocess.run(web_argv(), cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CLERK_WEBHOOK_SECRET", None),
+        ("CLERK_WEBHOOK_SECRET", ""),
+        ("CLERK_WEBHOOK_SECRET", "not-a-whsec-secret"),
+        ("CLERK_WEBHOOK_SECRET", "whsec_%%%"),
+        ("REDIS_URL", "redis//nohost"),
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("HOST", "not a host"),
+        ("WEB_CONCURRENCY", "two"),
+        ("WEB_CONCURRENCY", "0"),
+        ("WEB_THREADS", "-4"),
+        ("MAX_BODY_BYTES", "1MB"),
+    ],
+)
+def test_a_bad_setting_stops_web_with_one_line(base_env, name, value):
+    # Given the web process's environment with one missing or malformed variable
+    env = {**base_env, "PORT": str(free_port()), "HOST": "127.0.0.1"}
+    env.pop(name, None)
+    if value is not None:
+        env[name] = value
+
+    # When it starts as the Procfile starts it
+    result = run_web_until_exit(env)
+
+    # Then the whole process exits non-zero with one line naming the variable, before serving
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_web_exits_when_its_port_is_taken(base_env):
+    # Given a port something else listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**base_env, "PORT": str(port), "HOST": "127.0.0.1"}
+
+        # When web starts there, then it exits non-zero (it does not run without its listener)
+        result = run_web_until_exit(env)
+    assert result.returncode != 0
+    assert "web_server_exited" in result.stdout
