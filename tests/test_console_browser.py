@@ -30,6 +30,7 @@ def shots(tmp_path: Path) -> Path:
     """Where the screenshots go: docs/ when asked to update them, else the test's own directory."""
     return ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
+
 SCRIPT = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
 
 
