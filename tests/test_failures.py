@@ -230,7 +230,7 @@ def _start_retrying_worker(processes, *, max_attempts: int) -> None:
     fast = {
         "RETRY_MAX_ATTEMPTS": str(max_attempts),
         "RETRY_BASE_SECONDS": "0.5",
-        "SWEEP_INTERVAL_SECONDS": "1",
+        "RECOVERY_SECONDS": "24",  # sweeps every second
         "DB_LOCK_TIMEOUT_SECONDS": "1",
     }
     processes.start_worker(concurrency=1, **fast)
@@ -324,8 +324,9 @@ def test_redis_outage_for_every_process_drains_without_an_operator(processes, se
     try:
         broker = via_proxy(redis_url, proxy)
         web = processes.start_web(REDIS_URL=broker)
-        processes.start_worker(REDIS_URL=broker, LOST_MESSAGE_SECONDS="10")  # the sweep task runs in the worker
-        processes.start_beat(REDIS_URL=broker, SWEEP_INTERVAL_SECONDS="2")
+        # Short recovery timings: lost messages are looked for after 10 s, every second
+        processes.start_worker(REDIS_URL=broker, RECOVERY_SECONDS="24")  # the sweep task runs in the worker
+        processes.start_beat(REDIS_URL=broker, RECOVERY_SECONDS="24")
         http = requests.Session()
         accepted: list[str] = []
 
