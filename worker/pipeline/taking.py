@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import TimeLimitExceeded
 from celery.worker.request import Request
@@ -148,7 +149,10 @@ class EventRequest(Request):
     """
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        if isinstance(exc_info.exception, WorkerLostError | TimeLimitExceeded):
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):  # how billiard hands over a lost process's error
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError | TimeLimitExceeded):
             self._restore_taken()
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
