@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, text
 
+from devkit.history import Event, random_history, reference_tables, snapshot
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
-from tests.support.history import Event, random_history, reference_tables, snapshot
 from tests.support.signing import load_payload, post_event
 
 pytestmark = pytest.mark.e2e

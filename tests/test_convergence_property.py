@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from devkit.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
 from shared.models import WebhookEvent
-from tests.support.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
 from worker.pipeline.process import process_delivery
