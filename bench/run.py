@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -28,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,9 +40,11 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
+from bench import capacity  # noqa: E402
 from bench.events import SECRET, Event, generate, new_svix_id, realistic_user_updated, sign  # noqa: E402
+from bench.load import send_steady  # noqa: E402
 from bench.procs import RssSampler, Started, snapshot, spawn  # noqa: E402
-from devkit.services import REDIS_BASE_URL, bin_path, redis_db_index, temporary_database  # noqa: E402
+from devkit.services import REDIS_BASE_URL, bin_path, free_port, redis_db_index, temporary_database  # noqa: E402
 from shared.config import load_settings  # noqa: E402
 from shared.publish import EventPublisher  # noqa: E402
 
@@ -88,14 +88,6 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
             return
         time.sleep(interval)
     raise RuntimeError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Harness:
@@ -503,46 +495,6 @@ def bench_worker(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- lag
 
 
-def send_steady(url: str, signed: list[tuple[Event, dict[str, str]]], rate: float, senders: int) -> list[tuple]:
-    """Open-loop load: request i is due at start + i/rate; returns (send wall time, latency s, status) per i."""
-    host, port = url.removeprefix("http://").split(":")
-    results: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * len(signed)
-    start = time.monotonic() + 0.5
-
-    def sender(k: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        for i in range(k, len(signed), senders):
-            event, headers = signed[i]
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            sent = time.time()
-            begun = time.perf_counter()
-            try:
-                conn.request(
-                    "POST",
-                    "/webhooks/clerk",
-                    body=event.body.encode(),
-                    headers={**headers, "Content-Type": "application/json"},
-                )
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
-                status = 0
-            results[i] = (sent, time.perf_counter() - begun, status)
-        conn.close()
-
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 def bench_lag(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
     h.reset()
     ingress, url = h.start_gunicorn("ingress.wsgi:app")
@@ -690,6 +642,8 @@ def print_table(report: dict[str, Any]) -> None:
             (f"lag @ {lag['rate']}/s p99 ms", fmt(lag["lag_p99_ms"]), ""),
             ("lag run: http p99 ms", fmt(lag["http_p99_ms"], 1), ""),
         ]
+    if not rows:
+        return
     width = max(len(r[0]) for r in rows) + 2
     print()
     print(f"{'figure':<{width}}{'median (min-max)':<34}target")
@@ -719,16 +673,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duplicates", type=float, default=0.2, help="share of duplicate svix-ids (default 0.2)")
     parser.add_argument("--lag-rate", type=float, default=200.0, help="events/s for the lag test (default 200)")
     parser.add_argument("--lag-seconds", type=float, help="lag test duration (default 60; --quick 15)")
-    parser.add_argument("--only", choices=("ingress", "worker", "lag"), action="append", help="run only these parts")
+    parser.add_argument(
+        "--only", choices=("ingress", "worker", "lag", "capacity"), action="append", help="run only these parts"
+    )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
+    capacity.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
     args.ingress_seconds = args.ingress_seconds or (5.0 if quick else 15.0)
     args.backlog = args.backlog or (4000 if quick else 20000)
     args.lag_seconds = args.lag_seconds or (15.0 if quick else 60.0)
-    args.only = args.only or ["ingress", "worker", "lag"]
+    args.only = args.only or ["ingress", "worker", "lag", "capacity"]
     return args
 
 
@@ -769,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
             report["worker"] = bench_worker(h, args)
         if "lag" in args.only:
             report["lag"] = bench_lag(h, args)
+        if "capacity" in args.only:
+            report["capacity"] = capacity.bench_capacity(h, args)
         report["machine"]["loadavg_end"] = os.getloadavg()
     report["elapsed_seconds"] = round(time.monotonic() - began, 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -777,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / f"results-{stamp}.json").write_text(text)
     (args.out_dir / "latest.json").write_text(text)
     print_table(report)
+    if "capacity" in report:
+        capacity.print_capacity(report["capacity"])
     print(f"\nwritten: {args.out_dir / f'results-{stamp}.json'} and {args.out_dir / 'latest.json'}")
     return 0
 
