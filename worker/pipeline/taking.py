@@ -25,6 +25,7 @@ import base64
 import json
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import structlog
@@ -103,7 +104,8 @@ def take_waiting(client: Any, queue_name: str, *, delivery_tag: str, limit: int)
     """Pop up to ``limit`` waiting messages, recorded unacked as kombu would; [] if none wait."""
     if limit <= 0:
         return []
-    raw = client.eval(_TAKE, 4, *_keys(queue_name, delivery_tag), limit, repr(time.time()), _TAKEN_TTL_SECONDS)
+    take = _script(client, _TAKE)
+    raw = take(keys=_keys(queue_name, delivery_tag), args=[limit, repr(time.time()), _TAKEN_TTL_SECONDS])
     taken = []
     for item in raw:
         try:
@@ -136,7 +138,13 @@ def acknowledge(pipe: Any, *, delivery_tag: str, taken: list[Taken]) -> None:
 
 def restore_taken(client: Any, queue_name: str, *, delivery_tag: str) -> int:
     """Put a lost batch's taken messages back at the head of the queue; how many were restored."""
-    return int(client.eval(_RESTORE, 4, *_keys(queue_name, delivery_tag)))
+    return int(_script(client, _RESTORE)(keys=_keys(queue_name, delivery_tag)))
+
+
+@cache
+def _script(client: Any, source: str) -> Any:
+    """The script registered once per client: EVALSHA from then on (redis-py reloads it if needed)."""
+    return client.register_script(source)
 
 
 class EventRequest(Request):
