@@ -160,3 +160,16 @@ def test_a_message_that_is_not_an_event_is_left_to_kombu(settings, redis_client)
     # Then it applies the two events and leaves the stray one unacked, for kombu to hand back to Celery
     assert [item.delivery.svix_id for item in taken] == ["msg_before_0", "msg_after_0"]
     assert redis_client.hexists(taking.UNACKED, "stray-tag")
+
+
+def test_junk_on_the_queue_is_left_for_celery_and_loses_nothing(settings, redis_client):
+    # Given an event, then something that is not a kombu message at all
+    _publish(settings, 1, tag="good")
+    redis_client.lpush(settings.queue_name, b"\xff not json")
+
+    # When a batch takes what is waiting
+    taken = taking.take_waiting(redis_client, settings.queue_name, delivery_tag="junk", limit=10)
+
+    # Then it takes the event, and the junk goes back to the head of the queue untouched
+    assert [item.delivery.svix_id for item in taken] == ["msg_good_0"]
+    assert redis_client.lrange(settings.queue_name, 0, -1) == [b"\xff not json"]

@@ -52,16 +52,25 @@ local queue, unacked, index, taken = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit, now, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local items = redis.call('RPOP', queue, limit)
 if not items then return {} end
+local took = {}
 for _, item in ipairs(items) do
-  local properties = cjson.decode(item)['properties']
-  local tag, info = properties['delivery_tag'], properties['delivery_info']
-  redis.call('HSET', unacked, tag,
-    '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
-  redis.call('ZADD', index, now, tag)
-  redis.call('HSET', taken, tag, item)
+  local ok, message = pcall(cjson.decode, item)
+  local properties = ok and type(message) == 'table' and message['properties']
+  local tag = type(properties) == 'table' and properties['delivery_tag']
+  local info = type(properties) == 'table' and properties['delivery_info']
+  if type(tag) == 'string' and type(info) == 'table' then
+    redis.call('HSET', unacked, tag,
+      '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
+    redis.call('ZADD', index, now, tag)
+    redis.call('HSET', taken, tag, item)
+    took[#took + 1] = item
+  else
+    -- not a kombu message: back to the head of the queue, for Celery to refuse as it would
+    redis.call('RPUSH', queue, item)
+  end
 end
 redis.call('EXPIRE', taken, ttl)
-return items
+return took
 """
 
 # kombu's restore_by_tag for every message the batch took and kombu has not restored yet, in one
