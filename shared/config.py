@@ -301,6 +301,8 @@ def reference() -> str:
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for variable in VARIABLES:
         default = "unset" if variable.default is None else f"`{variable.default}`"
+        if variable.field == "db_statement_timeout_seconds":
+            default = "from `RECOVERY_SECONDS`"
         lines.append(f"| `{variable.env}` | {default} | {variable.doc} |")
     return "\n".join(lines)
 

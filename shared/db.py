@@ -13,6 +13,8 @@ _factories: dict[Settings, sessionmaker[Session]] = {}
 def make_engine(settings: Settings, **overrides: object) -> Engine:
     """A pooled engine with short timeouts, so an outage fails fast instead of hanging."""
     options: dict[str, object] = {
+        # Bound parameters (emails, names) never reach an exception message or a log line.
+        "hide_parameters": True,
         "pool_pre_ping": True,
         "pool_size": 5,
         "max_overflow": 5,

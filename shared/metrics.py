@@ -86,6 +86,7 @@ class _Instruments:
     processing_seconds: Any
     lag_seconds: Any
     retries: Any
+    conflicting_redeliveries: Any
 
 
 _INSTRUMENTS_LOCK = threading.Lock()
@@ -134,6 +135,10 @@ def _make_instruments() -> _Instruments:
             "Attempts that will be retried: transient (spends the budget) or database_unavailable (does not).",
             ["event_type", "reason"],
         ),
+        conflicting_redeliveries=Counter(
+            f"{PREFIX}_conflicting_redeliveries",
+            "Redeliveries of an svix-id whose body differed from the one first received (never applied).",
+        ),
     )
 
 
@@ -170,6 +175,11 @@ def event_handled(event_type: object, status: str, *, seconds: float, svix_times
         instruments.retries.labels(event_type=label, reason="transient").inc()
     if status == "processed" and svix_timestamp:
         instruments.lag_seconds.observe(max(0.0, time.time() - svix_timestamp))
+
+
+def conflicting_redelivery() -> None:
+    """A redelivery of an svix-id came with another body; the stored body stays the one applied."""
+    _instruments().conflicting_redeliveries.inc()
 
 
 def database_unavailable_retry(event_type: object) -> None:

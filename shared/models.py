@@ -9,6 +9,7 @@ duplicate deliveries converge: see ``worker/apply.py``.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any
 
 from sqlalchemy import (
@@ -26,8 +27,20 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-EVENT_STATUSES = ("pending", "processed", "ignored", "failed", "dead")
-FINAL_STATUSES = ("processed", "ignored", "dead")
+
+class EventStatus(enum.StrEnum):
+    """Where an event stands (CONTRACT section 4); the values are what `webhook_events.status` holds."""
+
+    PENDING = "pending"  # recorded, not applied yet (held by a pause, or its message is on the way)
+    PROCESSED = "processed"  # its change is in the synced tables
+    IGNORED = "ignored"  # nothing to apply: not synced, or older than what the tables hold
+    FAILED = "failed"  # an attempt failed; a retry is scheduled (next_attempt_at)
+    DEAD = "dead"  # permanently invalid, or out of retries: waits for an operator
+
+
+EVENT_STATUSES = tuple(status.value for status in EventStatus)
+# An event in one of these is done: a redelivery of its svix-id changes nothing.
+FINAL_STATUSES = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD})
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -104,6 +117,12 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_webhook_events_status_due", "status", "next_attempt_at"),
         Index("ix_webhook_events_entity", "entity_id"),
+        Index("ix_webhook_events_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),
+        Index(
+            "ix_webhook_events_organization",
+            "organization_clerk_id",
+            postgresql_where=text("organization_clerk_id IS NOT NULL"),
+        ),
         Index("ix_webhook_events_received", "received_at"),
         CheckConstraint("status IN ('pending', 'processed', 'ignored', 'failed', 'dead')", name="status_known"),
     )
@@ -116,11 +135,21 @@ class WebhookEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Every attempt's error, oldest first: [{"at": iso, "error": str}, ...]
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    # The body as received and applied; null for event types that are not synced (and once
+    # purged by retention), a stub once scrubbed.
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # The body as received when it is not storable as jsonb (not JSON at all).
     raw_body: Mapped[str | None] = mapped_column(Text)
+    # sha256 of the body first received under this svix-id: a redelivery with another body is a conflict.
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Redeliveries of this svix-id whose body differed, never applied: [{"at": iso, "body_sha256": hex}, ...]
+    conflicts: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     svix_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    # The Clerk ids the event names (its object, and a membership's user and organization):
+    # what `events --entity` and the PII scrub find events by, payload or not.
     entity_id: Mapped[str | None] = mapped_column(String(64))
+    user_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = _now_column()
     processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

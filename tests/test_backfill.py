@@ -17,10 +17,10 @@ from tests.support.fake_clerk import (
     make_instance,
     primary_email_of,
 )
+from tests.support.pipeline import deliver_one
 from worker.clerk.api import ClerkClient
 from worker.clerk.backfill import backfill
 from worker.pipeline.ledger import Delivery
-from worker.pipeline.process import process_delivery
 
 
 def snapshot(session_factory) -> dict[str, list[tuple[Any, ...]]]:
@@ -216,7 +216,7 @@ def test_backfill_racing_webhooks_converges(base_env, settings, session_factory)
         with ThreadPoolExecutor(max_workers=1) as pool:
             running = pool.submit(backfill, session_factory, client, settings=settings, page_size=25)
             statuses = [
-                process_delivery(session_factory, Delivery(svix_id, None, body), settings=settings)
+                deliver_one(session_factory, Delivery(svix_id, None, body), settings=settings)
                 for svix_id, body in events
             ]
             running.result(timeout=120)

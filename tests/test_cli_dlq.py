@@ -112,16 +112,17 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     for svix_id in ("msg_dlq_poison", "msg_dlq_notjson", "msg_dlq_blocked"):
         assert svix_id in table.stdout
     assert "msg_dlq_ignored" not in table.stdout
-    assert "users_guard" in table.stdout
+    # The trigger's error by class and SQLSTATE: a database's own message may carry values
+    assert "RaiseException (P0001)" in table.stdout
 
     # ... and JSON for machines, every field but the payload
     listed = json.loads(cli("dlq", "list", "--json").stdout)
     by_id = {event["svix_id"]: event for event in listed}
     assert set(by_id) == {"msg_dlq_poison", "msg_dlq_notjson", "msg_dlq_blocked"}
     assert all("payload" not in event and "raw_body" not in event for event in listed)
-    assert by_id["msg_dlq_poison"]["last_error"] == "event has no 'data.id'"
-    assert by_id["msg_dlq_notjson"]["last_error"].startswith("body is not JSON")
-    assert "is on hold" in by_id["msg_dlq_blocked"]["last_error"]
+    assert by_id["msg_dlq_poison"]["last_error"] == "invalid_payload: data.id is missing"
+    assert by_id["msg_dlq_notjson"]["last_error"] == "invalid_payload: the body is not JSON"
+    assert by_id["msg_dlq_blocked"]["last_error"] == "RaiseException (P0001)"
     assert by_id["msg_dlq_blocked"]["entity_id"] == user_id
     assert by_id["msg_dlq_blocked"]["attempts"] == 1
 
@@ -132,7 +133,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
         return [event["svix_id"] for event in json.loads(result.stdout)]
 
     assert listed_ids("--type", "user.created") == ["msg_dlq_poison", "msg_dlq_blocked"]
-    assert listed_ids("--error", "ON HOLD") == ["msg_dlq_blocked"]
+    assert listed_ids("--error", "raiseexception") == ["msg_dlq_blocked"]
     assert listed_ids("--entity", user_id) == ["msg_dlq_blocked"]
     assert len(listed_ids("--since", "1h")) == 3
     assert listed_ids("--since", "2999-01-01") == []
@@ -146,19 +147,19 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     shown = cli("dlq", "show", "msg_dlq_poison")
     assert shown.returncode == 0, shown.stderr
     assert "dead" in shown.stdout
-    assert "event has no 'data.id'" in shown.stdout
+    assert "invalid_payload: data.id is missing" in shown.stdout
     assert '"first_name": "X"' in shown.stdout
     assert "this is not json" in cli("dlq", "show", "msg_dlq_notjson").stdout
     shown_json = json.loads(cli("dlq", "show", "msg_dlq_blocked", "--json").stdout)
     assert shown_json["payload"]["data"]["id"] == user_id
-    assert len(shown_json["errors"]) == 1 and "is on hold" in shown_json["errors"][0]["error"]
+    assert [entry["error"] for entry in shown_json["errors"]] == ["RaiseException (P0001)"]
     unknown = cli("dlq", "show", "msg_nobody")
     assert unknown.returncode == 1
     assert "msg_nobody" in one_line_error(unknown)
 
     # When the cause is fixed and a dry run comes first, nothing changes
     blocking_trigger.lift()
-    dry = cli("dlq", "replay", "--all", "--type", "user.created", "--error", "hold", "--dry-run")
+    dry = cli("dlq", "replay", "--all", "--type", "user.created", "--error", "P0001", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would replay 1" in dry.stdout and "msg_dlq_blocked" in dry.stdout
     assert statuses(session_factory)["msg_dlq_blocked"] == "dead"
@@ -174,7 +175,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
         assert session.scalars(select(User.clerk_id)).all() == [user_id]
         row = session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == "msg_dlq_blocked")).one()
         assert row.attempts == 1
-        assert "is on hold" in row.errors[0]["error"]
+        assert row.errors[0]["error"] == "RaiseException (P0001)"
         assert row.errors[1]["event"] == "replayed"
 
     # A replay of what is not dead, or of nothing named, is refused
@@ -223,7 +224,7 @@ def test_dead_letter_filters(session_factory):
                   last_error="OperationalError: timeout", entity_id="user_a")  # fmt: skip
         add_event(session, "msg_mem", event_type="organizationMembership.created", payload=membership,
                   received_at=now - dt.timedelta(hours=5), last_error="DataError: bad value",
-                  entity_id=membership["data"]["id"])  # fmt: skip
+                  entity_id=membership["data"]["id"], user_clerk_id=member_id, organization_clerk_id=org_id)  # fmt: skip
         add_event(session, "msg_new", event_type="user.created", received_at=now - dt.timedelta(minutes=5),
                   last_error="users_guard: user_b is ON HOLD", entity_id=member_id)  # fmt: skip
         add_event(session, "msg_done", status="processed", event_type="user.created", entity_id=member_id)

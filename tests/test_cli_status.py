@@ -10,11 +10,11 @@ from typing import Any
 from devkit.services import bin_path
 from shared.models import WebhookEvent
 from shared.publish import EventPublisher
+from tests.support.pipeline import deliver_one
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
 from worker.pipeline import ledger
 from worker.pipeline.ledger import Delivery
-from worker.pipeline.process import process_delivery
 
 
 def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
@@ -129,7 +129,7 @@ def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, s
     ]
     for svix_id, payload in arrivals:
         delivery = Delivery(svix_id=svix_id, svix_timestamp=None, body=json.dumps(payload))
-        process_delivery(session_factory, delivery, settings=settings)
+        deliver_one(session_factory, delivery, settings=settings)
 
     # When the timeline of the user is asked for
     result = clerk_sync(base_env, "events", "--entity", user_id, "--json", cwd=tmp_path)

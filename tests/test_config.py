@@ -251,3 +251,9 @@ def test_celery_beat_refuses_to_start_with_bad_settings(base_env, tmp_path):
     lines = _config_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     assert "DATABASE_URL" in lines[0]
+
+
+def test_the_configuration_reference_in_the_docs_is_the_one_the_code_reads():
+    from shared.config import reference
+
+    assert reference() in (ROOT / "docs" / "configuration.md").read_text()

@@ -2,7 +2,7 @@
 
 A few hundred events over many users, organizations and memberships are posted
 shuffled, duplicated and concurrently, with old events replayed at the end; once the
-queue is drained the tables must equal the reference model of tests/support/history.py,
+queue is drained the tables must equal the reference model of devkit/history.py,
 and what the application wrote in the meantime (``plan``) must still be there.
 """
 

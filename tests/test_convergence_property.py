@@ -1,7 +1,7 @@
 """Property: any delivery order, with duplicates, converges to the reference model.
 
-Histories are generated in Clerk's order (tests/support/history.py), delivered through
-``process_delivery`` in a random permutation with repeated svix-ids, and the synced
+Histories are generated in Clerk's order (devkit/history.py), delivered through
+``deliver_one`` (a batch of one) in a random permutation with repeated svix-ids, and the synced
 tables compared with applying each distinct event once in Clerk's order; once one
 event per transaction, once in batches of random size as the worker applies them.
 """
@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from devkit.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
 from shared.models import WebhookEvent
+from tests.support.pipeline import deliver_one
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
-from worker.pipeline.process import process_delivery
 
 steps = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
 
@@ -39,7 +39,7 @@ def _history(rng: random.Random, script: list[tuple[int, int, int]]) -> list[Eve
 
 
 def _deliver(session_factory, app_settings, events: list[Event]) -> list[str]:  # type: ignore[no-untyped-def]
-    return [process_delivery(session_factory, Delivery(e.svix_id, None, e.body), settings=app_settings) for e in events]
+    return [deliver_one(session_factory, Delivery(e.svix_id, None, e.body), settings=app_settings) for e in events]
 
 
 def _with_duplicates(rng: random.Random, events: list[Event]) -> list[Event]:

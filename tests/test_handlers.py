@@ -1,4 +1,4 @@
-"""Applying Clerk's realistic payloads through ``process_delivery`` on the real database.
+"""Applying Clerk's realistic payloads through ``deliver_one`` (a batch of one) on the real database.
 
 No broker here: each test calls what the Celery task calls, in the order it wants the
 deliveries to arrive, and reads the synced tables and the ledger afterwards.
@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from shared.models import Organization, OrganizationMembership, User, WebhookEvent
+from tests.support.pipeline import deliver_one
 from tests.support.signing import FIXTURES, load_payload
 from worker.pipeline.ledger import Delivery
-from worker.pipeline.process import process_delivery
 
 USER_ID = "user_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
 ORG_ID = "org_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
@@ -30,7 +30,7 @@ def deliver(session_factory, settings, payload: dict[str, Any] | str, svix_id: s
     """One delivery as the task makes it; the svix-id defaults to one per distinct body."""
     body = payload if isinstance(payload, str) else json.dumps(payload)
     svix_id = svix_id or f"msg_{hashlib.sha256(body.encode()).hexdigest()[:24]}"
-    return process_delivery(session_factory, Delivery(svix_id, None, body), settings=settings)
+    return deliver_one(session_factory, Delivery(svix_id, None, body), settings=settings)
 
 
 def variant(name: str) -> dict[str, Any]:

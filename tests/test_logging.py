@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -81,3 +82,49 @@ def test_process_logs_are_json_with_event_context_and_no_secrets(processes, sess
         assert secret_key not in line
         for email in emails:
             assert email not in line, line
+
+
+@pytest.mark.e2e
+def test_a_database_error_on_an_event_logs_no_value_of_it(processes, session_factory, database_url):
+    # Given a worker at DEBUG, an application's unique index on users.email and a trigger that
+    # mentions the email in its own error message, and a user holding the address
+    email = "known.person@example.com"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE UNIQUE INDEX test_unique_email ON users (email)")
+        conn.execute(
+            "CREATE FUNCTION test_shout() RETURNS trigger AS $$ BEGIN IF NEW.first_name = 'Shout' THEN "
+            "RAISE EXCEPTION 'refusing %', NEW.email; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        conn.execute("CREATE TRIGGER test_shout BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION test_shout()")
+    try:
+        web = processes.start_web(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+        worker = processes.start_worker(LOG_FORMAT="json", LOG_LEVEL="DEBUG", RETRY_MAX_ATTEMPTS="1")
+        first = load_payload("user.created")
+        first["data"]["email_addresses"][0]["email_address"] = email
+
+        # When a second user arrives with the same address (UniqueViolation, whose DETAIL holds it),
+        # and a third the trigger refuses with the address in its message
+        clash = json.loads(json.dumps(first))
+        clash["data"]["id"] = "user_clash"
+        shout = json.loads(json.dumps(first))
+        shout["data"]["id"], shout["data"]["first_name"] = "user_shout", "Shout"
+        for svix_id, payload in (("msg_pii_first", first), ("msg_pii_clash", clash), ("msg_pii_shout", shout)):
+            assert post_event(web.url, payload, svix_id=svix_id).status_code == 200
+
+        def settled() -> dict[str, str]:
+            with session_factory() as session:
+                rows = dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
+            return rows if len(rows) == 3 and "pending" not in rows.values() else {}
+
+        statuses = wait_for(settled, timeout=90, what="three events settled")
+        logs = web.log() + worker.log()
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP INDEX IF EXISTS test_unique_email; DROP TRIGGER IF EXISTS test_shout ON users")
+
+    # Then the failures are recorded by class, and the address is in no log line and no error
+    assert statuses == {"msg_pii_first": "processed", "msg_pii_clash": "dead", "msg_pii_shout": "dead"}
+    assert email not in logs
+    assert "UniqueViolation (23505) constraint test_unique_email table users" in logs
+    with session_factory() as session:
+        assert all(email not in (row.last_error or "") for row in session.scalars(select(WebhookEvent)))

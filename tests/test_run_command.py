@@ -49,7 +49,6 @@ def bare_machine_env(**overrides: str) -> dict[str, str]:
             "CLERK_SYNC_PROBE_PG_PORT": str(free_port()),
             "CLERK_SYNC_PROBE_REDIS_HOST": "127.0.0.1",
             "CLERK_SYNC_PROBE_REDIS_PORT": str(free_port()),
-            "CLERK_SYNC_NO_INSTALL": "1",
             "HOST": "127.0.0.1",
             "PORT": str(free_port()),
             "METRICS_PORT": "0",

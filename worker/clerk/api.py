@@ -1,5 +1,5 @@
 """A small client for the parts of Clerk's Backend API that backfill, reconcile and
-``ensure_user`` read: list users, organizations and memberships, and get one user.
+``ensure_user`` read: the lists and objects the resource table (``shared.resources``) names.
 
 Clerk answers lists in two shapes: ``GET /v1/users`` is a bare JSON array, the
 others are ``{"data": [...], "total_count": N}``; ``list_page`` hides the difference.
@@ -25,19 +25,12 @@ from tenacity import (
 )
 
 from shared.config import Settings
+from shared.resources import ORGANIZATIONS, Resource
 
 log = structlog.get_logger("clerk_sync.clerk_api")
 
 # Clerk accepts 1..500 per page.
 MAX_PAGE_SIZE = 500
-USERS = "users"
-ORGANIZATIONS = "organizations"
-MEMBERSHIPS = "memberships"
-LIST_PATHS = {
-    USERS: "/v1/users",
-    ORGANIZATIONS: "/v1/organizations",
-    MEMBERSHIPS: "/v1/organization_memberships",
-}
 
 
 class ClerkApiError(Exception):
@@ -157,9 +150,8 @@ class ClerkClient:
         except ValueError:
             raise ClerkApiError(f"Clerk API {path}: {status} answer is not JSON") from None
 
-    def list_page(self, resource: str, *, limit: int, offset: int, path: str | None = None) -> Page:
+    def list_page(self, path: str, *, limit: int, offset: int) -> Page:
         """One page of a list, oldest first so that offsets stay put while Clerk grows."""
-        path = path or LIST_PATHS[resource]
         body = self.get(path, {"limit": limit, "offset": offset, "order_by": "created_at"})
         if isinstance(body, list):
             return Page(items=[item for item in body if isinstance(item, dict)], total_count=None)
@@ -171,40 +163,42 @@ class ClerkClient:
             )
         raise ClerkApiError(f"Clerk API {path}: unexpected answer shape ({type(body).__name__})")
 
-    def iter_pages(
-        self, resource: str, *, limit: int, offset: int = 0, path: str | None = None
-    ) -> Iterator[tuple[int, Page]]:
+    def iter_pages(self, path: str, *, limit: int, offset: int = 0) -> Iterator[tuple[int, Page]]:
         """``(offset, page)`` from ``offset`` until a short page says the list is done."""
         while True:
-            page = self.list_page(resource, limit=limit, offset=offset, path=path)
+            page = self.list_page(path, limit=limit, offset=offset)
             yield offset, page
             if len(page.items) < limit:
                 return
             offset += len(page.items)
 
-    def list_all(self, resource: str, *, limit: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
-        """Every object of ``resource`` (memberships fall back to per-organization lists)."""
-        if resource == MEMBERSHIPS:
-            try:
-                return [item for _, page in self.iter_pages(resource, limit=limit) for item in page.items]
-            except ClerkNotFound:
-                organizations = self.list_all(ORGANIZATIONS, limit=limit)
-                return [m for org in organizations for m in self.list_organization_memberships(org["id"], limit=limit)]
-        return [item for _, page in self.iter_pages(resource, limit=limit) for item in page.items]
+    def list_path(self, path: str, *, limit: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
+        return [item for _, page in self.iter_pages(path, limit=limit) for item in page.items]
 
-    def list_organization_memberships(self, organization_id: str, *, limit: int) -> list[dict[str, Any]]:
-        """One organization's memberships: the fallback when the instance-wide list is missing."""
-        path = f"/v1/organizations/{organization_id}/memberships"
-        return [item for _, page in self.iter_pages(MEMBERSHIPS, limit=limit, path=path) for item in page.items]
+    def list_all(self, resource: Resource, *, limit: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
+        """Every object of ``resource``; per organization when Clerk has no instance-wide list of it."""
+        if resource.api_per_organization_path is None:
+            return self.list_path(resource.api_list_path, limit=limit)
+        try:
+            return self.list_path(resource.api_list_path, limit=limit)
+        except ClerkNotFound:
+            organizations = self.list_all(ORGANIZATIONS, limit=limit)
+            return [
+                item
+                for organization in organizations
+                if isinstance(organization.get("id"), str)
+                for item in self.list_of_organization(resource, organization["id"], limit=limit)
+            ]
 
-    def get_user(self, clerk_user_id: str) -> dict[str, Any] | None:
-        """The user, or None when Clerk has no such user (404)."""
-        return self._get_object(f"/v1/users/{clerk_user_id}")
+    def list_of_organization(self, resource: Resource, organization_id: str, *, limit: int) -> list[dict[str, Any]]:
+        """One organization's objects of ``resource`` (its memberships, say)."""
+        assert resource.api_per_organization_path is not None
+        return self.list_path(resource.api_per_organization_path.format(organization_id=organization_id), limit=limit)
 
-    def get_organization(self, clerk_org_id: str) -> dict[str, Any] | None:
-        return self._get_object(f"/v1/organizations/{clerk_org_id}")
-
-    def _get_object(self, path: str) -> dict[str, Any] | None:
+    def get_object(self, resource: Resource, clerk_id: str) -> dict[str, Any] | None:
+        """One object, or None when Clerk has no such object (404)."""
+        assert resource.api_object_path is not None
+        path = resource.api_object_path.format(id=clerk_id)
         try:
             body = self.get(path)
         except ClerkNotFound:

@@ -23,14 +23,18 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.events import InvalidEvent, read_object
 from shared.models import ControlFlag
-from worker.clerk.api import MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkClient, ClerkNotFound
-from worker.pipeline import apply
-from worker.pipeline.process import deadlock_retries
+from shared.resources import BY_NAME, ORGANIZATIONS, RESOURCES
+from worker.clerk.api import ClerkClient, ClerkNotFound
+from worker.pipeline.apply import Change, apply_changes
+from worker.pipeline.batch import deadlock_retries
+from worker.pipeline.handlers import change_from_object
 
 log = structlog.get_logger("clerk_sync.backfill")
 
-RESOURCES = (USERS, ORGANIZATIONS, MEMBERSHIPS)
+# Resource names in the order they are backfilled: parents before children.
+RESOURCE_NAMES = tuple(resource.name for resource in RESOURCES)
 PER_ORGANIZATION = "per_organization"
 
 
@@ -84,19 +88,24 @@ def clear_progress(session: Session, resource: str) -> None:
     session.execute(delete(ControlFlag).where(ControlFlag.name == progress_key(resource)))
 
 
-def apply_object(session: Session, resource: str, data: dict[str, Any], *, settings: Settings) -> bool:
-    """Apply one API object by the webhook rules; True when the row changed."""
-    if resource == USERS:
-        fields = apply.user_fields(data, fallback_ms=None)
-        return apply.upsert_user(session, fields, scrub_pii=settings.deleted_user_pii == "scrub")
-    if resource == ORGANIZATIONS:
-        return apply.upsert_organization(session, apply.organization_fields(data, fallback_ms=None))
-    return apply.upsert_membership(session, apply.membership_fields(data, fallback_ms=None))
+def changes_from_objects(resource: str, items: Iterable[dict[str, Any]]) -> tuple[list[Change], int]:
+    """API objects as changes by the webhook rules; also how many were skipped as invalid."""
+    kind = BY_NAME[resource]
+    changes, skipped = [], 0
+    for item in items:
+        try:
+            changes.append(change_from_object(kind, read_object(kind, item)))
+        except InvalidEvent as exc:
+            skipped += 1
+            log.warning("backfill_object_skipped", resource=resource, error=str(exc))
+    return changes, skipped
 
 
-def _valid(item: dict[str, Any]) -> bool:
-    clerk_id = item.get("id")
-    return isinstance(clerk_id, str) and 0 < len(clerk_id) <= 64
+def apply_objects(session: Session, resource: str, items: Iterable[dict[str, Any]], *, settings: Settings) -> int:
+    """Apply API objects in the caller's transaction; how many rows changed."""
+    changes, _ = changes_from_objects(resource, items)
+    applied = apply_changes(session, changes, scrub_pii=settings.deleted_user_pii == "scrub")
+    return sum(result.changed for result in applied)
 
 
 def _apply_page(
@@ -112,16 +121,12 @@ def _apply_page(
 ) -> None:
     """One transaction: the page's objects and the progress marker, together; then report it."""
     items = list(items)
+    changes, skipped = changes_from_objects(result.resource, items)
     for attempt in deadlock_retries():  # a deadlock with a concurrent webhook
         with attempt, factory.begin() as session:
-            applied = unchanged = skipped = 0
-            for item in items:
-                if not _valid(item):
-                    skipped += 1
-                elif apply_object(session, result.resource, item, settings=settings):
-                    applied += 1
-                else:
-                    unchanged += 1
+            outcomes = apply_changes(session, changes, scrub_pii=settings.deleted_user_pii == "scrub")
+            applied = sum(outcome.changed for outcome in outcomes)
+            unchanged = len(outcomes) - applied
             if done:
                 clear_progress(session, result.resource)
             else:
@@ -156,21 +161,19 @@ def backfill_resource(
     mode = progress.get("mode") if progress else None
     result = ResourceResult(resource=resource, resumed_from=offset, offset=offset)
     log.info("backfill_started", resource=resource, offset=offset)
-    if resource == MEMBERSHIPS and mode != PER_ORGANIZATION:
+    kind = BY_NAME[resource]
+    if mode != PER_ORGANIZATION:
         try:
             _backfill_list(factory, client, result, settings=settings, page_size=page_size, on_page=on_page)
             return result
         except ClerkNotFound:
-            # No instance-wide membership list: walk the organizations instead.
+            if kind.api_per_organization_path is None:
+                raise
+            # No instance-wide list: walk the organizations instead.
             # Its offsets count organizations, so start over (re-applying is harmless).
-            log.info("backfill_memberships_per_organization")
+            log.info("backfill_per_organization", resource=resource)
             result.offset = result.resumed_from = 0
-    if resource == MEMBERSHIPS:
-        _backfill_memberships_per_organization(
-            factory, client, result, settings=settings, page_size=page_size, on_page=on_page
-        )
-        return result
-    _backfill_list(factory, client, result, settings=settings, page_size=page_size, on_page=on_page)
+    _backfill_per_organization(factory, client, result, settings=settings, page_size=page_size, on_page=on_page)
     return result
 
 
@@ -183,7 +186,8 @@ def _backfill_list(
     page_size: int,
     on_page: ProgressCallback | None,
 ) -> None:
-    for offset, page in client.iter_pages(result.resource, limit=page_size, offset=result.offset):
+    path = BY_NAME[result.resource].api_list_path
+    for offset, page in client.iter_pages(path, limit=page_size, offset=result.offset):
         if page.total_count is not None:
             result.total = page.total_count
         _apply_page(
@@ -198,7 +202,7 @@ def _backfill_list(
         )
 
 
-def _backfill_memberships_per_organization(
+def _backfill_per_organization(
     factory: sessionmaker[Session],
     client: ClerkClient,
     result: ResourceResult,
@@ -207,18 +211,20 @@ def _backfill_memberships_per_organization(
     page_size: int,
     on_page: ProgressCallback | None,
 ) -> None:
-    """The fallback: memberships organization by organization; the offset counts organizations."""
-    for offset, page in client.iter_pages(ORGANIZATIONS, limit=page_size, offset=result.offset):
-        memberships = [
-            membership
+    """Organization by organization (memberships when the instance-wide list is missing); the offset
+    counts organizations."""
+    kind = BY_NAME[result.resource]
+    for offset, page in client.iter_pages(ORGANIZATIONS.api_list_path, limit=page_size, offset=result.offset):
+        items = [
+            item
             for organization in page.items
-            if _valid(organization)
-            for membership in client.list_organization_memberships(organization["id"], limit=page_size)
+            if isinstance(organization.get("id"), str) and organization["id"].startswith(ORGANIZATIONS.id_prefix)
+            for item in client.list_of_organization(kind, organization["id"], limit=page_size)
         ]
         _apply_page(
             factory,
             result,
-            memberships,
+            items,
             next_offset=offset + len(page.items),
             done=len(page.items) < page_size,
             mode=PER_ORGANIZATION,
@@ -230,7 +236,7 @@ def _backfill_memberships_per_organization(
 def backfill(
     factory: sessionmaker[Session],
     client: ClerkClient,
-    resources: Iterable[str] = RESOURCES,
+    resources: Iterable[str] = RESOURCE_NAMES,
     *,
     settings: Settings,
     page_size: int = 500,

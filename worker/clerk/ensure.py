@@ -66,21 +66,21 @@ def _find(session: Session, clerk_user_id: str) -> User | None:
 def _fetch(clerk_user_id: str, settings: Settings) -> dict | None:  # type: ignore[type-arg]
     # Imported here: shared/ is what the application imports, and the API client
     # (with requests and tenacity) is only needed on a miss.
+    from shared.resources import USERS
     from worker.clerk.api import client_from_settings
 
     with client_from_settings(settings, **_REQUEST_OPTIONS) as client:
-        data = client.get_user(clerk_user_id)
+        data = client.get_object(USERS, clerk_user_id)
     if data is not None and data.get("id") != clerk_user_id:
         return None  # not the user asked for: treat as unknown rather than store it
     return data
 
 
 def _upsert(session: Session, data: dict, settings: Settings) -> User | None:  # type: ignore[type-arg]
-    from worker.pipeline import apply
+    from worker.clerk.backfill import apply_objects
 
-    fields = apply.user_fields(data, fallback_ms=None)
-    apply.upsert_user(session, fields, scrub_pii=settings.deleted_user_pii == "scrub")
+    apply_objects(session, "users", [data], settings=settings)
     # The upsert went around the ORM: read the row back, refreshed.
     return session.scalars(
-        select(User).where(User.clerk_id == fields.clerk_id).execution_options(populate_existing=True)
+        select(User).where(User.clerk_id == data["id"]).execution_options(populate_existing=True)
     ).one_or_none()

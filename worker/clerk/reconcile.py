@@ -31,35 +31,32 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.models import Organization, OrganizationMembership, User
-from worker.clerk.api import MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkClient
-from worker.clerk.backfill import RESOURCES, apply_object
-from worker.pipeline import apply
-from worker.pipeline.process import deadlock_retries
+from shared.events import InvalidEvent, read_object
+from shared.resources import BY_NAME, ORGANIZATIONS
+from worker.clerk.api import ClerkClient
+from worker.clerk.backfill import RESOURCE_NAMES, changes_from_objects
+from worker.pipeline.apply import Change, apply_changes
+from worker.pipeline.batch import deadlock_retries
+from worker.pipeline.handlers import change_from_object
 
 log = structlog.get_logger("clerk_sync.reconcile")
 
 KINDS = ("missing", "vanished", "stale")
 SAMPLE_SIZE = 5
-MODELS: dict[str, Any] = {USERS: User, ORGANIZATIONS: Organization, MEMBERSHIPS: OrganizationMembership}
-# The columns Clerk owns, compared field by field (application columns such as `plan` never are).
-COMPARED = {
-    USERS: ("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
-    ORGANIZATIONS: ("name", "slug", "image_url", "public_metadata"),
-    MEMBERSHIPS: ("organization_clerk_id", "user_clerk_id", "role"),
-}
 # More vanished rows than this share of a resource's live rows looks like the wrong
 # CLERK_SECRET_KEY (another instance), not drift: --fix refuses to tombstone them.
 MASS_DELETE_SHARE = 0.25
 MASS_DELETE_MIN = 10
 
 
-def _fields(resource: str, data: dict[str, Any]) -> Any:
-    if resource == USERS:
-        return apply.user_fields(data, fallback_ms=None)
-    if resource == ORGANIZATIONS:
-        return apply.organization_fields(data, fallback_ms=None)
-    return apply.membership_fields(data, fallback_ms=None)
+def _expected(resource: str, data: dict[str, Any]) -> Change | None:
+    """What the row should hold for Clerk's object; None when the object is not a valid one."""
+    kind = BY_NAME[resource]
+    try:
+        return change_from_object(kind, read_object(kind, data))
+    except InvalidEvent as exc:
+        log.warning("reconcile_object_skipped", resource=resource, error=str(exc))
+        return None
 
 
 @dataclass
@@ -113,8 +110,9 @@ class Report:
 
 def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]], *, started_at: dt.datetime) -> Drift:
     """Drift between Clerk's ``objects`` (by id) and the table, as the module docstring defines it."""
-    model = MODELS[resource]
-    names = COMPARED[resource]
+    model = BY_NAME[resource].model
+    # The columns Clerk owns, compared field by field (application columns such as `plan` never are).
+    names = BY_NAME[resource].columns
     columns = [model.clerk_id, model.deleted_at, model.clerk_updated_at, model.synced_at]
     rows = {row.clerk_id: row for row in session.execute(select(*columns, *(getattr(model, n) for n in names)))}
     drift = Drift(resource=resource, in_clerk=len(objects))
@@ -126,9 +124,11 @@ def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]],
             continue
         if row.deleted_at is not None:
             continue
-        fields = _fields(resource, data)
-        newer_in_table = row.clerk_updated_at is not None and row.clerk_updated_at > fields.updated_at_ms
-        if not newer_in_table and any(getattr(row, n) != getattr(fields, n) for n in names):
+        expected = _expected(resource, data)
+        if expected is None or expected.row is None or expected.version is None:
+            continue
+        newer_in_table = row.clerk_updated_at is not None and row.clerk_updated_at > expected.version
+        if not newer_in_table and any(getattr(row, n) != expected.row[n] for n in names):
             drift.stale.append(clerk_id)
     drift.vanished = [
         clerk_id
@@ -142,7 +142,7 @@ def fetch(client: ClerkClient, resources: Iterable[str], *, page_size: int) -> d
     """Everything Clerk lists for ``resources``, by id."""
     snapshot = {}
     for resource in resources:
-        items = client.list_all(resource, limit=page_size)
+        items = client.list_all(BY_NAME[resource], limit=page_size)
         snapshot[resource] = {item["id"]: item for item in items if isinstance(item.get("id"), str)}
         log.info("reconcile_fetched", resource=resource, count=len(snapshot[resource]))
     return snapshot
@@ -161,31 +161,24 @@ def repair(
     ``confirmed`` maps the vanished ids to tombstone to None, or to Clerk's object
     when a second, direct look still found it (the list shifted while it was read).
     """
-    model = MODELS[drift.resource]
-    changed = 0
-    for clerk_id in drift.missing + drift.stale:
-        data = objects[clerk_id]
+    model = BY_NAME[drift.resource].model
+    kind = BY_NAME[drift.resource]
+    fixes, _ = changes_from_objects(drift.resource, [objects[clerk_id] for clerk_id in drift.missing + drift.stale])
+    for fix in fixes:
         # Same version, different data (an edit behind clerk-sync's back): step the
         # version back by one so the convergence rule lets Clerk's data in.
         session.execute(
             update(model)
-            .where(model.clerk_id == clerk_id, model.clerk_updated_at == _fields(drift.resource, data).updated_at_ms)
+            .where(model.clerk_id == fix.clerk_id, model.clerk_updated_at == fix.version)
             .values(clerk_updated_at=model.clerk_updated_at - 1)
         )
-        changed += apply_object(session, drift.resource, data, settings=settings)
+    still_there, _ = changes_from_objects(drift.resource, [data for data in confirmed.values() if data is not None])
     now = dt.datetime.now(dt.UTC)
-    for clerk_id, still_there in confirmed.items():
-        if still_there is not None:
-            changed += apply_object(session, drift.resource, still_there, settings=settings)
-        elif drift.resource == USERS:
-            changed += apply.delete_user(
-                session, clerk_id, deleted_at=now, scrub_pii=settings.deleted_user_pii == "scrub"
-            )
-        elif drift.resource == ORGANIZATIONS:
-            changed += apply.delete_organization(session, clerk_id, deleted_at=now)
-        else:
-            changed += apply.delete_membership(session, None, clerk_id, deleted_at=now)
-    return changed
+    gone = [
+        Change(resource=kind, clerk_id=clerk_id, deleted_at=now) for clerk_id, data in confirmed.items() if not data
+    ]
+    outcomes = apply_changes(session, [*fixes, *still_there, *gone], scrub_pii=settings.deleted_user_pii == "scrub")
+    return sum(outcome.changed for outcome in outcomes)
 
 
 def mass_delete_refusal(drift: Drift) -> str | None:
@@ -202,22 +195,19 @@ def _confirm_vanished(
     session: Session, drift: Drift, *, client: ClerkClient, page_size: int
 ) -> dict[str, dict[str, Any] | None]:
     """Each vanished id mapped to Clerk's object if a direct look still finds it, else None."""
-    if drift.resource == USERS:
-        return {clerk_id: client.get_user(clerk_id) for clerk_id in drift.vanished}
-    if drift.resource == ORGANIZATIONS:
-        return {clerk_id: client.get_organization(clerk_id) for clerk_id in drift.vanished}
+    kind = BY_NAME[drift.resource]
+    if kind.api_object_path is not None:
+        return {clerk_id: client.get_object(kind, clerk_id) for clerk_id in drift.vanished}
+    # Listed per organization: look again at each organization that still exists.
     found: dict[str, dict[str, Any] | None] = dict.fromkeys(drift.vanished)
-    organizations = session.scalars(
-        select(OrganizationMembership.organization_clerk_id)
-        .where(OrganizationMembership.clerk_id.in_(drift.vanished))
-        .distinct()
-    )
+    column = getattr(kind.model, kind.parent_columns["organizations"])
+    organizations = session.scalars(select(column).where(kind.model.clerk_id.in_(drift.vanished)).distinct())
     for organization_id in organizations:
-        if organization_id is None or client.get_organization(organization_id) is None:
+        if organization_id is None or client.get_object(ORGANIZATIONS, organization_id) is None:
             continue
-        for membership in client.list_organization_memberships(organization_id, limit=page_size):
-            if membership.get("id") in found:
-                found[membership["id"]] = membership
+        for item in client.list_of_organization(kind, organization_id, limit=page_size):
+            if item.get("id") in found:
+                found[item["id"]] = item
     return found
 
 
@@ -226,7 +216,7 @@ def reconcile(
     client: ClerkClient,
     *,
     settings: Settings,
-    resources: Iterable[str] = RESOURCES,
+    resources: Iterable[str] = RESOURCE_NAMES,
     fix: bool = False,
     allow_mass_delete: bool = False,
     page_size: int = 500,

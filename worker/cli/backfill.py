@@ -16,8 +16,9 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings
 from shared.db import session_factory
-from worker.clerk.api import MAX_PAGE_SIZE, MEMBERSHIPS, ORGANIZATIONS, USERS, ClerkApiError, client_from_settings
-from worker.clerk.backfill import RESOURCES, ResourceResult, backfill
+from shared.resources import RESOURCES
+from worker.clerk.api import MAX_PAGE_SIZE, ClerkApiError, client_from_settings
+from worker.clerk.backfill import ResourceResult, backfill
 from worker.cli.common import CliError, print_table
 
 
@@ -33,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def add_resource_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", action="store_true", help="users (default: all three)")
-    parser.add_argument("--organizations", action="store_true", help="organizations")
-    parser.add_argument("--memberships", action="store_true", help="organization memberships")
+    """One flag per resource of the resource table: --users, --organizations, --memberships ..."""
+    for resource in RESOURCES:
+        parser.add_argument(f"--{resource.name}", action="store_true", help=f"{resource.name} (default: all)")
 
 
 def add_api_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +62,9 @@ def retries(raw: str) -> int:
 
 
 def selected_resources(args: argparse.Namespace) -> list[str]:
-    """The chosen resources in dependency order; none chosen means all three."""
-    chosen = {USERS: args.users, ORGANIZATIONS: args.organizations, MEMBERSHIPS: args.memberships}
-    return [r for r in RESOURCES if chosen[r]] or list(RESOURCES)
+    """The chosen resources' names in dependency order; none chosen means all."""
+    names = [resource.name for resource in RESOURCES]
+    return [name for name in names if getattr(args, name)] or names
 
 
 class Progress:

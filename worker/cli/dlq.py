@@ -130,8 +130,13 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for field in ("svix_id", "status", "event_type", "entity_id", "attempts", "last_error", "svix_timestamp"):
         print(f"{field + ':':<17} {'' if event[field] is None else event[field]}")
-    for field in ("received_at", "processed_at", "next_attempt_at", "updated_at"):
+    for field in ("received_at", "processed_at", "next_attempt_at", "updated_at", "body_sha256"):
         print(f"{field + ':':<17} {event[field] or ''}")
+    conflicts = event["conflicting_redeliveries"]
+    if conflicts:
+        print(f"conflicting redeliveries ({len(conflicts)}, another body under this svix-id, never applied):")
+        for entry in conflicts:
+            print(f"  {entry.get('at', '')}  body sha256 {entry.get('body_sha256', '')}")
     print(f"errors ({len(event['errors'])}):")
     for number, entry in enumerate(event["errors"], start=1):
         if not isinstance(entry, dict):

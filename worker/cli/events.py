@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no events about {args.entity}")
         return 0
     print_table(
-        ("clerk_time", "type", "status", "svix_id", "entity", "received_at", "last_error"),
+        ("clerk_time", "type", "status", "svix_id", "entity", "received_at", "conflicts", "last_error"),
         [
             (
                 _clerk_time(ms),
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 row.svix_id,
                 row.entity_id,
                 row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+                # Redeliveries of the svix-id with another body (never applied): see `dlq show`.
+                len(row.conflicts) or "",
                 " ".join((row.last_error or "").split())[:ERROR_WIDTH],
             )
             for row, ms in events

@@ -99,6 +99,9 @@ def summary(row: WebhookEvent) -> dict[str, Any]:
         "attempts": row.attempts,
         "last_error": row.last_error,
         "errors": row.errors,
+        "body_sha256": row.body_sha256,
+        # Redeliveries of this svix-id with another body, never applied.
+        "conflicting_redeliveries": row.conflicts,
         "svix_timestamp": row.svix_timestamp,
         "received_at": _iso(row.received_at),
         "processed_at": _iso(row.processed_at),

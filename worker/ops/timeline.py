@@ -12,11 +12,10 @@ from shared.models import WebhookEvent
 
 def touches_entity(entity_id: str) -> ColumnElement[bool]:
     """Events about ``entity_id``: its own id, or a membership naming the user or org."""
-    data = WebhookEvent.payload["data"]
     return or_(
         WebhookEvent.entity_id == entity_id,
-        data["public_user_data"]["user_id"].astext == entity_id,
-        data["organization"]["id"].astext == entity_id,
+        WebhookEvent.user_clerk_id == entity_id,
+        WebhookEvent.organization_clerk_id == entity_id,
     )
 
 

@@ -1,320 +1,331 @@
-"""Apply Clerk objects to the synced tables so that any delivery order converges.
+"""Apply changes to the synced tables so that any delivery order converges (CONTRACT section 5).
 
-Each function is one conditional statement (or a short few) on a session the caller
-owns; none commits. The rules (CONTRACT section 5):
+A ``Change`` is what one event (or one Backend API object) says about one row: its data and
+version (Clerk's ``updated_at``), and/or a delete (Clerk's time of it). ``apply_changes``
+applies a batch of them in the caller's transaction, with one statement per table and step,
+and returns, per change, whether it changed anything:
 
-- data is written only when it is newer than what the row holds
-  (``clerk_updated_at`` < the object's ``updated_at``), so an old event or API
+- data is written only when it is newer than what the row holds, so an old event or API
   snapshot never overwrites a newer one, and an update seen before its create wins;
-- a delete leaves a tombstone (``deleted_at``) that no create or update clears, so a
-  late event never resurrects a row; older data arriving after it still fills in the
-  last known fields (unless PII is scrubbed);
-- deleting a user or an organization deactivates its memberships, including ones
-  that arrive later. Advisory locks order a membership write against a concurrent
-  delete of its user or organization.
+- a delete leaves a tombstone (``deleted_at``) that nothing clears, the earliest delete
+  winning; older data arriving after it still fills in the last known fields;
+- deleting a parent (a user, an organization) makes its children inactive, including
+  children that arrive later.
 
-They are shared by webhook handlers and the backfill, which is why they take plain
-field values rather than events.
+Locks are taken in one global order, so concurrent batches never deadlock each other and an
+application that updates rows in key order never deadlocks with a batch: advisory locks on
+parents (shared by a child's write, exclusive by the parent's delete, in key order), then
+existing rows table by table in ``RESOURCES`` order, each table by ``clerk_id``. With the
+rows locked, the outcome of each change is decided here as if the batch's changes were applied
+one at a time in order, and each table is then written once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import msgspec
+from sqlalchemy import text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer
 
-from shared.models import Organization, OrganizationMembership, User, WebhookEvent
-from worker.pipeline.envelope import millis_to_datetime, to_millis
+from shared.resources import BY_NAME, RESOURCES, Resource
+from worker.pipeline import scrub
 
-PII_COLUMNS = ("email", "first_name", "last_name", "username", "image_url")
-
-
-@dataclass(frozen=True)
-class UserFields:
-    clerk_id: str
-    email: str | None
-    first_name: str | None
-    last_name: str | None
-    username: str | None
-    image_url: str | None
-    public_metadata: dict[str, Any]
-    created_at_ms: int | None
-    updated_at_ms: int
+STALE = "older than what the tables hold"
+ALREADY_DELETED = "already deleted by an earlier delete"
 
 
 @dataclass(frozen=True)
-class OrganizationFields:
+class Change:
+    """What one event or API object says about one row."""
+
+    resource: Resource
     clerk_id: str
-    name: str | None
-    slug: str | None
-    image_url: str | None
-    public_metadata: dict[str, Any]
-    created_at_ms: int | None
-    updated_at_ms: int
+    row: Mapping[str, Any] | None = None  # the resource's columns, when the change carries data
+    version: int | None = None  # the data's updated_at, ms
+    created_at: int | None = None  # the data's created_at, ms
+    deleted_at: dt.datetime | None = None  # when the change is a delete
+    parents: Mapping[str, str] = field(default_factory=dict)  # parent resource name -> clerk_id
 
 
 @dataclass(frozen=True)
-class MembershipFields:
-    clerk_id: str
-    organization_clerk_id: str | None
-    user_clerk_id: str | None
-    role: str | None
-    created_at_ms: int | None
-    updated_at_ms: int
+class Applied:
+    changed: bool
+    reason: str | None = None
 
 
-_DATA_COLUMNS: dict[type, tuple[str, ...]] = {
-    User: ("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
-    Organization: ("name", "slug", "image_url", "public_metadata"),
-    OrganizationMembership: ("organization_clerk_id", "user_clerk_id", "role"),
-}
+@dataclass
+class _Row:
+    version: int | None
+    deleted_at: dt.datetime | None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+@dataclass
+class _Plan:
+    outcomes: list[Applied] = field(default_factory=list)
+    data: dict[tuple[str, str], Change] = field(default_factory=dict)  # the newest data per row
+    tombstones: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)  # the earliest delete per row
 
 
-def _metadata(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def apply_changes(session: Session, changes: Sequence[Change], *, scrub_pii: bool) -> list[Applied]:
+    """Apply ``changes`` in order, in the caller's transaction; one ``Applied`` per change."""
+    if not changes:
+        return []
+    _lock_parents(session, changes)
+    current = _lock_rows(session, changes)
+    plan = _plan(changes, current)
+    for resource in RESOURCES:
+        _write_data(session, resource, plan)
+        _write_tombstones(session, resource, plan)
+    _deactivate_children(session, changes, plan)
+    if scrub_pii:
+        scrub.deleted_users_named(session, _users_named(changes))
+    return plan.outcomes
 
 
-def primary_email(data: dict[str, Any]) -> str | None:
-    """The address whose id is `primary_email_address_id`; never simply the first."""
-    primary_id = data.get("primary_email_address_id")
-    addresses = data.get("email_addresses")
-    if not primary_id or not isinstance(addresses, list):
-        return None
-    for address in addresses:
-        if isinstance(address, dict) and address.get("id") == primary_id:
-            return _text(address.get("email_address"))
-    return None
+# -- locks ------------------------------------------------------------------------------------
 
-
-def user_fields(data: dict[str, Any], *, fallback_ms: int | None) -> UserFields:
-    """UserFields from a Clerk user object (webhook `data` or Backend API user)."""
-    return UserFields(
-        clerk_id=data["id"],
-        email=primary_email(data),
-        first_name=_text(data.get("first_name")),
-        last_name=_text(data.get("last_name")),
-        username=_text(data.get("username")),
-        image_url=_text(data.get("image_url")) or _text(data.get("profile_image_url")),
-        public_metadata=_metadata(data.get("public_metadata")),
-        created_at_ms=to_millis(data.get("created_at")),
-        updated_at_ms=_version(data, fallback_ms),
-    )
-
-
-def organization_fields(data: dict[str, Any], *, fallback_ms: int | None) -> OrganizationFields:
-    return OrganizationFields(
-        clerk_id=data["id"],
-        name=_text(data.get("name")),
-        slug=_text(data.get("slug")),
-        image_url=_text(data.get("image_url")) or _text(data.get("logo_url")),
-        public_metadata=_metadata(data.get("public_metadata")),
-        created_at_ms=to_millis(data.get("created_at")),
-        updated_at_ms=_version(data, fallback_ms),
-    )
-
-
-def membership_fields(data: dict[str, Any], *, fallback_ms: int | None) -> MembershipFields:
-    organization = data.get("organization")
-    user_data = data.get("public_user_data")
-    return MembershipFields(
-        clerk_id=data["id"],
-        organization_clerk_id=_text(organization.get("id")) if isinstance(organization, dict) else None,
-        user_clerk_id=_text(user_data.get("user_id")) if isinstance(user_data, dict) else None,
-        role=_text(data.get("role")),
-        created_at_ms=to_millis(data.get("created_at")),
-        updated_at_ms=_version(data, fallback_ms),
-    )
-
-
-def _version(data: dict[str, Any], fallback_ms: int | None) -> int:
-    version = to_millis(data.get("updated_at"))
-    if version is None:
-        version = to_millis(data.get("created_at"))
-    if version is None:
-        version = fallback_ms
-    if version is None:
-        # Neither the object nor the envelope says when: order it before everything.
-        return 0
-    return version
-
-
-def _lock(session: Session, kind: str, clerk_id: str, *, shared: bool) -> None:
-    """Transaction-scoped advisory lock ordering membership writes against deletes."""
-    fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    session.execute(text(f"SELECT {fn}(hashtextextended(:key, 0))"), {"key": f"{kind}:{clerk_id}"})
-
-
-# A membership write takes both shared locks in one round trip.
-_LOCK_PARENTS_SHARED = text(
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:user_key, 0)),"
-    " pg_advisory_xact_lock_shared(hashtextextended(:org_key, 0))"
+_ADVISORY_LOCKS = text(
+    """
+    SELECT count(*) FROM (
+        SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(hashtextextended(k.key, 0))
+                    ELSE pg_advisory_xact_lock_shared(hashtextextended(k.key, 0)) END
+        FROM (SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:exclusive AS boolean[])) AS u(key, exclusive)
+              ORDER BY u.key) AS k
+    ) AS taken
+    """
 )
 
 
-@cache
-def _upsert_statement(model: Any) -> Any:
-    """The conditional upsert for ``model``, built once: only the parameters change per event.
+def _children_of(parent: str) -> list[Resource]:
+    return [resource for resource in RESOURCES if parent in resource.parent_columns]
 
-    Building the statement per event cost SQLAlchemy more time than Postgres spends
-    running it; a prepared shape with bind parameters is compiled once and cached.
+
+def _lock_parents(session: Session, changes: Sequence[Change]) -> None:
+    """Order a child's write against its parent's delete: shared for the child, exclusive for the delete.
+
+    Without it, a membership inserted while its user is being deleted in another transaction
+    could see the user alive and miss the deactivation that the delete (not seeing the
+    membership yet) also misses.
     """
-    table = model.__table__
-    data = [name for name in _DATA_COLUMNS[model] if name in table.c]
-    stmt = pg_insert(table).values(
-        {
-            **{name: bindparam(name, type_=table.c[name].type) for name in ("clerk_id", *data)},
-            "clerk_updated_at": bindparam("clerk_updated_at", type_=table.c.clerk_updated_at.type),
-            "updated_at": bindparam("updated_at", type_=table.c.updated_at.type),
-            # Clerk's created_at when the object has one; else the insert time.
-            "created_at": func.coalesce(bindparam("created_at", type_=table.c.created_at.type), func.now()),
-        }
+    exclusive: dict[str, bool] = {}
+    for change in changes:
+        for parent, parent_id in change.parents.items():
+            exclusive.setdefault(f"{parent}:{parent_id}", False)
+        if change.deleted_at is not None and _children_of(change.resource.name):
+            exclusive[f"{change.resource.name}:{change.clerk_id}"] = True
+    if exclusive:
+        session.execute(_ADVISORY_LOCKS, {"keys": list(exclusive), "exclusive": list(exclusive.values())})
+
+
+@cache
+def _lock_statement(resource: Resource) -> TextClause:
+    table = resource.table_name
+    by_parent = "".join(
+        f" OR {column} = ANY(CAST(:deleted_{parent} AS text[]))" for parent, column in resource.parent_columns.items()
     )
-    set_: dict[str, Any] = {name: stmt.excluded[name] for name in (*data, "clerk_updated_at", "updated_at")}
-    set_["created_at"] = func.coalesce(bindparam("created_at", type_=table.c.created_at.type), table.c.created_at)
-    set_["synced_at"] = func.now()
-    return stmt.on_conflict_do_update(
-        index_elements=[table.c.clerk_id],
-        set_=set_,
-        where=or_(table.c.clerk_updated_at.is_(None), table.c.clerk_updated_at < stmt.excluded.clerk_updated_at),
-    ).returning(table.c.id)
+    return text(
+        f"SELECT clerk_id, clerk_updated_at, deleted_at FROM {table}"  # noqa: S608 - names from the resource table
+        f" WHERE clerk_id = ANY(CAST(:ids AS text[])){by_parent} ORDER BY clerk_id FOR UPDATE"
+    )
 
 
-def _upsert(session: Session, model: Any, values: dict[str, Any]) -> bool:
-    """Insert, or update only if newer; True when the row changed."""
-    params = {name: value for name, value in values.items() if not name.endswith("_ms")}
-    params["clerk_updated_at"] = values["updated_at_ms"]
-    params["updated_at"] = millis_to_datetime(values["updated_at_ms"])
-    params["created_at"] = millis_to_datetime(values["created_at_ms"])
-    return session.connection().execute(_upsert_statement(model), params).first() is not None
+def _lock_rows(session: Session, changes: Sequence[Change]) -> dict[tuple[str, str], _Row]:
+    """Lock every existing row the batch may write, table by table in key order; their state now."""
+    ids: dict[str, set[str]] = {resource.name: set() for resource in RESOURCES}
+    deleted_parents: dict[str, set[str]] = {resource.name: set() for resource in RESOURCES}
+    for change in changes:
+        ids[change.resource.name].add(change.clerk_id)
+        if change.deleted_at is not None:
+            deleted_parents[change.resource.name].add(change.clerk_id)
+    current: dict[tuple[str, str], _Row] = {}
+    for resource in RESOURCES:
+        params: dict[str, list[str]] = {"ids": sorted(ids[resource.name])}
+        for parent in resource.parent_columns:
+            params[f"deleted_{parent}"] = sorted(deleted_parents[parent])
+        if not any(params.values()):
+            continue
+        for row in session.execute(_lock_statement(resource), params):
+            current[(resource.name, row.clerk_id)] = _Row(row.clerk_updated_at, row.deleted_at)
+    return current
 
 
-def upsert_user(session: Session, fields: UserFields, *, scrub_pii: bool) -> bool:
-    changed = _upsert(session, User, dict(fields.__dict__))
-    if changed and scrub_pii:
-        # Older data arriving after a scrubbed delete must not bring the PII back.
-        _scrub_user_row(session, fields.clerk_id, only_if_deleted=True)
-    return changed
+# -- deciding ---------------------------------------------------------------------------------
 
 
-def upsert_organization(session: Session, fields: OrganizationFields) -> bool:
-    return _upsert(session, Organization, dict(fields.__dict__))
+def _plan(changes: Sequence[Change], current: dict[tuple[str, str], _Row]) -> _Plan:
+    """Each change's outcome as if applied one at a time, and each row's final writes."""
+    plan = _Plan()
+    state = dict(current)
+    for change in changes:
+        key = (change.resource.name, change.clerk_id)
+        row = state.get(key)
+        newer = change.row is not None and (row is None or row.version is None or row.version < (change.version or 0))
+        earlier = change.deleted_at is not None and (
+            row is None or row.deleted_at is None or row.deleted_at > change.deleted_at
+        )
+        if row is None:
+            row = state[key] = _Row(None, None)
+        if newer:
+            row.version = change.version
+            plan.data[key] = change
+        if earlier:
+            row.deleted_at = change.deleted_at
+            plan.tombstones[key] = change.deleted_at  # type: ignore[assignment]
+        if newer or earlier:
+            plan.outcomes.append(Applied(True))
+        else:
+            plan.outcomes.append(Applied(False, ALREADY_DELETED if change.deleted_at is not None else STALE))
+    return plan
 
 
-def upsert_membership(session: Session, fields: MembershipFields) -> bool:
-    """Upsert a membership; inactive at once if its user or organization is deleted."""
-    if fields.user_clerk_id or fields.organization_clerk_id:
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _sql_type(resource: Resource, column: str) -> str:
+    column_type = resource.model.__table__.c[column].type  # type: ignore[attr-defined]
+    if isinstance(column_type, BigInteger | Integer):
+        return "bigint"
+    if isinstance(column_type, Boolean):
+        return "boolean"
+    if isinstance(column_type, DateTime):
+        return "timestamptz"
+    if column_type.__class__.__name__ == "JSONB":
+        return "jsonb"
+    return "text"
+
+
+@cache
+def _upsert_statement(resource: Resource) -> TextClause:
+    """The conditional multi-row upsert of ``resource``, built once: only the arrays change per batch."""
+    table, columns = resource.table_name, resource.columns
+    types = {column: _sql_type(resource, column) for column in columns}
+    # jsonb travels as text and is cast per element: one array of JSON texts.
+    arrays = ", ".join(
+        f"CAST(:c_{column} AS {'text' if types[column] == 'jsonb' else types[column]}[])" for column in columns
+    )
+    values = ", ".join(f"CAST(u.{c} AS jsonb)" if types[c] == "jsonb" else f"u.{c}" for c in columns)
+    return text(
+        f"""
+        INSERT INTO {table} AS t (clerk_id, {", ".join(columns)}, clerk_updated_at, updated_at, created_at)
+        SELECT u.clerk_id, {values}, u.version, to_timestamp(u.version / 1000.0),
+               COALESCE(to_timestamp(u.created / 1000.0), now())
+        FROM unnest(CAST(:clerk_id AS text[]), {arrays}, CAST(:version AS bigint[]), CAST(:created AS bigint[]))
+             AS u(clerk_id, {", ".join(columns)}, version, created)
+        ORDER BY u.clerk_id
+        ON CONFLICT (clerk_id) DO UPDATE SET
+            {", ".join(f"{c} = excluded.{c}" for c in columns)},
+            clerk_updated_at = excluded.clerk_updated_at,
+            updated_at = excluded.updated_at,
+            -- Clerk's created_at when the object has one (a tombstone's insert time is later).
+            created_at = LEAST(t.created_at, excluded.created_at),
+            synced_at = now()
+        WHERE t.clerk_updated_at IS NULL OR t.clerk_updated_at < excluded.clerk_updated_at
+        """  # noqa: S608 - names from the resource table
+    )
+
+
+_json = msgspec.json.Encoder()
+
+
+def _write_data(session: Session, resource: Resource, plan: _Plan) -> None:
+    changes = [plan.data[key] for key in sorted(plan.data) if key[0] == resource.name]
+    if not changes:
+        return
+    params: dict[str, list[Any]] = {
+        "clerk_id": [c.clerk_id for c in changes],
+        "version": [c.version for c in changes],
+        "created": [c.created_at for c in changes],
+    }
+    for column in resource.columns:
+        jsonb = _sql_type(resource, column) == "jsonb"
+        params[f"c_{column}"] = [
+            _json.encode(c.row[column]).decode() if jsonb else c.row[column]  # type: ignore[index]
+            for c in changes
+        ]
+    session.execute(_upsert_statement(resource), params)
+
+
+@cache
+def _tombstone_statement(resource: Resource) -> TextClause:
+    table = resource.table_name
+    return text(
+        f"""
+        INSERT INTO {table} AS t (clerk_id, deleted_at)
+        SELECT u.clerk_id, u.deleted_at
+        FROM unnest(CAST(:clerk_id AS text[]), CAST(:deleted_at AS timestamptz[])) AS u(clerk_id, deleted_at)
+        ORDER BY u.clerk_id
+        ON CONFLICT (clerk_id) DO UPDATE SET deleted_at = excluded.deleted_at, synced_at = now()
+        WHERE t.deleted_at IS NULL OR t.deleted_at > excluded.deleted_at
+        """  # noqa: S608 - names from the resource table
+    )
+
+
+def _write_tombstones(session: Session, resource: Resource, plan: _Plan) -> None:
+    keys = sorted(key for key in plan.tombstones if key[0] == resource.name)
+    if keys:
         session.execute(
-            _LOCK_PARENTS_SHARED,
-            {"user_key": f"user:{fields.user_clerk_id or ''}", "org_key": f"org:{fields.organization_clerk_id or ''}"},
+            _tombstone_statement(resource),
+            {"clerk_id": [key[1] for key in keys], "deleted_at": [plan.tombstones[key] for key in keys]},
         )
-    changed = _upsert(session, OrganizationMembership, dict(fields.__dict__))
-    _deactivate_if_parent_deleted(session, fields.clerk_id)
-    return changed
 
 
-def _deactivate_if_parent_deleted(session: Session, membership_id: str) -> None:
-    m = OrganizationMembership.__table__.c
-    # The earlier of the two deletes, as in Clerk's order (LEAST skips nulls).
-    parent_deleted_at = func.least(
-        select(User.deleted_at).where(User.clerk_id == m.user_clerk_id).scalar_subquery(),
-        select(Organization.deleted_at).where(Organization.clerk_id == m.organization_clerk_id).scalar_subquery(),
-    )
-    session.execute(
-        update(OrganizationMembership)
-        .where(OrganizationMembership.clerk_id == membership_id, parent_deleted_at.is_not(None))
-        .where(or_(OrganizationMembership.deleted_at.is_(None), OrganizationMembership.deleted_at > parent_deleted_at))
-        .values(deleted_at=parent_deleted_at)
+@cache
+def _deactivate_by_parent_statement(child: Resource, parent: str) -> TextClause:
+    column = child.parent_columns[parent]
+    return text(
+        f"""
+        UPDATE {child.table_name} AS c SET deleted_at = u.deleted_at, synced_at = now()
+        FROM unnest(CAST(:parent_id AS text[]), CAST(:deleted_at AS timestamptz[])) AS u(parent_id, deleted_at)
+        WHERE c.{column} = u.parent_id AND (c.deleted_at IS NULL OR c.deleted_at > u.deleted_at)
+        """  # noqa: S608 - names from the resource table
     )
 
 
-def _tombstone(session: Session, model: Any, clerk_id: str, deleted_at: dt.datetime) -> bool:
-    """Mark deleted, the earliest delete winning in any arrival order; creates the row if unseen. True if changed."""
-    stmt = pg_insert(model).values(clerk_id=clerk_id, deleted_at=deleted_at)
-    tombstone = stmt.on_conflict_do_update(
-        index_elements=["clerk_id"],
-        set_={"deleted_at": stmt.excluded.deleted_at, "synced_at": func.now()},
-        where=or_(model.deleted_at.is_(None), model.deleted_at > stmt.excluded.deleted_at),
-    ).returning(model.id)
-    return session.execute(tombstone).first() is not None
-
-
-def delete_user(session: Session, clerk_id: str, *, deleted_at: dt.datetime, scrub_pii: bool) -> bool:
-    _lock(session, "user", clerk_id, shared=False)
-    changed = _tombstone(session, User, clerk_id, deleted_at)
-    _deactivate_memberships(session, OrganizationMembership.user_clerk_id == clerk_id, deleted_at)
-    if scrub_pii:
-        _scrub_user_row(session, clerk_id, only_if_deleted=False)
-        scrub_user_events(session, clerk_id)
-    return changed
-
-
-def delete_organization(session: Session, clerk_id: str, *, deleted_at: dt.datetime) -> bool:
-    _lock(session, "org", clerk_id, shared=False)
-    changed = _tombstone(session, Organization, clerk_id, deleted_at)
-    _deactivate_memberships(session, OrganizationMembership.organization_clerk_id == clerk_id, deleted_at)
-    return changed
-
-
-def delete_membership(
-    session: Session, fields: MembershipFields | None, clerk_id: str, *, deleted_at: dt.datetime
-) -> bool:
-    """A membership delete carries the full membership: keep its fields if they are news."""
-    filled = upsert_membership(session, fields) if fields is not None else False
-    return _tombstone(session, OrganizationMembership, clerk_id, deleted_at) or filled
-
-
-def _deactivate_memberships(session: Session, condition: Any, deleted_at: dt.datetime) -> None:
-    session.execute(
-        update(OrganizationMembership)
-        .where(condition)
-        .where(or_(OrganizationMembership.deleted_at.is_(None), OrganizationMembership.deleted_at > deleted_at))
-        .values(deleted_at=deleted_at, synced_at=func.now())
+@cache
+def _deactivate_if_parent_deleted_statement(child: Resource) -> TextClause:
+    # The earliest of the parents' deletes, as in Clerk's order (LEAST skips nulls).
+    parents = ", ".join(
+        f"(SELECT p.deleted_at FROM {BY_NAME[parent].table_name} AS p WHERE p.clerk_id = c.{column})"  # noqa: S608
+        for parent, column in child.parent_columns.items()
+    )
+    return text(
+        f"""
+        UPDATE {child.table_name} AS c SET deleted_at = d.parent_deleted_at, synced_at = now()
+        FROM (SELECT c.clerk_id, LEAST({parents}) AS parent_deleted_at
+              FROM {child.table_name} AS c WHERE c.clerk_id = ANY(CAST(:ids AS text[]))) AS d
+        WHERE c.clerk_id = d.clerk_id AND d.parent_deleted_at IS NOT NULL
+          AND (c.deleted_at IS NULL OR c.deleted_at > d.parent_deleted_at)
+        """  # noqa: S608 - names from the resource table
     )
 
 
-def _scrub_user_row(session: Session, clerk_id: str, *, only_if_deleted: bool) -> None:
-    stmt = update(User).where(User.clerk_id == clerk_id).values(**dict.fromkeys(PII_COLUMNS))
-    if only_if_deleted:
-        stmt = stmt.where(User.deleted_at.is_not(None))
-    session.execute(stmt)
+def _deactivate_children(session: Session, changes: Sequence[Change], plan: _Plan) -> None:
+    """A parent deleted now takes its children with it; a child written now follows a deleted parent."""
+    for child in RESOURCES:
+        for parent in child.parent_columns:
+            deleted = sorted((key[1], at) for key, at in plan.tombstones.items() if key[0] == parent)
+            if deleted:
+                session.execute(
+                    _deactivate_by_parent_statement(child, parent),
+                    {"parent_id": [p for p, _ in deleted], "deleted_at": [at for _, at in deleted]},
+                )
+        touched = sorted({c.clerk_id for c in changes if c.resource is child and c.parents})
+        if child.parent_columns and touched:
+            session.execute(_deactivate_if_parent_deleted_statement(child), {"ids": touched})
 
 
-def is_user_deleted(session: Session, clerk_id: str) -> bool:
-    return (
-        session.scalar(select(literal(True)).where(User.clerk_id == clerk_id, User.deleted_at.is_not(None))) is not None
-    )
-
-
-def scrub_user_events(session: Session, clerk_id: str) -> None:
-    """Clear stored payloads that carry this user's personal data."""
-    payload = WebhookEvent.payload
-    session.execute(
-        update(WebhookEvent)
-        .where(
-            or_(
-                WebhookEvent.entity_id == clerk_id,
-                payload["data"]["public_user_data"]["user_id"].astext == clerk_id,
-            ),
-            WebhookEvent.payload.is_not(None),
-        )
-        .values(
-            payload=func.jsonb_build_object(
-                "type",
-                WebhookEvent.event_type,
-                "scrubbed",
-                True,
-                "data",
-                func.jsonb_build_object("id", payload["data"]["id"]),
-            ),
-            raw_body=None,
-        )
-    )
+def _users_named(changes: Sequence[Change]) -> set[str]:
+    named = set()
+    for change in changes:
+        if change.resource.pii_columns:
+            named.add(change.clerk_id)
+        if "users" in change.parents:
+            named.add(change.parents["users"])
+    return named

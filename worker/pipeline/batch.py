@@ -1,97 +1,207 @@
-"""Apply a batch of deliveries in one transaction, each keeping its own status.
+"""The one apply path: a batch of deliveries in one transaction, each keeping its own status.
 
-A commit on Postgres costs an fsync (about 6 ms on this class of disk), ten times
-the work of applying one event; a batch pays it once. The ledger rows are claimed
-and finished in one statement each. Any error in the batch rolls the whole batch
-back and every event is then applied on its own (``process_delivery``), so a
-poison event or a deadlock never costs another event its status: failure isolation
-is the one-event path, which the batch only ever falls back to.
+A single event is a batch of one. Each body is parsed once (``ledger.read``); the rows are
+claimed in one statement; events that are not valid, or of a type that is not synced, are
+recorded final by that statement and nothing of them reaches the synced tables; the rest
+are turned into changes by their handlers and applied together (``apply.apply_changes``),
+and finished in one statement. A commit costs an fsync, ten times the work of applying an
+event: a batch pays it once.
+
+Failure isolation: a deadlock is retried at once, without spending any event's budget; any
+other error rolls the batch back and each event is applied again as a batch of its own, so
+one poison event never costs another its status. ``DatabaseUnavailable`` means Postgres
+cannot even record a failure: nothing is recorded and the caller keeps the messages.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import structlog
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from shared import metrics
 from shared.config import Settings
+from shared.models import FINAL_STATUSES, EventStatus
 from worker.pipeline import ledger
-from worker.pipeline.errors import DatabaseUnavailable, Failure, PermanentEventError, classify, describe
-from worker.pipeline.process import _dispatch, _scrub_if_user_deleted, parse_delivery, process_delivery
+from worker.pipeline.apply import Change, apply_changes
+from worker.pipeline.errors import DatabaseUnavailable, Failure, classify, describe
+from worker.pipeline.handlers import HANDLERS
+from worker.pipeline.ledger import Delivery, Entry
 
 log = structlog.get_logger("clerk_sync.worker")
 
-FINAL = ("processed", "ignored", "dead")
+# In-process attempts of a batch that keeps meeting deadlocks before it splits, and of one event
+# before its retry is scheduled (never counted against its budget).
+DEADLOCK_ATTEMPTS = 5
 
 
 def process_batch(
-    factory: sessionmaker[Session], deliveries: list[ledger.Delivery], *, settings: Settings
+    factory: sessionmaker[Session], deliveries: Sequence[Delivery], *, settings: Settings
 ) -> dict[str, str]:
-    """Apply ``deliveries``; returns svix_id -> status. Raises DatabaseUnavailable."""
-    unique = list({d.svix_id: d for d in reversed(deliveries)}.values())[::-1]  # first of each svix-id
-    parsed: list[ledger.Parsed] = []
-    singles: list[ledger.Delivery] = []
-    for delivery in unique:
-        try:
-            parsed.append(parse_delivery(delivery))
-        except PermanentEventError:
-            singles.append(delivery)  # recorded `dead` with its reason on the one-event path
+    """Apply ``deliveries``; svix_id -> the status each ends in. Raises DatabaseUnavailable."""
+    first_of_each = {d.svix_id: d for d in reversed(deliveries)}  # a duplicate within the batch is a no-op
+    entries = [ledger.read(d) for d in deliveries if first_of_each.get(d.svix_id) is d]
+    return _process(factory, entries, settings=settings)
 
-    results: dict[str, str] = {}
-    if parsed:
-        started = time.perf_counter()
-        try:
-            with factory.begin() as session:
-                applied = _apply_batch(session, parsed, settings)
-        except Exception as exc:  # sorted by classify(); the one-event path records it
-            if classify(exc) is Failure.UNAVAILABLE:
-                raise DatabaseUnavailable(describe(exc)) from exc
-            log.info("batch_fallback", size=len(parsed), error=describe(exc))
-            singles = [item.delivery for item in parsed] + singles
+
+def deadlock_retries() -> Retrying:
+    """A few quick in-process attempts for deadlocks and serialization failures."""
+    return Retrying(
+        retry=retry_if_exception(lambda exc: classify(exc) is Failure.RETRY_NOW),
+        stop=stop_after_attempt(DEADLOCK_ATTEMPTS),
+        wait=wait_random_exponential(multiplier=0.05, max=1),
+        reraise=True,
+    )
+
+
+def _process(factory: sessionmaker[Session], entries: list[Entry], *, settings: Settings) -> dict[str, str]:
+    if not entries:
+        return {}
+    started = time.perf_counter()
+    try:
+        for attempt in deadlock_retries():
+            with attempt:
+                done = _apply(factory, entries, settings=settings)
+    except Exception as exc:  # sorted by classify(); nothing is swallowed
+        kind = classify(exc)
+        if kind is Failure.UNAVAILABLE:
+            raise DatabaseUnavailable(describe(exc)) from None
+        if len(entries) > 1:
+            log.info("batch_split", size=len(entries), error=describe(exc))
+            results: dict[str, str] = {}
+            for entry in entries:
+                results.update(_process(factory, [entry], settings=settings))
+            return results
+        return {entries[0].svix_id: _record_failure(factory, entries[0], exc, kind, settings=settings)}
+    _report(done, seconds=(time.perf_counter() - started) / len(entries))
+    return {entry.svix_id: outcome.status.value for entry, outcome in done}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: EventStatus
+    label: str  # for metrics: the status, or "duplicate"
+    reason: str | None = None
+    conflict: bool = False
+
+
+def _apply(factory: sessionmaker[Session], entries: list[Entry], *, settings: Settings) -> list[tuple[Entry, _Outcome]]:
+    """One transaction: claim, apply what needs applying, finish."""
+    try:
+        with factory.begin() as session:
+            return _apply_in(session, entries, settings=settings)
+    except DataError:
+        # A body Postgres refuses as jsonb (it accepted nothing of the batch): keep such bodies as text.
+        if len(entries) != 1 or entries[0].payload is None:
+            raise
+        entry = ledger.without_payload(entries[0])
+        if entry.status is EventStatus.PENDING:
+            entry = _refused(entry, "invalid_payload: the body is JSON that Postgres cannot store as jsonb")
+        with factory.begin() as session:
+            return _apply_in(session, [entry], settings=settings)
+
+
+def _refused(entry: Entry, reason: str) -> Entry:
+    return replace(entry, event=None, status=EventStatus.DEAD, reason=reason)
+
+
+def _apply_in(session: Session, entries: list[Entry], *, settings: Settings) -> list[tuple[Entry, _Outcome]]:
+    claims = ledger.claim(session, entries)
+    # A redelivery whose body is not the one stored is never applied: the stored one is.
+    conflicting = ledger.note_conflicts(
+        session, [e for e in entries if claims[e.svix_id].stored_sha256 not in (None, e.body_sha256)]
+    )
+    stored = ledger.stored_bodies(session, [s for s in conflicting if claims[s].status not in FINAL_STATUSES])
+    outcomes: dict[str, _Outcome] = {}
+    finished: dict[str, tuple[EventStatus, str | None]] = {}
+    pending: list[Entry] = []
+    for entry in entries:
+        claim, conflict = claims[entry.svix_id], entry.svix_id in conflicting
+        if claim.status in FINAL_STATUSES:
+            label = claim.status.value if claim.inserted else "duplicate"
+            outcomes[entry.svix_id] = _Outcome(claim.status, label, entry.reason, conflict)
+            continue
+        if conflict:
+            body = stored.get(entry.svix_id)
+            entry = ledger.read(Delivery(entry.svix_id, entry.delivery.svix_timestamp, body)) if body else entry
+            if body is None or entry.event is None:
+                entry = _refused(entry, "the stored body can no longer be applied (scrubbed, or not a valid event)")
+        if entry.event is None:  # a row left not final by an earlier delivery, and a body that is no event
+            outcomes[entry.svix_id] = _Outcome(EventStatus.DEAD, "dead", entry.reason, conflict)
+            finished[entry.svix_id] = (EventStatus.DEAD, entry.reason)
+            continue
+        outcomes[entry.svix_id] = _Outcome(EventStatus.PENDING, "pending", None, conflict)
+        pending.append(entry)
+    if pending and ledger.is_paused(session):
+        log.info("events_held_paused", count=len(pending))
+        pending = []
+    applying: list[tuple[Entry, Change]] = []
+    for entry in pending:
+        event, conflict = entry.event, outcomes[entry.svix_id].conflict
+        assert event is not None
+        if settings.clerk_instance_id and event.instance_id and event.instance_id != settings.clerk_instance_id:
+            reason = f"from Clerk instance {event.instance_id}, not {settings.clerk_instance_id}"
+            outcomes[entry.svix_id] = _Outcome(EventStatus.IGNORED, "ignored", reason, conflict)
+            finished[entry.svix_id] = (EventStatus.IGNORED, reason)
         else:
-            seconds = (time.perf_counter() - started) / len(parsed)
-            for item in parsed:
-                status, outcome = applied[item.delivery.svix_id]
-                metrics.event_handled(
-                    item.event_type, outcome, seconds=seconds, svix_timestamp=item.delivery.svix_timestamp
-                )
-                results[item.delivery.svix_id] = status
-    for delivery in singles:
-        structlog.contextvars.bind_contextvars(svix_id=delivery.svix_id)
-        try:
-            results[delivery.svix_id] = process_delivery(factory, delivery, settings=settings)
-        finally:
-            structlog.contextvars.unbind_contextvars("svix_id", "event_type")
-    return results
+            applying.append((entry, HANDLERS[event.type](event)))
+    results = apply_changes(session, [c for _, c in applying], scrub_pii=settings.deleted_user_pii == "scrub")
+    for (entry, _), applied in zip(applying, results, strict=True):
+        status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
+        outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
+        finished[entry.svix_id] = (status, applied.reason)
+    ledger.finish(session, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished})
+    return [(entry, outcomes[entry.svix_id]) for entry in entries]
 
 
-def _apply_batch(session: Session, items: list[ledger.Parsed], settings: Settings) -> dict[str, tuple[str, str]]:
-    """svix_id -> (status, metrics outcome), all in the caller's transaction."""
-    if ledger.is_paused(session):
-        for item in items:
-            ledger.hold(
-                session, item.delivery, payload=item.payload, event_type=item.event_type, entity_id=item.entity_id
+def _report(done: list[tuple[Entry, _Outcome]], *, seconds: float) -> None:
+    """After the commit: one log line and one metric per event."""
+    for entry, outcome in done:
+        fields = {"svix_id": entry.svix_id, "event_type": entry.event_type}
+        if outcome.conflict:
+            metrics.conflicting_redelivery()
+            log.warning("event_conflicting_redelivery", body_sha256=entry.body_sha256, **fields)
+        if outcome.label == "duplicate":
+            log.info("event_duplicate", status=outcome.status.value, **fields)
+        elif outcome.status is EventStatus.DEAD:
+            log.warning("event_dead", error=outcome.reason, **fields)
+        elif outcome.status is EventStatus.PENDING:
+            log.info("event_held", **fields)
+        else:
+            log.info("event_applied", status=outcome.status.value, reason=outcome.reason, **fields)
+        metrics.event_handled(
+            entry.event_type, outcome.label, seconds=seconds, svix_timestamp=entry.delivery.svix_timestamp
+        )
+
+
+def _record_failure(
+    factory: sessionmaker[Session], entry: Entry, exc: BaseException, kind: Failure, *, settings: Settings
+) -> str:
+    """One event failed on its own: count the attempt (or not, for a deadlock) in a fresh transaction."""
+    error = describe(exc)
+    fields = {"svix_id": entry.svix_id, "event_type": entry.event_type, "error": error}
+    log.warning("event_attempt_failed", **fields)
+    try:
+        with factory.begin() as session:
+            status = ledger.record_failure(
+                session,
+                entry,
+                error=error,
+                permanent=kind is Failure.PERMANENT,
+                max_attempts=settings.max_attempts,
+                retry_base_seconds=settings.retry_base_seconds,
+                spend=kind is not Failure.RETRY_NOW,
             )
-        log.info("events_held_paused", count=len(items))
-        return {item.delivery.svix_id: ("pending", "pending") for item in items}
-
-    claimed = ledger.claim_many(session, items)
-    results: dict[str, tuple[str, str]] = {}
-    finished: dict[str, tuple[str, str | None]] = {}
-    for item in items:
-        svix_id = item.delivery.svix_id
-        with structlog.contextvars.bound_contextvars(svix_id=svix_id, event_type=item.event_type):
-            if claimed[svix_id] in FINAL:
-                log.info("event_duplicate", status=claimed[svix_id])
-                results[svix_id] = (claimed[svix_id], "duplicate")
-                continue
-            outcome = _dispatch(session, item.payload, item.event_type, settings)
-            if settings.deleted_user_pii == "scrub":
-                _scrub_if_user_deleted(session, item.payload)
-            log.info("event_applied", status=outcome.status, reason=outcome.reason)
-        finished[svix_id] = (outcome.status, outcome.reason)
-        results[svix_id] = (outcome.status, outcome.status)
-    ledger.finish_many(session, finished)
-    return results
+    except Exception as failure:
+        if classify(failure) is Failure.UNAVAILABLE:
+            raise DatabaseUnavailable(describe(failure)) from None
+        raise
+    if status is EventStatus.DEAD:
+        log.warning("event_dead", **fields)
+    metrics.event_handled(entry.event_type, status.value, seconds=0.0, svix_timestamp=None)
+    return status.value

@@ -1,20 +1,29 @@
 """Named error classes, and the one place that decides what kind a failure is.
 
-- ``PermanentEventError``: the event can never be applied (not JSON, no ``data.id``,
-  a value Postgres can never take). Dead at once, with a readable reason.
+- ``InvalidEvent`` (``shared.events``) and ``PermanentEventError``: the event can never be
+  applied (not a valid event, a value Postgres can never take). Dead at once.
 - ``DatabaseUnavailable``: Postgres cannot be reached, so not even the failure can be
   recorded. The message stays in the queue and the attempt spends no budget.
-- ``RetryNow``: a deadlock or serialization failure; retried in-process at once.
+- ``RETRY_NOW``: a deadlock or serialization failure; retried in-process at once, and
+  never counted against the event's budget.
 - Anything else is transient: recorded as ``failed`` and retried with backoff until
   the attempt budget is spent.
+
+``describe`` turns any of them into the one line stored in ``last_error`` and logged: the
+class, the SQLSTATE and the constraint, column or table a database error names. Never a
+message a database or library builds from values (an email in a DETAIL line), never a payload.
 """
 
 from __future__ import annotations
 
 import enum
+import traceback
+from pathlib import Path
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
+
+from shared.events import InvalidEvent
 
 # SQLSTATE classes: 08 connection exception, 57P0x the server going away, 53 resources.
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
@@ -24,7 +33,7 @@ _RETRY_NOW_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock det
 
 
 class PermanentEventError(Exception):
-    """The event is invalid for good; it goes to `dead` without retries."""
+    """The event is invalid for good; it goes to `dead` without retries. Its message holds no values."""
 
 
 class DatabaseUnavailable(Exception):
@@ -40,7 +49,7 @@ class Failure(enum.Enum):
 
 def classify(exc: BaseException) -> Failure:
     """Sort an exception raised while applying an event into a Failure kind."""
-    if isinstance(exc, PermanentEventError):
+    if isinstance(exc, PermanentEventError | InvalidEvent):
         return Failure.PERMANENT
     if isinstance(exc, DatabaseUnavailable):
         return Failure.UNAVAILABLE
@@ -61,7 +70,24 @@ def classify(exc: BaseException) -> Failure:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line, readable error for `last_error`; never the payload."""
+    """One line for `last_error` and the logs: what failed and where, never a value."""
+    if isinstance(exc, PermanentEventError | InvalidEvent | DatabaseUnavailable):
+        return str(exc)[:500]
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    return f"{type(orig).__name__}: {text}"[:500]
+    if isinstance(orig, psycopg.Error):
+        parts = [type(orig).__name__]
+        if orig.sqlstate:
+            parts.append(f"({orig.sqlstate})")
+        diag = orig.diag
+        for label, name in (
+            ("constraint", diag.constraint_name),
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+        ):
+            if name:
+                parts.append(f"{label} {name}")
+        return " ".join(parts)
+    # Anything else is a bug: where it happened helps, its message (built from values) might not.
+    frames = traceback.extract_tb(orig.__traceback__) if orig is not None else []
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(orig).__name__}{where}"

@@ -1,104 +1,74 @@
-"""Event handlers, dispatched through one explicit table.
+"""Event handlers, dispatched through one explicit table: each turns an event into a ``Change``.
 
-Each handler applies one Clerk event through ``worker.pipeline.apply`` and says whether the
-tables changed (``processed``) or the event was older than what they hold, or
-deleted what an earlier delete had already deleted (``ignored``). Event types missing
-from HANDLERS are recorded ``ignored``.
+What a change does to the tables (and whether it is news) is decided by
+``worker.pipeline.apply``, the same for webhooks, backfill and reconcile. Event types
+missing from HANDLERS are recorded ``ignored`` before they get here.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import Any
 
-from sqlalchemy.orm import Session
-
-from shared.config import Settings
-from worker.pipeline import apply
-from worker.pipeline.envelope import Envelope, millis_to_datetime
-from worker.pipeline.errors import PermanentEventError
+from shared.clerk_objects import millis
+from shared.events import Event
+from worker.pipeline.apply import Change
 
 
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # "processed" or "ignored"
-    reason: str | None = None
+def _time(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
-STALE = Outcome("ignored", "older than what the tables hold")
-ALREADY_DELETED = Outcome("ignored", "already deleted by an earlier delete")
-APPLIED = Outcome("processed")
-
-
-def _result(changed: bool) -> Outcome:
-    return APPLIED if changed else STALE
-
-
-def _deleted(changed: bool) -> Outcome:
-    # The earliest delete wins: a delete that changes nothing found one at or before its time.
-    return APPLIED if changed else ALREADY_DELETED
-
-
-def _deleted_at(envelope: Envelope):  # type: ignore[no-untyped-def]
-    # Deletes carry no updated_at: Clerk's order for them is the envelope timestamp.
-    if envelope.timestamp_ms is None:
-        raise PermanentEventError("delete event has no envelope 'timestamp'")
-    return millis_to_datetime(envelope.timestamp_ms)
-
-
-def upsert_user(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    fields = apply.user_fields(envelope.data, fallback_ms=envelope.timestamp_ms)
-    return _result(apply.upsert_user(session, fields, scrub_pii=settings.deleted_user_pii == "scrub"))
-
-
-def delete_user(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    return _deleted(
-        apply.delete_user(
-            session,
-            envelope.entity_id,
-            deleted_at=_deleted_at(envelope),
-            scrub_pii=settings.deleted_user_pii == "scrub",
-        )
+def change_from_object(resource: Any, data: Any) -> Change:
+    """A created/updated object (a webhook's data or a Backend API object): its data, versioned by updated_at."""
+    return Change(
+        resource=resource,
+        clerk_id=data.id,
+        row=resource.row(data),
+        version=millis(data.updated_at),
+        created_at=None if data.created_at is None else millis(data.created_at),
+        parents=resource.parents_of(data),
     )
 
 
-def upsert_organization(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    fields = apply.organization_fields(envelope.data, fallback_ms=envelope.timestamp_ms)
-    return _result(apply.upsert_organization(session, fields))
+def upsert(event: Event) -> Change:
+    return change_from_object(event.resource, event.data)  # type: ignore[attr-defined]
 
 
-def delete_organization(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    return _deleted(apply.delete_organization(session, envelope.entity_id, deleted_at=_deleted_at(envelope)))
+def delete(event: Event) -> Change:
+    # A delete carries no updated_at: Clerk's order for it is the envelope timestamp.
+    return Change(resource=event.resource, clerk_id=event.entity_id, deleted_at=_time(event.timestamp_ms))
 
 
-def upsert_membership(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    fields = apply.membership_fields(envelope.data, fallback_ms=envelope.timestamp_ms)
-    return _result(apply.upsert_membership(session, fields))
+def delete_membership(event: Event) -> Change:
+    """The member left or was removed: a tombstone, plus the membership's fields when they are news."""
+    whole = event.data.as_membership()  # type: ignore[attr-defined]
+    tombstone = delete(event)
+    if whole is None:
+        return tombstone
+    return replace(change_from_object(event.resource, whole), deleted_at=tombstone.deleted_at)
 
 
-def delete_membership(session: Session, envelope: Envelope, settings: Settings) -> Outcome:
-    fields = apply.membership_fields(envelope.data, fallback_ms=envelope.timestamp_ms)
-    return _deleted(apply.delete_membership(session, fields, envelope.entity_id, deleted_at=_deleted_at(envelope)))
-
-
-Handler = Callable[[Session, Envelope, Settings], Outcome]
+Handler = Callable[[Event], Change]
 
 HANDLERS: dict[str, Handler] = {
     # A user signs up, or is created through the Backend API or an import.
-    "user.created": upsert_user,
+    "user.created": upsert,
     # Any profile change: names, username, image, emails, public metadata.
-    "user.updated": upsert_user,
+    "user.updated": upsert,
     # The user is deleted (by themselves, an admin or the API); data is only {id, deleted}.
-    "user.deleted": delete_user,
-    "organization.created": upsert_organization,
+    "user.deleted": delete,
+    "organization.created": upsert,
     # Name, slug, logo or metadata changed.
-    "organization.updated": upsert_organization,
-    # Data is only {id, slug, deleted}; memberships go with it.
-    "organization.deleted": delete_organization,
+    "organization.updated": upsert,
+    # Data is only {id, slug, deleted}; its memberships go with it.
+    "organization.deleted": delete,
     # A user joins an organization (invitation accepted, added by an admin, or created it).
-    "organizationMembership.created": upsert_membership,
+    "organizationMembership.created": upsert,
     # The member's role changed.
-    "organizationMembership.updated": upsert_membership,
+    "organizationMembership.updated": upsert,
     # The member left or was removed; data carries the full membership.
     "organizationMembership.deleted": delete_membership,
 }

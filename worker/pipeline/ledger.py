@@ -1,22 +1,32 @@
 """The `webhook_events` ledger: one row per svix-id, moved through its statuses.
 
-``claim`` inserts the row or finds it, and locks it for the rest of the event's
-transaction, so two deliveries of one svix-id (a Svix retry racing a redelivery)
-serialise and the second sees the first's final status.
+``claim`` inserts a batch's rows, or finds and locks the existing ones, in one statement
+and in svix-id order, so two deliveries of one svix-id (a Svix retry racing a
+redelivery) serialise and the second sees the first's final status. An event that needs
+no applying (a type that is not synced, a body that is not a valid event) is inserted
+already final. ``finish`` records the batch's outcomes in one statement.
+
+A row keeps the body first received under its svix-id: a redelivery whose body differs
+(not merely re-serialised: the stored JSON is compared as JSON) is recorded in
+``conflicts`` and never applied.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import random
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, literal, select, update
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from shared.models import ControlFlag, WebhookEvent
+from shared.events import Event, InvalidEvent, Unsynced, parse
+from shared.models import ControlFlag, EventStatus, WebhookEvent
 
 PAUSED_FLAG = "paused"
 
@@ -31,118 +41,258 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class Claimed:
-    status: str
-    attempts: int
+class Entry:
+    """A delivery read once: what it is, and what its ledger row records."""
+
+    delivery: Delivery
+    body_sha256: str
+    event_type: str | None
+    event: Event | None  # a valid synced event, to apply
+    status: EventStatus  # as first recorded: pending (to apply), ignored (not synced) or dead (invalid)
+    reason: str | None
+    payload: str | None  # the body, stored as jsonb; None for unsynced types and unstorable bodies
+    raw_body: str | None  # the body as text when it is not storable as jsonb
+    entity_id: str | None = None
+    user_clerk_id: str | None = None
+    organization_clerk_id: str | None = None
+
+    @property
+    def svix_id(self) -> str:
+        return self.delivery.svix_id
 
 
-def _insert_values(
-    delivery: Delivery, payload: dict[str, Any] | None, event_type: str | None, entity_id: str | None
-) -> dict[str, Any]:
-    return {
-        "svix_id": delivery.svix_id,
-        "event_type": event_type,
-        "payload": payload,
-        # Postgres text cannot hold NUL; keep the rest of what arrived, readably.
-        "raw_body": None if payload is not None else delivery.body.replace("\x00", "\\u0000"),
-        "svix_timestamp": delivery.svix_timestamp,
-        "entity_id": entity_id,
-        # clock_timestamp(), not now(): events of one batch share a transaction, and
-        # their arrival order must survive in received_at.
-        "received_at": func.clock_timestamp(),
-    }
-
-
-def claim(
-    session: Session,
-    delivery: Delivery,
-    *,
-    payload: dict[str, Any] | None,
-    event_type: str | None,
-    entity_id: str | None,
-) -> Claimed:
-    """Insert the event's row or lock the existing one; returns its current state."""
-    stmt = pg_insert(WebhookEvent).values(**_insert_values(delivery, payload, event_type, entity_id))
-    # A trivial update on conflict takes the row lock and returns the row in one trip.
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["svix_id"],
-        set_={"updated_at": func.now(), "entity_id": func.coalesce(WebhookEvent.entity_id, stmt.excluded.entity_id)},
-    ).returning(WebhookEvent.status, WebhookEvent.attempts)
-    row = session.execute(upsert).one()
-    return Claimed(status=row.status, attempts=row.attempts)
-
-
-def hold(
-    session: Session,
-    delivery: Delivery,
-    *,
-    payload: dict[str, Any] | None,
-    event_type: str | None,
-    entity_id: str | None,
-) -> None:
-    """Record the event as pending without applying it (clerk-sync is paused)."""
-    stmt = pg_insert(WebhookEvent).values(**_insert_values(delivery, payload, event_type, entity_id))
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["svix_id"]))
-
-
-def finish(session: Session, svix_id: str, *, status: str, reason: str | None) -> None:
-    """Final status for an attempt that went through, in the event's own transaction."""
-    session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.svix_id == svix_id)
-        .values(
-            status=status,
-            attempts=WebhookEvent.attempts + 1,
-            last_error=reason,
-            processed_at=func.clock_timestamp(),
-            next_attempt_at=None,
-            updated_at=func.now(),
+def read(delivery: Delivery) -> Entry:
+    """Parse the body once (``shared.events.parse``) and decide how its row starts."""
+    sha = hashlib.sha256(delivery.body.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        event = parse(delivery.body)
+    except InvalidEvent as exc:
+        payload, raw_body = (delivery.body, None) if exc.storable else (None, _as_text(delivery.body))
+        return Entry(
+            delivery, sha, exc.event_type, None, EventStatus.DEAD, str(exc), payload, raw_body, entity_id=exc.entity_id
         )
+    if isinstance(event, Unsynced):
+        reason = f"event type {event.type!r} is not synced"
+        return Entry(delivery, sha, event.type, None, EventStatus.IGNORED, reason, payload=None, raw_body=None)
+    parents = event.parents
+    return Entry(
+        delivery,
+        sha,
+        event.type,
+        event,
+        EventStatus.PENDING,
+        None,
+        payload=delivery.body,
+        raw_body=None,
+        entity_id=event.entity_id,
+        user_clerk_id=parents.get("users"),
+        organization_clerk_id=parents.get("organizations"),
     )
 
 
-def _error_entry(error: str) -> list[dict[str, str]]:
-    return [{"at": dt.datetime.now(dt.UTC).isoformat(), "error": error}]
+def _as_text(body: str) -> str:
+    # Postgres text cannot hold NUL; keep the rest of what arrived, readably.
+    return body.replace("\x00", "\\u0000")
+
+
+def without_payload(entry: Entry) -> Entry:
+    """The entry with its body kept as text only (Postgres refused it as jsonb)."""
+    return replace(entry, payload=None, raw_body=_as_text(entry.delivery.body))
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: EventStatus
+    inserted: bool  # this claim created the row
+    stored_sha256: str | None
+
+
+_CLAIM = text(
+    """
+    INSERT INTO webhook_events AS w (
+        svix_id, event_type, status, attempts, last_error, errors, payload, raw_body, body_sha256,
+        svix_timestamp, entity_id, user_clerk_id, organization_clerk_id, received_at, processed_at, updated_at
+    )
+    SELECT u.svix_id, u.event_type, u.status,
+           CASE WHEN u.status = 'pending' THEN 0 ELSE 1 END,
+           u.reason,
+           CASE WHEN u.status = 'dead'
+                THEN jsonb_build_array(jsonb_build_object('at', now(), 'error', u.reason))
+                ELSE '[]'::jsonb END,
+           CAST(u.payload AS jsonb), u.raw_body, u.sha,
+           u.svix_timestamp, u.entity_id, u.user_id, u.org_id,
+           -- One transaction per batch: keep the arrival order in received_at.
+           now() + u.position * interval '1 microsecond',
+           CASE WHEN u.status = 'pending' THEN NULL ELSE clock_timestamp() END,
+           now()
+    FROM unnest(
+        CAST(:svix_id AS text[]), CAST(:event_type AS text[]), CAST(:status AS text[]), CAST(:reason AS text[]),
+        CAST(:payload AS text[]), CAST(:raw_body AS text[]), CAST(:sha AS text[]), CAST(:svix_timestamp AS bigint[]),
+        CAST(:entity_id AS text[]), CAST(:user_id AS text[]), CAST(:org_id AS text[]), CAST(:position AS int[])
+    ) AS u(svix_id, event_type, status, reason, payload, raw_body, sha, svix_timestamp,
+           entity_id, user_id, org_id, position)
+    ORDER BY u.svix_id
+    -- A trivial update on conflict takes the row lock and returns the row in the same trip.
+    ON CONFLICT (svix_id) DO UPDATE SET updated_at = now()
+    RETURNING w.svix_id, w.status, w.body_sha256, (w.xmax = 0) AS inserted
+    """
+)
+
+
+def claim(session: Session, entries: Sequence[Entry]) -> dict[str, Claim]:
+    """Insert each entry's row or lock the existing one; svix_id -> its state now."""
+    params: dict[str, list[Any]] = {
+        "svix_id": [e.svix_id for e in entries],
+        "event_type": [e.event_type for e in entries],
+        "status": [e.status.value for e in entries],
+        "reason": [e.reason for e in entries],
+        "payload": [e.payload for e in entries],
+        "raw_body": [e.raw_body for e in entries],
+        "sha": [e.body_sha256 for e in entries],
+        "svix_timestamp": [e.delivery.svix_timestamp for e in entries],
+        "entity_id": [e.entity_id for e in entries],
+        "user_id": [e.user_clerk_id for e in entries],
+        "org_id": [e.organization_clerk_id for e in entries],
+        "position": list(range(len(entries))),
+    }
+    rows = session.execute(_CLAIM, params)
+    return {
+        row.svix_id: Claim(status=EventStatus(row.status), inserted=row.inserted, stored_sha256=row.body_sha256)
+        for row in rows
+    }
+
+
+_NOTE_CONFLICTS = text(
+    """
+    UPDATE webhook_events AS w
+    SET conflicts = w.conflicts || jsonb_build_array(jsonb_build_object('at', now(), 'body_sha256', u.sha)),
+        updated_at = now()
+    FROM unnest(CAST(:svix_id AS text[]), CAST(:sha AS text[]), CAST(:payload AS text[]), CAST(:raw_body AS text[]))
+         AS u(svix_id, sha, payload, raw_body)
+    WHERE w.svix_id = u.svix_id
+      -- Our own re-enqueues (sweeps, replays) carry the stored JSON re-serialised: not a conflict.
+      AND CASE WHEN w.payload IS NOT NULL THEN w.payload IS DISTINCT FROM CAST(u.payload AS jsonb)
+               WHEN w.raw_body IS NOT NULL THEN w.raw_body IS DISTINCT FROM u.raw_body
+               ELSE true END
+    RETURNING w.svix_id
+    """
+)
+
+
+def note_conflicts(session: Session, entries: Sequence[Entry]) -> set[str]:
+    """Record redeliveries whose body differs from the stored one; the svix-ids that truly conflict."""
+    if not entries:
+        return set()
+    rows = session.execute(
+        _NOTE_CONFLICTS,
+        {
+            "svix_id": [e.svix_id for e in entries],
+            "sha": [e.body_sha256 for e in entries],
+            # Compared as JSON when the redelivery is JSON at all; the raw text otherwise.
+            "payload": [e.payload if e.payload is not None else _json_or_none(e.delivery.body) for e in entries],
+            "raw_body": [e.raw_body if e.raw_body is not None else e.delivery.body for e in entries],
+        },
+    )
+    return {row.svix_id for row in rows}
+
+
+def _json_or_none(body: str) -> str | None:
+    try:
+        json.loads(body)
+    except ValueError:
+        return None
+    return body
+
+
+def stored_bodies(session: Session, svix_ids: Sequence[str]) -> dict[str, str | None]:
+    """The body each row keeps (its payload as JSON text, or its raw text); None when not kept."""
+    rows = session.execute(
+        text("SELECT svix_id, payload::text AS payload, raw_body FROM webhook_events WHERE svix_id = ANY(:ids)"),
+        {"ids": list(svix_ids)},
+    )
+    return {row.svix_id: row.payload if row.payload is not None else row.raw_body for row in rows}
+
+
+_FINISH = text(
+    """
+    UPDATE webhook_events AS w
+    SET status = u.status, attempts = w.attempts + 1, last_error = u.reason,
+        -- One statement for the batch: keep the arrival order in processed_at too.
+        processed_at = statement_timestamp() + u.position * interval '1 microsecond',
+        next_attempt_at = NULL, updated_at = now()
+    FROM unnest(CAST(:svix_id AS text[]), CAST(:status AS text[]), CAST(:reason AS text[]), CAST(:position AS int[]))
+         AS u(svix_id, status, reason, position)
+    WHERE w.svix_id = u.svix_id
+    """
+)
+
+
+def finish(session: Session, outcomes: dict[str, tuple[EventStatus, str | None]]) -> None:
+    """Final status for each event applied in this transaction, in ``outcomes``' order (arrival)."""
+    if outcomes:
+        session.execute(
+            _FINISH,
+            {
+                "svix_id": list(outcomes),
+                "status": [status.value for status, _ in outcomes.values()],
+                "reason": [reason for _, reason in outcomes.values()],
+                "position": list(range(len(outcomes))),
+            },
+        )
+
+
+def _error_entry(error: str) -> str:
+    return json.dumps([{"at": dt.datetime.now(dt.UTC).isoformat(), "error": error}])
+
+
+_RECORD_FAILURE = text(
+    """
+    UPDATE webhook_events
+    SET status = CAST(:status AS text), attempts = :attempts, last_error = :error,
+        errors = errors || CAST(:entry AS jsonb), next_attempt_at = :next_attempt_at,
+        processed_at = CASE WHEN CAST(:status AS text) = 'dead' THEN now() END, updated_at = now()
+    WHERE svix_id = :svix_id
+    """
+)
 
 
 def record_failure(
     session: Session,
-    delivery: Delivery,
+    entry: Entry,
     *,
-    payload: dict[str, Any] | None,
-    event_type: str | None,
-    entity_id: str | None,
     error: str,
     permanent: bool,
     max_attempts: int,
     retry_base_seconds: float,
-) -> str:
-    """Count a failed attempt: `dead` if permanent or out of budget, else `failed` with a due time."""
-    stmt = pg_insert(WebhookEvent).values(**_insert_values(delivery, payload, event_type, entity_id), status="pending")
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["svix_id"]))
+    spend: bool = True,
+) -> EventStatus:
+    """Count a failed attempt: `dead` if permanent or out of budget, else `failed` with a due time.
+
+    ``spend=False`` (a deadlock the worker kept meeting) schedules the retry without counting it.
+    """
+    claim(session, [entry])
     row = session.execute(
         select(WebhookEvent.attempts, WebhookEvent.status)
-        .where(WebhookEvent.svix_id == delivery.svix_id)
+        .where(WebhookEvent.svix_id == entry.svix_id)
         .with_for_update()
     ).one()
-    if row.status in ("processed", "ignored"):
-        return str(row.status)  # another delivery finished it meanwhile
-    attempts = row.attempts + 1
+    status = EventStatus(row.status)
+    if status in (EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD):
+        return status  # finished meanwhile by another delivery
+    attempts = row.attempts + 1 if spend else row.attempts
     dead = permanent or attempts >= max_attempts
     session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.svix_id == delivery.svix_id)
-        .values(
-            status="dead" if dead else "failed",
-            attempts=attempts,
-            last_error=error,
-            errors=WebhookEvent.errors + literal(_error_entry(error), WebhookEvent.errors.type),
-            next_attempt_at=None if dead else _next_attempt(attempts, retry_base_seconds),
-            processed_at=func.now() if dead else None,
-            updated_at=func.now(),
-        )
+        _RECORD_FAILURE,
+        {
+            "svix_id": entry.svix_id,
+            "status": EventStatus.DEAD.value if dead else EventStatus.FAILED.value,
+            "attempts": attempts,
+            "error": error,
+            "entry": _error_entry(error),
+            "next_attempt_at": None if dead else _next_attempt(max(attempts, 1), retry_base_seconds),
+        },
     )
-    return "dead" if dead else "failed"
+    return EventStatus.DEAD if dead else EventStatus.FAILED
 
 
 def _next_attempt(attempts: int, base_seconds: float) -> dt.datetime:
@@ -163,57 +313,4 @@ def set_paused(session: Session, paused: bool) -> None:
         stmt.on_conflict_do_update(
             index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": func.now()}
         )
-    )
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """A delivery whose body is a JSON object with a type: ready to claim and apply."""
-
-    delivery: Delivery
-    payload: dict[str, Any]
-    event_type: str
-    entity_id: str | None
-
-
-def claim_many(session: Session, items: list[Parsed]) -> dict[str, str]:
-    """``claim`` for a batch in one statement: svix_id -> current status, rows locked.
-
-    Rows are inserted in delivery order, so received_at keeps the order of arrival. Two
-    batches holding the same two svix-ids in opposite orders can deadlock; Postgres
-    breaks it and the loser falls back to one event per transaction.
-    """
-    stmt = pg_insert(WebhookEvent).values(
-        [_insert_values(i.delivery, i.payload, i.event_type, i.entity_id) for i in items]
-    )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=["svix_id"],
-        set_={"updated_at": func.now(), "entity_id": func.coalesce(WebhookEvent.entity_id, stmt.excluded.entity_id)},
-    ).returning(WebhookEvent.svix_id, WebhookEvent.status)
-    return {row.svix_id: row.status for row in session.execute(upsert)}
-
-
-def finish_many(session: Session, outcomes: dict[str, tuple[str, str | None]]) -> None:
-    """``finish`` for a batch: one pipelined executemany of the same UPDATE."""
-    if not outcomes:
-        return
-    table = cast(Table, WebhookEvent.__table__)
-    stmt = (
-        update(table)
-        .where(table.c.svix_id == bindparam("b_svix_id"))
-        .values(
-            status=bindparam("b_status"),
-            attempts=table.c.attempts + 1,
-            last_error=bindparam("b_reason"),
-            processed_at=func.clock_timestamp(),
-            next_attempt_at=None,
-            updated_at=func.now(),
-        )
-    )
-    session.connection().execute(
-        stmt,
-        [
-            {"b_svix_id": svix_id, "b_status": status, "b_reason": reason}
-            for svix_id, (status, reason) in outcomes.items()
-        ],
     )

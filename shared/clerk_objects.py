@@ -1,0 +1,157 @@
+"""Clerk's objects as typed, validated structs: what each synced object must hold.
+
+These are the shapes of ``data`` in a webhook and of the objects the Backend API lists
+(backfill and reconcile read them with the same types). Only what clerk-sync stores or
+orders by is declared; fields Clerk adds later are accepted and ignored. A value of the
+wrong type, an id without Clerk's prefix, or a time no clock could hold fails validation
+with the field named (see ``shared.events``).
+
+Times: Clerk sends milliseconds since the epoch; some older shapes and the spec's
+examples use seconds. Both are accepted between 2000-01-01 and 2100-01-01 and read as
+milliseconds (``millis``); anything else (1e30, a negative number, a string) is invalid.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from msgspec import Meta, Struct
+
+# 2000-01-01 and 2100-01-01, in seconds and in milliseconds.
+_MIN_SECONDS, _MAX_SECONDS = 946_684_800, 4_102_444_800
+_MIN_MILLIS, _MAX_MILLIS = _MIN_SECONDS * 1000, _MAX_SECONDS * 1000
+
+# Bounds checked by msgspec; the gap between the two ranges is checked by ``check_times``.
+ClerkTime = Annotated[int, Meta(ge=_MIN_SECONDS, le=_MAX_MILLIS)]
+TIME_RULE = "is not a time in seconds or milliseconds between 2000 and 2100"
+
+
+def _clerk_id(prefix: str) -> Meta:
+    """A Clerk id: the prefix, then printable ASCII without spaces; at most 64 characters."""
+    return Meta(pattern=f"^{prefix}[!-~]+$", max_length=64)
+
+
+UserId = Annotated[str, _clerk_id("user_")]
+OrganizationId = Annotated[str, _clerk_id("org_")]
+MembershipId = Annotated[str, _clerk_id("orgmem_")]
+Metadata = dict[str, Any]
+
+
+def millis(value: int) -> int:
+    """A validated Clerk time in milliseconds."""
+    return value * 1000 if value <= _MAX_SECONDS else value
+
+
+def check_times(obj: Struct, *names: str) -> None:
+    """Refuse a time between the seconds range and the milliseconds range (called by __post_init__)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and _MAX_SECONDS < value < _MIN_MILLIS:
+            raise ValueError(f"{name} {TIME_RULE}")
+
+
+class EmailAddress(Struct, frozen=True):
+    id: str
+    email_address: str
+
+
+class UserData(Struct, frozen=True):
+    """A user as ``user.created``/``user.updated`` and ``GET /v1/users`` carry it."""
+
+    id: UserId
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+    primary_email_address_id: str | None = None
+    email_addresses: list[EmailAddress] | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    username: str | None = None
+    image_url: str | None = None
+    profile_image_url: str | None = None
+    public_metadata: Metadata | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at")
+
+    @property
+    def primary_email(self) -> str | None:
+        """The address whose id is ``primary_email_address_id``; never simply the first."""
+        for address in self.email_addresses or ():
+            if address.id == self.primary_email_address_id:
+                return address.email_address
+        return None
+
+
+class OrganizationData(Struct, frozen=True):
+    """An organization as ``organization.created``/``.updated`` and ``GET /v1/organizations`` carry it."""
+
+    id: OrganizationId
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+    name: str | None = None
+    slug: str | None = None
+    image_url: str | None = None
+    logo_url: str | None = None
+    public_metadata: Metadata | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at")
+
+
+class OrganizationRef(Struct, frozen=True):
+    id: OrganizationId
+
+
+class PublicUserData(Struct, frozen=True):
+    user_id: UserId
+
+
+class MembershipData(Struct, frozen=True):
+    """A membership: its organization and its user are required, or it joins nothing."""
+
+    id: MembershipId
+    organization: OrganizationRef
+    public_user_data: PublicUserData
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at")
+
+
+class DeletedUser(Struct, frozen=True):
+    """``user.deleted`` carries only the id (ordered by the envelope's timestamp)."""
+
+    id: UserId
+
+
+class DeletedOrganization(Struct, frozen=True):
+    id: OrganizationId
+
+
+class DeletedMembership(Struct, frozen=True):
+    """``organizationMembership.deleted`` carries the whole membership; older shapes may not."""
+
+    id: MembershipId
+    organization: OrganizationRef | None = None
+    public_user_data: PublicUserData | None = None
+    updated_at: ClerkTime | None = None
+    created_at: ClerkTime | None = None
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at")
+
+    def as_membership(self) -> MembershipData | None:
+        """The membership it carries, when it carries a whole one."""
+        if self.organization is None or self.public_user_data is None or self.updated_at is None:
+            return None
+        return MembershipData(
+            id=self.id,
+            organization=self.organization,
+            public_user_data=self.public_user_data,
+            updated_at=self.updated_at,
+            created_at=self.created_at,
+            role=self.role,
+        )

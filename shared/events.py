@@ -1,0 +1,194 @@
+"""The typed, validated Event: the one parser of a raw event body (the worker's; the ingress never calls it).
+
+``parse(body)`` reads a body once and returns
+
+- a synced ``Event`` (one struct per event type, generated from the resource table): the
+  envelope's ``timestamp`` and ``instance_id`` and a ``data`` of the resource's declared type;
+- ``Unsynced(type)`` for an event type clerk-sync does not sync (recorded ``ignored``);
+
+or raises ``InvalidEvent`` whose message names the field and the rule, e.g.
+``invalid_payload: data.updated_at is missing``. A body that is not a valid event is
+permanent: it ends ``dead`` at once and nothing of it reaches the synced tables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Union, cast
+
+import msgspec
+from msgspec import Struct
+
+from shared.clerk_objects import ClerkTime, check_times, millis
+from shared.resources import BY_EVENT_TYPE, Resource
+
+INVALID = "invalid_payload"
+# Postgres cannot store U+0000 in text or jsonb: an unescaped \u0000 escape anywhere in the body.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class InvalidEvent(Exception):
+    """The body is not a valid event; the message is one line naming the field and the rule."""
+
+    def __init__(
+        self, reason: str, *, event_type: str | None = None, storable: bool = False, entity_id: str | None = None
+    ) -> None:
+        super().__init__(f"{INVALID}: {reason}")
+        self.event_type = event_type
+        # The ``data.id`` the body names, when it names one: operators find the event by it.
+        self.entity_id = entity_id
+        # True when the body is a JSON object Postgres can hold: it is kept as the payload for operators
+        # (otherwise as raw text).
+        self.storable = storable
+
+
+class _Envelope(Struct, tag_field="type", kw_only=True, frozen=True):
+    """What every synced event carries besides its ``data``."""
+
+    timestamp: ClerkTime
+    instance_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "timestamp")
+
+    @property
+    def type(self) -> str:
+        return cast(str, type(self).__struct_config__.tag)
+
+    @property
+    def resource(self) -> Resource:
+        return BY_EVENT_TYPE[self.type]
+
+    @property
+    def timestamp_ms(self) -> int:
+        """Clerk's time of the event; deletes are ordered by it."""
+        return millis(self.timestamp)
+
+    @property
+    def is_delete(self) -> bool:
+        return self.type == self.resource.delete_type
+
+    @property
+    def entity_id(self) -> str:
+        return cast(str, self.data.id)  # type: ignore[attr-defined]
+
+    @property
+    def parents(self) -> dict[str, str]:
+        """Parent resource name -> clerk_id (a membership's user and organization), when the event names them."""
+        data = self.data  # type: ignore[attr-defined]
+        if self.is_delete:
+            whole = getattr(data, "as_membership", lambda: None)()
+            return {} if whole is None else self.resource.parents_of(whole)
+        return self.resource.parents_of(data)
+
+
+def _event_struct(event_type: str, data_type: type[Struct]) -> type[_Envelope]:
+    name = "".join(part[:1].upper() + part[1:] for part in re.split(r"[._]", event_type)) + "Event"
+    return cast(
+        type[_Envelope],
+        msgspec.defstruct(name, [("data", data_type)], bases=(_Envelope,), tag=event_type, module=__name__),
+    )
+
+
+EVENT_TYPES: dict[str, type[_Envelope]] = {}
+for _type, _resource in BY_EVENT_TYPE.items():
+    _data = _resource.deleted_type if _type == _resource.delete_type else _resource.data_type
+    EVENT_TYPES[_type] = _event_struct(_type, _data)
+
+Event = _Envelope  # every synced event is one of EVENT_TYPES' structs
+SYNCED_TYPES = frozenset(EVENT_TYPES)
+
+
+@dataclass(frozen=True)
+class Unsynced:
+    """An event of a type clerk-sync does not sync: recorded ``ignored``, without its payload."""
+
+    type: str
+
+
+class _Head(Struct):
+    """Just enough of any body to tell its type and what it is about."""
+
+    type: Any = None
+    data: Any = None
+
+
+_synced_decoder = msgspec.json.Decoder(Union[tuple(EVENT_TYPES.values())])  # noqa: UP007 - built at run time
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def parse(body: str | bytes) -> Event | Unsynced:
+    """The body as an event; ``InvalidEvent`` (permanent) when it is not one."""
+    text = body if isinstance(body, str) else body.decode("utf-8", "replace")
+    # The substring test is cheap; the exact rule (not an escaped backslash) only runs when it matches.
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        head = _head(body)
+        raise InvalidEvent(
+            "the body holds \\u0000, which Postgres cannot store",
+            event_type=_type_of(head),
+            entity_id=_entity_of(head),
+        )
+    try:
+        return cast(Event, _synced_decoder.decode(body))
+    except msgspec.ValidationError as exc:
+        error = exc
+    except msgspec.DecodeError:
+        raise InvalidEvent("the body is not JSON") from None
+    head = _head(body)
+    event_type = _type_of(head)
+    if event_type is not None and event_type not in SYNCED_TYPES:
+        return Unsynced(event_type)
+    raise InvalidEvent(_describe(error), event_type=event_type, storable=head is not None, entity_id=_entity_of(head))
+
+
+def _head(body: str | bytes) -> _Head | None:
+    """The body's type and data.id, when it is a JSON object at all."""
+    try:
+        return _head_decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+def _type_of(head: _Head | None) -> str | None:
+    kind = head.type if head is not None else None
+    return kind[:128] if isinstance(kind, str) and kind else None
+
+
+def _entity_of(head: _Head | None) -> str | None:
+    clerk_id = head.data.get("id") if head is not None and isinstance(head.data, dict) else None
+    return clerk_id if isinstance(clerk_id, str) and 0 < len(clerk_id) <= 64 else None
+
+
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
+_LOCATION = " - at `$"
+
+
+def _describe(error: msgspec.ValidationError) -> str:
+    """msgspec's message as the rule and the field it broke: ``data.updated_at is missing``."""
+    message, _, where = str(error).partition(_LOCATION)
+    path = where.rstrip("`").lstrip(".")
+    missing = _MISSING.fullmatch(message)
+    if missing:
+        return f"{_join(path, missing['name'])} is missing"
+    if message.startswith("Expected") and not path:
+        return "the body is not a JSON object"
+    if message.startswith("Expected"):
+        rule = message.replace("`", "")
+        return f"{path or 'the body'}: {rule[0].lower()}{rule[1:]}"
+    if message.startswith("Invalid value") and path == "type":
+        return "type is not a string naming an event"
+    # A rule of our own (__post_init__): "updated_at is not a time ...", located at its struct.
+    return _join(path, message)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def read_object(resource: Resource, item: Any) -> Any:
+    """A Backend API object (decoded JSON) as ``resource``'s declared type; InvalidEvent when it is not one."""
+    try:
+        return msgspec.convert(item, type=resource.data_type)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_describe(exc)) from None
