@@ -12,7 +12,8 @@ Traffic is a realistic Clerk history (devkit/history.py: 35 % user.updated, 22 %
 created, ... in Clerk's order, no duplicates), user bodies padded to a real user's size, posted by
 16 sender threads at a steady open-loop rate. Each pipeline first gets a light step (20 events/s),
 then steps from ``--capacity-start`` up by x1.25, interleaved with the other pipelines at each rate,
-until a step fails: p99 lag over 250 ms, an event lost or refused, or the sender short of the rate.
+until a rate fails twice in a row: p99 lag over 250 ms, an event lost or refused, or the sender
+short of the rate.
 Lag is the event's ``processed_at`` (Postgres ``clock_timestamp()`` as its ledger row is finished,
 just before the commit) minus the wall-clock time its 2xx reached the sender, floored at 0. The
 knee is the highest rate that held. CPU is read from /proc for every process of each pipeline
@@ -54,7 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("capacity (--only capacity)")
-    group.add_argument("--capacity-start", type=float, default=100.0, help="first rate of the ramp (default 100/s)")
+    group.add_argument("--capacity-start", type=float, default=25.0, help="first rate of the ramp (default 25/s)")
     group.add_argument("--capacity-max", type=float, default=3000.0, help="stop the ramp here (default 3000/s)")
     group.add_argument("--step-seconds", type=float, help="seconds per step (default 10; --quick 5)")
     group.add_argument("--light-seconds", type=float, help="seconds of the 20/s light step (default 30; --quick 10)")
@@ -327,6 +328,14 @@ def bench_capacity(h: Any, args: argparse.Namespace) -> dict[str, Any]:
             step = run_step(h, pipeline, rate, step_seconds)
             pipeline.steps.append(step)
             _report(pipeline.name, step)
+            if not step["holds"]:
+                # One hiccup of a shared machine fails a p99 over a few hundred events: a rate is
+                # given up only when it fails twice in a row.
+                time.sleep(1)
+                step = run_step(h, pipeline, rate, step_seconds)
+                step["second_try"] = True
+                pipeline.steps.append(step)
+                _report(pipeline.name, step)
             if step["holds"]:
                 pipeline.knee = rate
             else:
