@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint bench
+.PHONY: install run test lint bench screenshots
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ run: install $(BIN)/.embedded
 ## Set up and run the tests against real PostgreSQL, Redis, gunicorn and Celery processes.
 test: install $(BIN)/.embedded
 	scripts/ensure-services.sh
+	scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -37,3 +38,9 @@ bench: install
 	scripts/ensure-services.sh
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python -m bench.run
+
+## The console's screenshots in docs/, taken by the browser test.
+screenshots: install $(BIN)/.embedded
+	scripts/ensure-services.sh
+	scripts/ensure-chromium.sh
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -p no:cacheprovider tests/test_console_browser.py

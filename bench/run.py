@@ -40,7 +40,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
-from bench import capacity  # noqa: E402
+from bench import capacity, cli_startup  # noqa: E402
 from bench.events import SECRET, Event, generate, new_svix_id, realistic_user_updated, sign  # noqa: E402
 from bench.load import send_steady  # noqa: E402
 from bench.procs import RssSampler, Started, snapshot, spawn  # noqa: E402
@@ -642,6 +642,8 @@ def print_table(report: dict[str, Any]) -> None:
             (f"lag @ {lag['rate']}/s p99 ms", fmt(lag["lag_p99_ms"]), ""),
             ("lag run: http p99 ms", fmt(lag["http_p99_ms"], 1), ""),
         ]
+    if cli := report.get("cli"):
+        rows += cli_startup.table_rows(cli)
     if not rows:
         return
     width = max(len(r[0]) for r in rows) + 2
@@ -674,7 +676,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lag-rate", type=float, default=200.0, help="events/s for the lag test (default 200)")
     parser.add_argument("--lag-seconds", type=float, help="lag test duration (default 60; --quick 15)")
     parser.add_argument(
-        "--only", choices=("ingress", "worker", "lag", "capacity"), action="append", help="run only these parts"
+        "--only",
+        choices=("ingress", "worker", "lag", "cli", "capacity"),
+        action="append",
+        help="run only these parts",
     )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
@@ -685,7 +690,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ingress_seconds = args.ingress_seconds or (5.0 if quick else 15.0)
     args.backlog = args.backlog or (4000 if quick else 20000)
     args.lag_seconds = args.lag_seconds or (15.0 if quick else 60.0)
-    args.only = args.only or ["ingress", "worker", "lag", "capacity"]
+    args.only = args.only or ["ingress", "worker", "lag", "cli", "capacity"]
     return args
 
 
@@ -726,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
             report["worker"] = bench_worker(h, args)
         if "lag" in args.only:
             report["lag"] = bench_lag(h, args)
+        if "cli" in args.only:
+            report["cli"] = cli_startup.bench(h.env, rounds=5 if args.quick else 15)
         if "capacity" in args.only:
             report["capacity"] = capacity.bench_capacity(h, args)
         report["machine"]["loadavg_end"] = os.getloadavg()

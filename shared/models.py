@@ -9,10 +9,10 @@ duplicate deliveries converge: see ``worker/apply.py``.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -27,20 +27,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class EventStatus(enum.StrEnum):
-    """Where an event stands (CONTRACT section 4); the values are what `webhook_events.status` holds."""
-
-    PENDING = "pending"  # recorded, not applied yet (held by a pause, or its message is on the way)
-    PROCESSED = "processed"  # its change is in the synced tables
-    IGNORED = "ignored"  # nothing to apply: not synced, or older than what the tables hold
-    FAILED = "failed"  # an attempt failed; a retry is scheduled (next_attempt_at)
-    DEAD = "dead"  # permanently invalid, or out of retries: waits for an operator
-
-
-EVENT_STATUSES = tuple(status.value for status in EventStatus)
-# An event in one of these is done: a redelivery of its svix-id changes nothing.
-FINAL_STATUSES = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD})
+# Re-exported: the statuses live in an import-free module (the CLI's fast start needs them).
+from shared.statuses import EVENT_STATUSES as EVENT_STATUSES
+from shared.statuses import FINAL_STATUSES as FINAL_STATUSES
+from shared.statuses import EventStatus as EventStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -124,6 +114,8 @@ class WebhookEvent(Base):
             postgresql_where=text("organization_clerk_id IS NOT NULL"),
         ),
         Index("ix_webhook_events_received", "received_at"),
+        # The console's chart of the last hour reads the rows changed since then.
+        Index("ix_webhook_events_updated", "updated_at"),
         CheckConstraint("status IN ('pending', 'processed', 'ignored', 'failed', 'dead')", name="status_known"),
     )
 
@@ -164,3 +156,26 @@ class ControlFlag(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
     updated_at: Mapped[dt.datetime] = _now_column()
+
+
+class OperatorAction(Base):
+    """One change an operator made (replay, discard, pause, resume), from the console or the CLI.
+
+    Written in the same transaction as the change it records, so the table holds exactly
+    what happened. Column names follow CONTRACT section 7.
+    """
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (Index("ix_operator_actions_time", "time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    time: Mapped[dt.datetime] = _now_column()
+    # A console account's name, or for the CLI the OS user (or its --operator).
+    operator: Mapped[str] = mapped_column(Text, nullable=False)
+    # "console" or "cli".
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)
+    # The filter of a bulk action (type, error, since, entity, limit); null when ids were named.
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    svix_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=text("'{}'"))
+    count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

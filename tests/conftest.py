@@ -22,7 +22,14 @@ from shared.db import make_engine
 from tests.support.processes import ProcessManager
 from tests.support.signing import SECRET
 
-SYNCED_TABLES = ("webhook_events", "users", "organizations", "organization_memberships", "clerk_sync_control")
+SYNCED_TABLES = (
+    "webhook_events",
+    "users",
+    "organizations",
+    "organization_memberships",
+    "clerk_sync_control",
+    "operator_actions",
+)
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +104,36 @@ def processes(base_env: dict[str, str], tmp_path: Path, clean_state: None) -> It
         yield manager
     finally:
         manager.stop_all()
+
+
+@pytest.fixture
+def blocking_trigger(database_url):
+    """An application trigger that rejects one user's row, as a bad deploy might; dropped by ``lift``."""
+    statements = {
+        "create": """
+            CREATE FUNCTION test_users_guard() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.clerk_id = '{user}' THEN
+                RAISE EXCEPTION 'users_guard: % is on hold', NEW.clerk_id;
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER test_users_guard BEFORE INSERT OR UPDATE ON users
+              FOR EACH ROW EXECUTE FUNCTION test_users_guard();
+        """,
+        "drop": "DROP TRIGGER IF EXISTS test_users_guard ON users; DROP FUNCTION IF EXISTS test_users_guard();",
+    }
+
+    class Trigger:
+        def block(self, user_id: str) -> None:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(statements["drop"])
+                conn.execute(statements["create"].replace("{user}", user_id))
+
+        def lift(self) -> None:
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(statements["drop"])
+
+    trigger = Trigger()
+    yield trigger
+    trigger.lift()

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import subprocess
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import select
 
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import run_cli, statuses
+from tests.support.cli import TESTER, audit_rows, run_cli, statuses, wait_until_final
 from tests.support.processes import free_port
 from tests.support.signing import load_payload, post_event
 from worker.ops import dead_letters
-from worker.ops.dead_letters import DeadFilter, OperationError
-
-FINAL = ("processed", "ignored", "dead")
+from worker.ops.dead_letters import DeadFilter, OperationError, UnknownEvent
+from worker.ops.inputs import parse_since
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -28,39 +27,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("clerk-sync: ")
     return lines[0]
-
-
-@pytest.fixture
-def blocking_trigger(database_url):
-    """An application trigger that rejects one user's row, as a bad deploy might; dropped by ``lift``."""
-    statements = {
-        "create": """
-            CREATE FUNCTION test_users_guard() RETURNS trigger AS $$
-            BEGIN
-              IF NEW.clerk_id = '{user}' THEN
-                RAISE EXCEPTION 'users_guard: % is on hold', NEW.clerk_id;
-              END IF;
-              RETURN NEW;
-            END $$ LANGUAGE plpgsql;
-            CREATE TRIGGER test_users_guard BEFORE INSERT OR UPDATE ON users
-              FOR EACH ROW EXECUTE FUNCTION test_users_guard();
-        """,
-        "drop": "DROP TRIGGER IF EXISTS test_users_guard ON users; DROP FUNCTION IF EXISTS test_users_guard();",
-    }
-
-    class Trigger:
-        def block(self, user_id: str) -> None:
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute(statements["drop"])
-                conn.execute(statements["create"].replace("{user}", user_id))
-
-        def lift(self) -> None:
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute(statements["drop"])
-
-    trigger = Trigger()
-    yield trigger
-    trigger.lift()
 
 
 def test_dead_events_are_listed_shown_replayed_and_discarded(
@@ -82,12 +48,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     assert post_event(web.url, load_payload("session.created"), svix_id="msg_dlq_ignored").status_code == 200
 
     # Then the three bad ones end dead with readable errors, the unsynced one ignored
-    wait_for(
-        lambda: len(statuses(session_factory)) == 4 and set(statuses(session_factory).values()) <= set(FINAL),
-        timeout=90,
-        what="four events final",
-    )
-    assert statuses(session_factory) == {
+    assert wait_until_final(session_factory, 4) == {
         "msg_dlq_poison": "dead",
         "msg_dlq_notjson": "dead",
         "msg_dlq_blocked": "dead",
@@ -136,7 +97,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     assert listed_ids("--error", "raiseexception") == ["msg_dlq_blocked"]
     assert listed_ids("--entity", user_id) == ["msg_dlq_blocked"]
     assert len(listed_ids("--since", "1h")) == 3
-    assert listed_ids("--since", "2999-01-01") == []
+    assert listed_ids("--since", "1970-01-01") == listed_ids()
     assert len(listed_ids("--limit", "1")) == 1
     bad_since = cli("dlq", "list", "--since", "last tuesday")
     assert bad_since.returncode == 2
@@ -154,7 +115,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     assert shown_json["payload"]["data"]["id"] == user_id
     assert [entry["error"] for entry in shown_json["errors"]] == ["RaiseException (P0001)"]
     unknown = cli("dlq", "show", "msg_nobody")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert "msg_nobody" in one_line_error(unknown)
 
     # When the cause is fixed and a dry run comes first, nothing changes
@@ -194,14 +155,21 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
         "msg_dlq_ignored": "ignored",
     }
 
-    # and --all without filters needs --yes
+    # and --all, off a terminal, needs --yes
     refused = cli("dlq", "discard", "--all")
     assert refused.returncode == 2
     assert "--yes" in one_line_error(refused)
     assert "msg_dlq_poison" in statuses(session_factory)
-    confirmed = cli("dlq", "discard", "--all", "--yes")
+    confirmed = cli("dlq", "discard", "--all", "--yes", "--operator", "bob")
     assert confirmed.returncode == 0, confirmed.stderr
     assert statuses(session_factory) == {"msg_dlq_blocked": "processed", "msg_dlq_ignored": "ignored"}
+
+    # And the audit table holds each change: who, what, which filter, which events
+    assert [(r.operator, r.action, r.filter, r.svix_ids, r.count) for r in audit_rows(session_factory)] == [
+        (getpass.getuser(), "replay", None, ["msg_dlq_blocked"], 1),
+        (getpass.getuser(), "discard", None, ["msg_dlq_notjson"], 1),
+        ("bob", "discard", {}, ["msg_dlq_poison"], 1),
+    ]
 
 
 def add_event(session, svix_id: str, **fields: Any) -> WebhookEvent:
@@ -237,9 +205,9 @@ def test_dead_letter_filters(session_factory):
     assert ids() == ["msg_old", "msg_mem", "msg_new"]
     assert ids(event_type="user.created") == ["msg_new"]
     assert ids(event_type="user") == []  # exact, not a prefix
-    assert ids(since=dead_letters.parse_since("1d")) == ["msg_mem", "msg_new"]
-    assert ids(since=dead_letters.parse_since("30m")) == ["msg_new"]
-    assert ids(since=dead_letters.parse_since((now - dt.timedelta(days=4)).date().isoformat())) == [
+    assert ids(since=parse_since("1d")) == ["msg_mem", "msg_new"]
+    assert ids(since=parse_since("30m")) == ["msg_new"]
+    assert ids(since=parse_since((now - dt.timedelta(days=4)).date().isoformat())) == [
         "msg_old",
         "msg_mem",
         "msg_new",
@@ -254,15 +222,15 @@ def test_dead_letter_filters(session_factory):
 
 def test_parse_since_accepts_durations_and_iso_and_rejects_the_rest():
     now = dt.datetime(2024, 5, 10, 12, 0, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("2h", now=now) == dt.datetime(2024, 5, 10, 10, 0, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("3d", now=now) == dt.datetime(2024, 5, 7, 12, 0, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("1w", now=now) == dt.datetime(2024, 5, 3, 12, 0, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("2024-05-01T08:30:00Z") == dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
-    assert dead_letters.parse_since("2024-05-01T08:30:00+02:00") == dt.datetime(2024, 5, 1, 6, 30, tzinfo=dt.UTC)
+    assert parse_since("2h", now=now) == dt.datetime(2024, 5, 10, 10, 0, tzinfo=dt.UTC)
+    assert parse_since("3d", now=now) == dt.datetime(2024, 5, 7, 12, 0, tzinfo=dt.UTC)
+    assert parse_since("1w", now=now) == dt.datetime(2024, 5, 3, 12, 0, tzinfo=dt.UTC)
+    assert parse_since("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert parse_since("2024-05-01T08:30:00Z") == dt.datetime(2024, 5, 1, 8, 30, tzinfo=dt.UTC)
+    assert parse_since("2024-05-01T08:30:00+02:00") == dt.datetime(2024, 5, 1, 6, 30, tzinfo=dt.UTC)
     for bad in ("yesterday", "2h ago", "-3d", "", "2024-13-01"):
         with pytest.raises(ValueError, match="--since"):
-            dead_letters.parse_since(bad)
+            parse_since(bad)
 
 
 def test_replay_and_discard_act_only_on_named_dead_events(session_factory, settings, redis_client):
@@ -278,12 +246,14 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
         # When a replay names a processed event or an unknown one, nothing happens
         for named in (["msg_a", "msg_ok"], ["msg_a", "msg_nobody"], ["msg_scrubbed"]):
             with pytest.raises(OperationError), session_factory.begin() as session:
-                dead_letters.replay(session, app, named)
+                dead_letters.replay(session, app, named, actor=TESTER)
+        with pytest.raises(UnknownEvent), session_factory.begin() as session:
+            dead_letters.replay(session, app, ["msg_nobody"], actor=TESTER)
         assert redis_client.llen(settings.queue_name) == 0
 
         # When --all style replay skips what is no longer dead
         with session_factory.begin() as session:
-            result = dead_letters.replay(session, app, ["msg_b", "msg_a", "msg_ok"], skip_not_dead=True)
+            result = dead_letters.replay(session, app, ["msg_b", "msg_a", "msg_ok"], actor=TESTER, skip_not_dead=True)
     finally:
         app.close()
 
@@ -301,9 +271,9 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
 
     # And discard deletes only the dead rows it names
     with pytest.raises(OperationError), session_factory.begin() as session:
-        dead_letters.discard(session, ["msg_scrubbed", "msg_ok"])
+        dead_letters.discard(session, ["msg_scrubbed", "msg_ok"], actor=TESTER)
     with session_factory.begin() as session:
-        assert dead_letters.discard(session, ["msg_scrubbed"]).done == ["msg_scrubbed"]
+        assert dead_letters.discard(session, ["msg_scrubbed"], actor=TESTER).done == ["msg_scrubbed"]
     with session_factory() as session:
         assert sorted(session.scalars(select(WebhookEvent.svix_id))) == ["msg_a", "msg_b", "msg_ok"]
 

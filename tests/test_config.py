@@ -150,7 +150,7 @@ def test_bad_log_settings_are_refused(name, value):
     assert name in config_error(good_env(**{name: value}))
 
 
-@pytest.mark.parametrize("value", ["not an address", "-1", "10.0.0.1:9808", "host_name"])
+@pytest.mark.parametrize("value", ["not an address", "host_name", "a/b"])
 def test_a_bad_metrics_bind_address_is_refused(value):
     assert "METRICS_BIND" in config_error(good_env(METRICS_BIND=value))
 

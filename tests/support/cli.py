@@ -9,7 +9,12 @@ from typing import Any
 from sqlalchemy import select
 
 from devkit.services import bin_path
-from shared.models import WebhookEvent
+from devkit.waiting import wait_for
+from shared.models import FINAL_STATUSES, OperatorAction, WebhookEvent
+from worker.ops.audit import Actor
+
+# The operator of changes a test makes through worker.ops directly.
+TESTER = Actor(name="tester", source="cli")
 
 
 def run_cli(
@@ -29,3 +34,20 @@ def statuses(session_factory: Any) -> dict[str, str]:
     """svix_id -> status of every `webhook_events` row."""
     with session_factory() as session:
         return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
+
+
+def audit_rows(session_factory: Any) -> list[OperatorAction]:
+    """Every `operator_actions` row, oldest first."""
+    with session_factory() as session:
+        return list(session.scalars(select(OperatorAction).order_by(OperatorAction.id)))
+
+
+def wait_until_final(session_factory: Any, count: int, *, timeout: float = 90) -> dict[str, str]:
+    """Wait until the ledger holds ``count`` events, all in a final status; returns their statuses."""
+
+    def done() -> dict[str, str] | None:
+        seen = statuses(session_factory)
+        return seen if len(seen) == count and set(seen.values()) <= set(FINAL_STATUSES) else None
+
+    result: dict[str, str] = wait_for(done, timeout=timeout, what=f"{count} events final")
+    return result

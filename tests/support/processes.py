@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,23 @@ class ProcessManager:
             assert proc.popen.poll() is None, f"worker exited early:\n{proc.log()}"
         return proc
 
+    root = ROOT
+
+    def env_path(self) -> str:
+        """PATH with this venv first: deploy/ scripts name gunicorn bare, as the Procfile does."""
+        return os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", os.defpath)])
+
+    def start_console(self, *, wait: bool = True, **env_overrides: str) -> Proc:
+        """The `console` process as the Procfile runs it (deploy/console.sh), on a free port."""
+        port = free_port()
+        env = {**self.env, "PATH": self.env_path(), "CONSOLE_PORT": str(port), "CONSOLE_BIND": "127.0.0.1"}
+        env.update(env_overrides)
+        proc = self._spawn("console", ["sh", "deploy/console.sh"], env)
+        proc.url = f"http://127.0.0.1:{port}"
+        if wait:
+            wait_for(lambda: _healthy(proc, "/login"), timeout=30, what=f"the console on {proc.url}\n{proc.log()}")
+        return proc
+
     def start_beat(self, **env_overrides: str) -> Proc:
         schedule = self.log_dir / f"beat-schedule-{len(self.procs)}"
         argv = [
@@ -120,10 +138,10 @@ class ProcessManager:
             proc.stop()
 
 
-def _healthy(proc: Proc) -> bool:
+def _healthy(proc: Proc, path: str = "/healthz") -> bool:
     if proc.popen.poll() is not None:
         raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
     try:
-        return requests.get(f"{proc.url}/healthz", timeout=1).status_code == 200
+        return requests.get(f"{proc.url}{path}", timeout=1).status_code == 200
     except requests.RequestException:
         return False

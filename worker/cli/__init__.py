@@ -2,28 +2,31 @@
 
 Each command lives in a module of its own exposing ``register(subparsers)``; the
 list below is the whole table of contents. Exit codes: 0 success, 1 the operation
-failed, 2 usage or configuration error; errors are one line on stderr.
+failed, 2 usage or configuration error; errors are one line on stderr, and anything
+read from the ledger is printed with its control characters escaped.
+
+Start-up is kept short (``--help`` and ``status`` in a fraction of a second, measured by
+``bench/cli_startup.py``): modules here import only the standard library at the top,
+and each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dotenv import load_dotenv
+from worker.cli import backfill, console_password, dlq, events, pause, reconcile, send, status
+from worker.cli.common import CliError, Parser, printable
 
-from shared.config import ConfigError, get_settings
-from shared.logging import configure_logging
-from worker.cli import backfill, dlq, events, pause, reconcile, send, status
-from worker.cli.common import CliError
+if TYPE_CHECKING:
+    from shared.config import Settings
 
-COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send)
+COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send, console_password)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
+def build_parser() -> Parser:
+    parser = Parser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
@@ -31,20 +34,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # exits 2 on a usage error
-    # Variables from ./.env (written by `make run`) for those not already set.
-    load_dotenv(Path(".env"), override=False)
+    args = build_parser().parse_args(argv)  # one line and exit 2 on a usage error
+    from shared.config import ConfigError
+
     try:
-        settings = get_settings()
-        # Logs go to stderr so that stdout stays clean for tables and --json.
-        configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+        settings = None
+        if getattr(args, "needs_settings", True):
+            settings = _configure(logging=getattr(args, "configures_logging", True))
         return int(args.handler(args, settings) or 0)
     except ConfigError as exc:
         print(f"clerk-sync: configuration error: {exc}", file=sys.stderr)
         return 2
     except CliError as exc:
-        print(f"clerk-sync: {exc}", file=sys.stderr)
+        print(f"clerk-sync: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("clerk-sync: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure(*, logging: bool) -> Settings:
+    """Settings from the environment and ./.env, and logging on stderr (stdout is for tables and --json).
+
+    A command that logs nothing (``status``) skips the logging set-up: structlog's import alone
+    is a good part of the start-up time it is kept short for.
+    """
+    from pathlib import Path
+
+    from dotenv import load_dotenv
+
+    from shared.config import get_settings
+
+    # Variables from ./.env (written by `make run`) for those not already set.
+    load_dotenv(Path(".env"), override=False)
+    _embedded_server_urls()
+    settings = get_settings()
+    if logging:
+        from shared.logging import configure_logging
+
+        configure_logging(log_format=settings.log_format, level="WARNING", stream="ext://sys.stderr")
+    return settings
+
+
+def _embedded_server_urls() -> None:
+    """The URLs of the embedded servers `make run` started here, for DATABASE_URL/REDIS_URL not set.
+
+    `make run` writes them to ``.data/urls.json`` while it runs on embedded servers (and removes the
+    file when it does not), so that `clerk-sync status` in a second terminal of the checkout just works.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("CLERK_SYNC_DATA_DIR") or ".data") / "urls.json"
+    try:
+        urls = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if isinstance(urls, dict) and isinstance(urls.get(name), str) and not os.environ.get(name):
+            os.environ[name] = urls[name]

@@ -1,17 +1,32 @@
-"""What several commands share: the error type, a session, a publisher, a table printer."""
+"""What several commands share: the parser, the error type, a session, a publisher, safe printing.
+
+Nothing heavy is imported at module level: ``clerk-sync --help`` and ``clerk-sync status``
+must start in a fraction of a second, so SQLAlchemy, svix and the like are imported by
+the functions that need them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import argparse
+import getpass
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
-from shared.config import Settings
-from shared.db import session_factory
-from shared.publish import EventPublisher
+    from shared.config import Settings
+    from shared.publish import EventPublisher
+    from worker.ops.audit import Actor
+
+# Bidirectional overrides and isolates reorder what a terminal shows (a "Trojan Source" trick).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+_OPERATOR_NAME = re.compile(r"^[\w.@+-]{1,64}$")
 
 
 class CliError(Exception):
@@ -22,25 +37,132 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-@contextmanager
-def transaction(settings: Settings) -> Iterator[Session]:
-    """One committed transaction, with an unreachable database as a one-line error."""
-    try:
-        with session_factory(settings).begin() as session:
-            yield session
-    except OperationalError as exc:
-        raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
+class Parser(argparse.ArgumentParser):
+    """argparse with the house's error shape (one line on stderr, exit code 2), and lazy sub-commands.
+
+    ``populate`` (a keyword of ``add_parser``) adds a sub-command's arguments only when that
+    sub-command is parsed or its help is shown, for arguments whose definition needs a heavy
+    import (the resource table): ``clerk-sync --help`` and the other commands never pay for it.
+    """
+
+    def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populated()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._populated()
+        return super().format_usage()
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("clerk-sync").strip() or "usage"
+        print(f"clerk-sync: {command}: {printable(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
-def publisher(settings: Settings) -> EventPublisher:
-    """The publisher replays and resumes enqueue with (5 s timeouts: an operator waits)."""
-    return EventPublisher(settings, timeout=5.0)
+def printable(text: object) -> str:
+    """``text`` with every control character escaped, so data cannot drive the operator's terminal.
+
+    C0 and C1 controls (escape sequences start with ESC or CSI), DEL and bidirectional
+    overrides become ``\\x1b``-style escapes; newlines and tabs too, so one value stays one line.
+    """
+    value = str(text)
+    if value.isprintable() and not _BIDI_CONTROLS.intersection(value):
+        return value
+    return "".join(_escape(char) for char in value)
+
+
+def _escape(char: str) -> str:
+    if char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned table for people; scripts use --json."""
-    cells = [[("" if value is None else str(value)) for value in row] for row in rows]
+    """A plain aligned table for people; scripts use --json. Cells are made ``printable``."""
+    cells = [[("" if value is None else printable(value)) for value in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def database_error(exc: Exception) -> CliError:
+    """An unreachable or failing database as one line (the driver's first line, no parameters)."""
+    original = getattr(exc, "orig", None) or exc
+    first = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    return CliError(f"database unavailable: {printable(first)}")
+
+
+@contextmanager
+def transaction(settings: Settings) -> Iterator[Session]:
+    """One committed transaction, with an unreachable database as a one-line error."""
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import session_factory
+
+    try:
+        with session_factory(settings).begin() as session:
+            yield session
+    except OperationalError as exc:
+        raise database_error(exc) from None
+
+
+def publisher(settings: Settings) -> EventPublisher:
+    """The publisher replays and resumes enqueue with (5 s timeouts: an operator waits)."""
+    from shared.publish import EventPublisher
+
+    return EventPublisher(settings, timeout=5.0)
+
+
+def add_operator_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operator",
+        type=operator_name,
+        metavar="NAME",
+        help="who is acting, for the operator_actions audit table (default: the OS user)",
+    )
+
+
+def operator_name(text: str) -> str:
+    if not _OPERATOR_NAME.match(text):
+        raise argparse.ArgumentTypeError("an operator name is 1-64 letters, digits or . @ + - _")
+    return text
+
+
+def actor(args: argparse.Namespace) -> Actor:
+    """The audit's operator: ``--operator``, else the OS user running the command."""
+    from worker.ops.audit import Actor
+
+    name = getattr(args, "operator", None)
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):  # a uid without a passwd entry (some containers)
+            name = f"uid:{os.getuid()}"
+    return Actor(name=name, source="cli")
+
+
+def confirm(question: str, *, yes: bool, flag: str = "--yes") -> None:
+    """Ask on a terminal; elsewhere ``--yes`` must have been given. CliError when not confirmed."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{question.rstrip('?')}: not confirmed; add {flag} to do it without a terminal", exit_code=2)
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise CliError("not confirmed: nothing changed")

@@ -3,25 +3,35 @@
 A `dead` event waits for an operator: it was permanently invalid, or it used up its
 retry budget. ``replay`` gives it a fresh budget and enqueues it again through the
 normal path; ``discard`` deletes its row. Both act on the svix-ids named, or with
-``--all`` on every dead event matching the filters.
+``--all`` on every dead event matching the filters, after a question on a terminal
+(``--yes`` elsewhere). Both write to the ``operator_actions`` audit table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session
+from worker.cli.common import (
+    CliError,
+    actor,
+    add_operator_flag,
+    confirm,
+    print_table,
+    printable,
+    publisher,
+    transaction,
+)
+from worker.ops import inputs
 
-from shared.config import Settings
-from shared.publish import QueueUnavailable
-from worker.cli.common import CliError, print_table, publisher, transaction
-from worker.ops import dead_letters
-from worker.ops.dead_letters import DeadFilter, OperationError
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
-# Rows changed per transaction by --all: each batch is enqueued, then committed.
-BATCH = 100
+    from shared.config import Settings
+    from worker.ops.dead_letters import DeadFilter, Result
+
 ERROR_WIDTH = 60
 
 
@@ -30,12 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     commands = parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     list_parser = commands.add_parser("list", help="dead events, oldest first")
-    _add_filters(list_parser, limit_default=dead_letters.DEFAULT_LIST_LIMIT)
+    _add_filters(list_parser, limit_default=inputs.DEFAULT_LIST_LIMIT)
     list_parser.add_argument("--json", action="store_true", help="a JSON array, one object per event")
     list_parser.set_defaults(handler=run_list)
 
     show = commands.add_parser("show", help="one event: payload, every attempt's error, timestamps")
-    show.add_argument("svix_id", metavar="SVIX_ID")
+    show.add_argument("svix_id", metavar="SVIX_ID", type=svix_id)
     show.add_argument("--json", action="store_true", help="one JSON object")
     show.set_defaults(handler=run_show)
 
@@ -45,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     discard = commands.add_parser("discard", help="delete dead events that will never be applied")
     _add_selection(discard)
-    discard.add_argument("--yes", action="store_true", help="confirm --all without filters (every dead event)")
     discard.set_defaults(handler=run_discard)
 
 
@@ -53,44 +62,69 @@ def _add_filters(parser: argparse.ArgumentParser, *, limit_default: int | None) 
     parser.add_argument("--type", dest="event_type", metavar="TYPE", help="exact event type, e.g. user.created")
     parser.add_argument("--since", metavar="WHEN", help="received since: ISO date/datetime, or a duration like 2h, 3d")
     parser.add_argument("--error", metavar="TEXT", help="last error contains TEXT (case-insensitive)")
-    parser.add_argument("--entity", metavar="ID", help="about this user/org/membership id (memberships included)")
+    parser.add_argument(
+        "--entity", metavar="ID", type=entity_id, help="about this user/org/membership id (memberships included)"
+    )
     default = f"default {limit_default}" if limit_default else "default: no limit"
-    parser.add_argument("--limit", type=_positive_int, default=limit_default, help=f"at most N events ({default})")
+    parser.add_argument(
+        "--limit", type=limit, default=limit_default, help=f"at most N events, up to 100000 ({default})"
+    )
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("svix_ids", nargs="*", metavar="SVIX_ID", help="the dead events to act on")
+    parser.add_argument("svix_ids", nargs="*", metavar="SVIX_ID", type=svix_id, help="the dead events to act on")
     parser.add_argument("--all", action="store_true", help="every dead event matching the filters")
     _add_filters(parser, limit_default=None)
     parser.add_argument("--dry-run", action="store_true", help="print what would be done and do nothing")
+    parser.add_argument("--yes", action="store_true", help="do --all without asking (needed when not on a terminal)")
+    add_operator_flag(parser)
 
 
-def _positive_int(text: str) -> int:
+def limit(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"not a whole number: {printable(text)!r}") from None
+    try:
+        return inputs.check_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--limit ")) from None
+
+
+def entity_id(text: str) -> str:
+    try:
+        return inputs.check_entity_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(printable(exc)) from None
+
+
+def svix_id(text: str) -> str:
+    try:
+        return inputs.check_svix_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(printable(exc)) from None
 
 
 def filters_from(args: argparse.Namespace) -> DeadFilter:
+    from worker.ops.dead_letters import DeadFilter
+
     since = None
     if args.since is not None:
         try:
-            since = dead_letters.parse_since(args.since)
+            since = inputs.parse_since(args.since)
         except ValueError as exc:
-            raise CliError(str(exc), exit_code=2) from None
+            raise CliError(printable(exc), exit_code=2) from None
     return DeadFilter(event_type=args.event_type, since=since, error=args.error, entity=args.entity, limit=args.limit)
 
 
 def _one_line(text: str | None, width: int) -> str:
-    flat = " ".join((text or "").split())
+    flat = printable(" ".join((text or "").split()))
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.ops import dead_letters
+
     filters = filters_from(args)
     with transaction(settings) as session:
         rows = dead_letters.list_dead(session, filters)
@@ -120,45 +154,50 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.ops import dead_letters
+
     with transaction(settings) as session:
         row = dead_letters.get_event(session, args.svix_id)
         if row is None:
-            raise CliError(f"no event with svix_id {args.svix_id}")
+            raise CliError(f"no event with svix_id {printable(args.svix_id)}", exit_code=2)
         event = dead_letters.detail(row)
     if args.json:
         print(json.dumps(event, indent=2))
         return 0
     for field in ("svix_id", "status", "event_type", "entity_id", "attempts", "last_error", "svix_timestamp"):
-        print(f"{field + ':':<17} {'' if event[field] is None else event[field]}")
+        print(f"{field + ':':<17} {'' if event[field] is None else printable(event[field])}")
     for field in ("received_at", "processed_at", "next_attempt_at", "updated_at", "body_sha256"):
         print(f"{field + ':':<17} {event[field] or ''}")
     conflicts = event["conflicting_redeliveries"]
     if conflicts:
         print(f"conflicting redeliveries ({len(conflicts)}, another body under this svix-id, never applied):")
         for entry in conflicts:
-            print(f"  {entry.get('at', '')}  body sha256 {entry.get('body_sha256', '')}")
+            print(f"  {printable(entry.get('at', ''))}  body sha256 {printable(entry.get('body_sha256', ''))}")
     print(f"errors ({len(event['errors'])}):")
     for number, entry in enumerate(event["errors"], start=1):
         if not isinstance(entry, dict):
-            print(f"  {number}. {entry}")
+            print(f"  {number}. {printable(entry)}")
         elif "error" in entry:
-            print(f"  {number}. {entry.get('at', '')}  {entry['error']}")
+            print(f"  {number}. {printable(entry.get('at', ''))}  {printable(entry['error'])}")
         else:  # a note such as a replay, not an attempt
             notes = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "at")
-            print(f"  {number}. {entry.get('at', '')}  ({notes})")
+            print(f"  {number}. {printable(entry.get('at', ''))}  ({printable(notes)})")
     if event["payload"] is not None:
         print("payload:")
+        # json.dumps escapes every control character (\u001b), so the payload is safe as is.
         print(json.dumps(event["payload"], indent=2, sort_keys=True))
     elif event["raw_body"] is not None:
         print("raw body (not JSON):")
-        print(event["raw_body"])
+        print("\n".join(printable(line) for line in event["raw_body"].splitlines()))
     else:
         print("payload: (no longer stored)")
     return 0
 
 
-def _selected_ids(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[list[str], DeadFilter]:
-    """The svix-ids named, or with --all those of the dead events matching the filters."""
+def _selected(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[list[str], DeadFilter | None]:
+    """The svix-ids named, or with --all those of the dead events matching the filters (and the filter)."""
+    from worker.ops import dead_letters
+
     filters = filters_from(args)
     if args.all and args.svix_ids:
         raise CliError(f"dlq {verb}: give SVIX_IDs or --all, not both", exit_code=2)
@@ -167,85 +206,93 @@ def _selected_ids(args: argparse.Namespace, settings: Settings, verb: str) -> tu
             raise CliError(f"dlq {verb}: name SVIX_IDs, or use --all [filters]", exit_code=2)
         if filters.narrows or filters.limit is not None:
             raise CliError(f"dlq {verb}: filters only apply with --all", exit_code=2)
-        return list(dict.fromkeys(args.svix_ids)), filters
+        return list(dict.fromkeys(args.svix_ids)), None
     with transaction(settings) as session:
-        return [row.svix_id for row in dead_letters.list_dead(session, filters)], filters
+        return dead_letters.matching_ids(session, filters), filters
 
 
-def _in_batches(
-    settings: Settings,
-    svix_ids: Sequence[str],
-    action: Callable[..., dead_letters.Result],
-    *,
-    skip_not_dead: bool,
-    done: list[str],
-    skipped: list[str],
-) -> None:
-    """Run ``action`` batch by batch, each in a transaction of its own; ``done`` holds what committed."""
-    for start in range(0, len(svix_ids), BATCH):
-        with transaction(settings) as session:
-            result = action(session, svix_ids[start : start + BATCH], skip_not_dead=skip_not_dead)
-        done += result.done
-        skipped += result.skipped
+def _describe(filters: DeadFilter | None) -> str:
+    if filters is None or not filters.as_dict():
+        return "every dead event"
+    return "dead events matching " + " ".join(f"{key}={value}" for key, value in filters.as_dict().items())
+
+
+def _prepare(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[list[str], DeadFilter | None] | None:
+    """What to act on, after the dry run and the confirmation of --all; None when nothing is to be done."""
+    svix_ids, filters = _selected(args, settings, verb)
+    if not svix_ids:
+        print("no dead events match")
+        return None
+    if args.dry_run:
+        _print_ids(f"would {verb} {len(svix_ids)} dead event(s):", svix_ids)
+        return None
+    if args.all:
+        confirm(f"{verb} {len(svix_ids)} event(s), {printable(_describe(filters))}?", yes=args.yes)
+    return svix_ids, filters
+
+
+def _fail(exc: Exception) -> CliError:
+    from worker.ops.dead_letters import UnknownEvent
+
+    return CliError(printable(exc), exit_code=2 if isinstance(exc, UnknownEvent) else 1)
 
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    svix_ids, _ = _selected_ids(args, settings, "replay")
-    if not svix_ids:
-        print("no dead events match")
-        return 0
-    if args.dry_run:
-        _print_ids(f"would replay {len(svix_ids)} dead event(s):", svix_ids)
-        return 0
-    app = publisher(settings)
-    replayed: list[str] = []
-    skipped: list[str] = []
+    from shared.publish import QueueUnavailable
+    from worker.ops import dead_letters
 
-    def replay(session: Session, batch: Sequence[str], *, skip_not_dead: bool) -> dead_letters.Result:
-        return dead_letters.replay(session, app, batch, skip_not_dead=skip_not_dead)
+    prepared = _prepare(args, settings, "replay")
+    if prepared is None:
+        return 0
+    svix_ids, filters = prepared
+    app = publisher(settings)
+    who = actor(args)
+    progress = dead_letters.Result()
+
+    def replay(session: Session, batch: Sequence[str]) -> Result:
+        return dead_letters.replay(session, app, batch, actor=who, selection=filters, skip_not_dead=args.all)
 
     try:
-        _in_batches(settings, svix_ids, replay, skip_not_dead=args.all, done=replayed, skipped=skipped)
-    except OperationError as exc:
-        raise CliError(str(exc)) from None
+        dead_letters.in_batches(lambda: transaction(settings), svix_ids, replay, progress=progress)
+    except dead_letters.OperationError as exc:
+        raise _fail(exc) from None
     except QueueUnavailable as exc:
         raise CliError(
-            f"the queue is unavailable ({exc}); replayed {len(replayed)} of {len(svix_ids)}, the rest are still dead"
+            f"the queue is unavailable ({exc}); replayed {len(progress.done)} of {len(svix_ids)}, "
+            "the rest are still dead"
         ) from None
     finally:
         app.close()
-    for svix_id in skipped:
-        print(f"skipped {svix_id}: no longer dead")
-    _print_ids(f"replayed {len(replayed)} event(s):", replayed)
+    for skipped in progress.skipped:
+        print(f"skipped {printable(skipped)}: no longer dead")
+    _print_ids(f"replayed {len(progress.done)} event(s):", progress.done)
     return 0
 
 
 def run_discard(args: argparse.Namespace, settings: Settings) -> int:
-    svix_ids, filters = _selected_ids(args, settings, "discard")
-    if not svix_ids:
-        print("no dead events match")
+    from worker.ops import dead_letters
+
+    prepared = _prepare(args, settings, "discard")
+    if prepared is None:
         return 0
-    if args.dry_run:
-        _print_ids(f"would discard {len(svix_ids)} dead event(s):", svix_ids)
-        return 0
-    if args.all and not filters.narrows and not args.yes:
-        raise CliError(
-            f"dlq discard --all without filters would delete all {len(svix_ids)} dead events; add --yes to confirm",
-            exit_code=2,
-        )
-    discarded: list[str] = []
-    skipped: list[str] = []
+    svix_ids, filters = prepared
+    who = actor(args)
+    progress = dead_letters.Result()
+
+    def discard(session: Session, batch: Sequence[str]) -> Result:
+        return dead_letters.discard(session, batch, actor=who, selection=filters, skip_not_dead=args.all)
+
     try:
-        _in_batches(settings, svix_ids, dead_letters.discard, skip_not_dead=args.all, done=discarded, skipped=skipped)
-    except OperationError as exc:
-        raise CliError(str(exc)) from None
-    for svix_id in skipped:
-        print(f"skipped {svix_id}: no longer dead")
-    _print_ids(f"discarded {len(discarded)} event(s):", discarded)
+        dead_letters.in_batches(lambda: transaction(settings), svix_ids, discard, progress=progress)
+    except dead_letters.OperationError as exc:
+        raise _fail(exc) from None
+    for skipped in progress.skipped:
+        print(f"skipped {printable(skipped)}: no longer dead")
+    _print_ids(f"discarded {len(progress.done)} event(s):", progress.done)
     return 0
 
 
 def _print_ids(heading: str, svix_ids: Sequence[str]) -> None:
     print(heading)
     for svix_id in svix_ids:
-        print(f"  {svix_id}")
+        print(f"  {printable(svix_id)}")

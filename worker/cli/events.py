@@ -9,17 +9,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from typing import TYPE_CHECKING
 
-from shared.config import Settings
-from worker.cli.common import print_table, transaction
-from worker.ops import dead_letters, timeline
+from worker.cli.common import print_table, printable, transaction
+from worker.cli.dlq import entity_id
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 ERROR_WIDTH = 60
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("events", help="the timeline of events about one user, organization or membership")
-    parser.add_argument("--entity", required=True, metavar="ID", help="a Clerk id: user_..., org_... or orgmem_...")
+    parser.add_argument(
+        "--entity", required=True, metavar="ID", type=entity_id, help="a Clerk id: user_..., org_... or orgmem_..."
+    )
     parser.add_argument("--json", action="store_true", help="a JSON array, oldest first")
     parser.set_defaults(handler=run)
 
@@ -31,6 +36,8 @@ def _clerk_time(millis: int | None) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.ops import dead_letters, timeline
+
     with transaction(settings) as session:
         events = timeline.timeline(session, args.entity)
     if args.json:
@@ -51,7 +58,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
                 # Redeliveries of the svix-id with another body (never applied): see `dlq show`.
                 len(row.conflicts) or "",
-                " ".join((row.last_error or "").split())[:ERROR_WIDTH],
+                printable(" ".join((row.last_error or "").split()))[:ERROR_WIDTH],
             )
             for row, ms in events
         ],

@@ -3,29 +3,34 @@
 While paused the ingress keeps accepting and enqueueing; workers record each event
 as `pending` (payload kept) and apply nothing. ``resume`` clears the flag, then
 enqueues the held events in order of arrival. If Redis cannot take them, they stay
-`pending` and the sweeper enqueues them once it can.
+`pending` and the sweeper enqueues them once it can. Both write to ``operator_actions``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from shared.config import Settings
-from shared.publish import QueueUnavailable
-from worker.cli.common import CliError, publisher, transaction
-from worker.ops import control
+from worker.cli.common import CliError, actor, add_operator_flag, publisher, transaction
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pause = subparsers.add_parser("pause", help="hold applying events (the ingress keeps accepting them)")
+    add_operator_flag(pause)
     pause.set_defaults(handler=run_pause)
     resume = subparsers.add_parser("resume", help="apply events again, starting with those held while paused")
+    add_operator_flag(resume)
     resume.set_defaults(handler=run_resume)
 
 
 def run_pause(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.ops import control
+
     with transaction(settings) as session:
-        was_paused = control.pause(session)
+        was_paused = control.pause(session, actor=actor(args))
     if was_paused:
         print("already paused")
     else:
@@ -35,14 +40,17 @@ def run_pause(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_resume(args: argparse.Namespace, settings: Settings) -> int:
-    # The flag is committed first: a worker must see it cleared before a released
-    # message reaches it, or it would hold that event again.
-    with transaction(settings) as session:
-        was_paused = control.unpause(session)
+    from shared.publish import QueueUnavailable
+    from worker.ops import control
+
     app = publisher(settings)
     try:
-        with transaction(settings) as session:
-            released = control.release_held(session, app, stale_pending_seconds=settings.stale_pending_seconds)
+        resumed = control.resume(
+            lambda: transaction(settings),
+            app,
+            actor=actor(args),
+            stale_pending_seconds=settings.stale_pending_seconds,
+        )
     except QueueUnavailable as exc:
         raise CliError(
             f"resumed, but the queue is unavailable ({exc}): held events stay pending "
@@ -50,6 +58,6 @@ def run_resume(args: argparse.Namespace, settings: Settings) -> int:
         ) from None
     finally:
         app.close()
-    print("resumed" if was_paused else "was not paused")
-    print(f"released {released} held event(s) in order of arrival")
+    print("resumed" if resumed.was_paused else "was not paused")
+    print(f"released {resumed.released} held event(s) in order of arrival")
     return 0

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
-
-from shared.config import Settings
-from shared.db import session_factory
-from worker.clerk.api import ClerkApiError, client_from_settings
-from worker.clerk.reconcile import KINDS, Report, reconcile
 from worker.cli.backfill import add_api_flags, add_resource_flags, selected_resources
-from worker.cli.common import CliError, print_table
+from worker.cli.common import CliError, database_error, print_table
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from worker.clerk.reconcile import Report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser(
-        "reconcile", help="compare the tables with the Clerk Backend API; exit 1 when they drifted"
+    subparsers.add_parser(
+        "reconcile", help="compare the tables with the Clerk Backend API; exit 1 when they drifted", populate=_populate
     )
+
+
+def _populate(parser: argparse.ArgumentParser) -> None:
+    """The flags, added when this command is parsed (the resource table is not cheap to import)."""
     parser.add_argument("--fix", action="store_true", help="repair the drift found (exit code is still 1)")
     parser.add_argument(
         "--allow-mass-delete",
@@ -36,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from shared.db import session_factory
+    from worker.clerk.api import ClerkApiError, client_from_settings
+    from worker.clerk.reconcile import reconcile
+
     with client_from_settings(settings, attempts=args.retries + 1) as client:
         try:
             report = reconcile(
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except ClerkApiError as exc:
             raise CliError(f"reconcile failed: {exc}") from None
         except OperationalError as exc:
-            raise CliError(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}") from None
+            raise database_error(exc) from None
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -59,6 +68,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_report(report: Report) -> None:
+    from worker.clerk.reconcile import KINDS
+
     rows = []
     for drift in report.resources:
         for kind in KINDS:

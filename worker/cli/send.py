@@ -8,13 +8,13 @@ import json
 import uuid
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import requests
-from svix.webhooks import Webhook
-
-from shared.config import Settings
 from worker.cli.common import CliError
+
+if TYPE_CHECKING:
+    from shared.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000/webhooks/clerk"
 
@@ -50,6 +50,9 @@ def webhook_url(url: str) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import requests
+    from svix.webhooks import Webhook
+
     secret = settings.require_webhook_secrets()[0]
     body = load_event(args.event)
     try:

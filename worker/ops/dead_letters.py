@@ -10,27 +10,32 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import cast, delete, func, literal, select, update
+from sqlalchemy import ColumnElement, cast, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from shared.models import WebhookEvent
 from shared.publish import EventPublisher
+from worker.ops import audit
+from worker.ops.audit import Actor
 from worker.ops.timeline import touches_entity
 from worker.recovery import sweeper
 
-DEFAULT_LIST_LIMIT = 100
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Rows changed per transaction by a bulk replay or discard: each batch is enqueued, then committed.
+BATCH = 100
 
 
 class OperationError(Exception):
     """The operation cannot be done as asked; the message is one line for the operator."""
+
+
+class UnknownEvent(OperationError):
+    """A svix-id that names no event: the operator's input is wrong, not the ledger."""
 
 
 @dataclass(frozen=True)
@@ -48,37 +53,48 @@ class DeadFilter:
         """True when something other than the limit restricts the selection."""
         return any(v is not None for v in (self.event_type, self.since, self.error, self.entity))
 
-
-def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """``2h``, ``3d``, ``30m``, ``1w`` ago, or an ISO date/datetime (UTC unless it says)."""
-    match = _RELATIVE.match(text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{_UNITS[unit]: amount})
-    try:
-        moment = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"--since {text!r}: expected an ISO date or datetime (2024-05-01, 2024-05-01T12:00Z) or a duration (2h, 3d)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    def as_dict(self) -> dict[str, Any]:
+        """The filters that are set, JSON-ready (the audit row's ``filter``)."""
+        values = {
+            "type": self.event_type,
+            "since": _iso(self.since),
+            "error": self.error,
+            "entity": self.entity,
+            "limit": self.limit,
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
 
-def list_dead(session: Session, filters: DeadFilter) -> list[WebhookEvent]:
-    """Dead events matching ``filters``, oldest received first."""
-    query = select(WebhookEvent).where(WebhookEvent.status == "dead")
+def _matching(filters: DeadFilter) -> list[ColumnElement[bool]]:
+    conditions = [WebhookEvent.status == "dead"]
     if filters.event_type is not None:
-        query = query.where(WebhookEvent.event_type == filters.event_type)
+        conditions.append(WebhookEvent.event_type == filters.event_type)
     if filters.since is not None:
-        query = query.where(WebhookEvent.received_at >= filters.since)
+        conditions.append(WebhookEvent.received_at >= filters.since)
     if filters.error is not None:
-        query = query.where(WebhookEvent.last_error.icontains(filters.error, autoescape=True))
+        conditions.append(WebhookEvent.last_error.icontains(filters.error, autoescape=True))
     if filters.entity is not None:
-        query = query.where(touches_entity(filters.entity))
-    query = query.order_by(WebhookEvent.received_at, WebhookEvent.id)
+        conditions.append(touches_entity(filters.entity))
+    return conditions
+
+
+def list_dead(session: Session, filters: DeadFilter, *, offset: int = 0) -> list[WebhookEvent]:
+    """Dead events matching ``filters``, oldest received first; ``offset`` skips a page's worth."""
+    query = select(WebhookEvent).where(*_matching(filters)).order_by(WebhookEvent.received_at, WebhookEvent.id)
     if filters.limit is not None:
         query = query.limit(filters.limit)
-    return list(session.scalars(query))
+    return list(session.scalars(query.offset(offset) if offset else query))
+
+
+def matching_ids(session: Session, filters: DeadFilter) -> list[str]:
+    """The svix-ids of ``list_dead``, without loading the rows (a bulk action may name many)."""
+    query = select(WebhookEvent.svix_id).where(*_matching(filters)).order_by(WebhookEvent.received_at, WebhookEvent.id)
+    return list(session.scalars(query if filters.limit is None else query.limit(filters.limit)))
+
+
+def count_dead(session: Session, filters: DeadFilter) -> int:
+    """How many dead events match ``filters`` (the limit aside)."""
+    return int(session.scalar(select(func.count()).select_from(WebhookEvent).where(*_matching(filters))) or 0)
 
 
 def get_event(session: Session, svix_id: str) -> WebhookEvent | None:
@@ -130,28 +146,47 @@ def _check_dead(rows: list[WebhookEvent], svix_ids: Sequence[str], *, skip_not_d
     found = {row.svix_id for row in rows}
     missing = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in found]
     if missing and not skip_not_dead:
-        raise OperationError(f"no event with svix_id {missing[0]}")
+        raise UnknownEvent(f"no event with svix_id {missing[0]}")
     not_dead = [row for row in rows if row.status != "dead"]
     if not_dead and not skip_not_dead:
         raise OperationError(f"{not_dead[0].svix_id} is {not_dead[0].status}, not dead: nothing to do")
     return [row for row in rows if row.status == "dead"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Result:
     """Which of the named events an operation acted on, and which it skipped."""
 
-    done: list[str]
-    skipped: list[str]
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _audit(session: Session, actor: Actor, action: str, done: list[str], selection: DeadFilter | None) -> None:
+    if done:
+        audit.record(
+            session,
+            actor,
+            action=action,
+            svix_ids=done,
+            count=len(done),
+            selection=None if selection is None else selection.as_dict(),
+        )
 
 
 def replay(
-    session: Session, publisher: EventPublisher, svix_ids: Sequence[str], *, skip_not_dead: bool = False
+    session: Session,
+    publisher: EventPublisher,
+    svix_ids: Sequence[str],
+    *,
+    actor: Actor,
+    selection: DeadFilter | None = None,
+    skip_not_dead: bool = False,
 ) -> Result:
     """Give dead events a fresh retry budget and enqueue them again, in order of arrival.
 
     ``attempts`` restarts from 0 so that the event has the whole budget again; the
-    ``errors`` history is kept, with a note of the replay appended.
+    ``errors`` history is kept, with a note of the replay appended. ``selection`` is the
+    filter the ids came from (None when they were named), kept in the audit row.
     """
     rows = _lock_named(session, svix_ids)
     dead = _check_dead(rows, svix_ids, skip_not_dead=skip_not_dead)
@@ -179,10 +214,19 @@ def replay(
         # QueueUnavailable propagates: the caller rolls the batch back.
         publisher.publish(svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=bodies[row.svix_id] or "")
     skipped = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in bodies]
-    return Result(done=[row.svix_id for row in dead], skipped=skipped)
+    result = Result(done=[row.svix_id for row in dead], skipped=skipped)
+    _audit(session, actor, "replay", result.done, selection)
+    return result
 
 
-def discard(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool = False) -> Result:
+def discard(
+    session: Session,
+    svix_ids: Sequence[str],
+    *,
+    actor: Actor,
+    selection: DeadFilter | None = None,
+    skip_not_dead: bool = False,
+) -> Result:
     """Delete dead events' rows: the operator has decided they will never be applied.
 
     Only dead rows are deleted. The svix-id is forgotten with its row, so a later
@@ -193,4 +237,30 @@ def discard(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool = 
     if dead:
         session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
     done = {row.svix_id for row in dead}
-    return Result(done=[row.svix_id for row in dead], skipped=[s for s in dict.fromkeys(svix_ids) if s not in done])
+    result = Result(done=[row.svix_id for row in dead], skipped=[s for s in dict.fromkeys(svix_ids) if s not in done])
+    _audit(session, actor, "discard", result.done, selection)
+    return result
+
+
+Transaction = Callable[[], AbstractContextManager[Session]]
+
+
+def in_batches(
+    transaction: Transaction,
+    svix_ids: Sequence[str],
+    act: Callable[[Session, Sequence[str]], Result],
+    *,
+    progress: Result,
+) -> Result:
+    """Run ``act`` on ``BATCH`` ids at a time, each batch in a transaction of its own.
+
+    ``progress`` holds what has committed so far, also when a later batch raises, so that
+    the caller can say how far a bulk action got. ``transaction()`` yields a session whose
+    transaction commits when the block ends.
+    """
+    for start in range(0, len(svix_ids), BATCH):
+        with transaction() as session:
+            result = act(session, svix_ids[start : start + BATCH])
+        progress.done += result.done
+        progress.skipped += result.skipped
+    return progress

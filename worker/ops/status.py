@@ -1,18 +1,25 @@
-"""Is the sync keeping up: events per status, the oldest backlog, the queue's depth."""
+"""Is the sync keeping up: events per status, the oldest backlog, paused or not, the queue's depth.
+
+Plain SQL on a psycopg connection rather than the ORM: ``clerk-sync status`` must answer in
+a fraction of a second, and importing SQLAlchemy alone takes longer than that. The console
+passes the psycopg connection under its SQLAlchemy session (``raw_connection``).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import extract, func, select
-from sqlalchemy.orm import Session
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
-from shared.models import EVENT_STATUSES, WebhookEvent
 from shared.redis_client import redis_client
+from shared.statuses import EVENT_STATUSES
 
+if TYPE_CHECKING:
+    import psycopg
+
+# The row worker.pipeline.ledger.set_paused writes (a test checks the two agree).
+PAUSED_FLAG = "paused"
 # kombu's Redis transport keeps a queue's messages in one list per priority step
 # (the plain name for priority 0) and every delivered-but-unacked one in this hash.
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -21,22 +28,37 @@ _UNACKED_HASH = "unacked"
 _UNACKED_SCAN_LIMIT = 10_000
 
 
-def status_counts(session: Session) -> dict[str, int]:
+def connect(settings: Settings) -> psycopg.Connection[Any]:
+    """A short-lived connection for one command; OperationalError when Postgres is away."""
+    import psycopg
+
+    return psycopg.connect(settings.libpq_url, connect_timeout=5, application_name="clerk-sync-cli", autocommit=True)
+
+
+def raw_connection(session: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy session (the console's way in)."""
+    return session.connection().connection.driver_connection  # type: ignore[no-any-return]
+
+
+def status_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Rows per status, every status of the contract present (zeros included)."""
     counts = dict.fromkeys(EVENT_STATUSES, 0)
-    for status, count in session.execute(select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)):
+    for status, count in conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status"):
         counts[status] = int(count)
     return counts
 
 
-def oldest_unprocessed_age(session: Session) -> float | None:
+def oldest_unprocessed_age(conn: psycopg.Connection[Any]) -> float | None:
     """Seconds since the oldest `pending` or `failed` event arrived; None if there is none."""
-    age = session.scalar(
-        select(extract("epoch", func.now() - func.min(WebhookEvent.received_at))).where(
-            WebhookEvent.status.in_(("pending", "failed"))
-        )
-    )
-    return None if age is None else round(float(age), 3)
+    row = conn.execute(
+        "SELECT extract(epoch FROM now() - min(received_at)) FROM webhook_events WHERE status IN ('pending', 'failed')"
+    ).fetchone()
+    return None if row is None or row[0] is None else round(float(row[0]), 3)
+
+
+def is_paused(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT value FROM clerk_sync_control WHERE name = %s", (PAUSED_FLAG,)).fetchone()
+    return row is not None and row[0] == "true"
 
 
 @dataclass(frozen=True)
@@ -78,3 +100,15 @@ def _unacked_for(client: Any, queue: str) -> int:
             continue
         count += routing_key == queue
     return count
+
+
+def report(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
+    """Everything `status` and the console's overview report, as one JSON-ready dict."""
+    counts = status_counts(conn)
+    return {
+        "paused": is_paused(conn),
+        "counts": counts,
+        "dead": counts["dead"],
+        "oldest_unprocessed_age_seconds": oldest_unprocessed_age(conn),
+        "queue": asdict(queue_depth(settings)),
+    }

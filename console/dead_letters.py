@@ -1,0 +1,187 @@
+"""Dead letters: the filtered, paged list; an event's page; replay and discard of one or of all
+a filter matches, after a preview of how many and which.
+
+The filters are the CLI's (type, error, since, entity), read by the same functions, and the
+changes are the CLI's too (``worker.ops.dead_letters``, audited there). A bulk action acts on
+exactly the events its preview showed: the confirmation carries a digest of their svix-ids,
+and if the selection changed in between, the operator sees the new preview instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
+
+from console.auth import current_actor
+from console.state import state
+from shared.publish import QueueUnavailable
+from worker.ops import dead_letters, inputs, timeline
+from worker.ops.dead_letters import DeadFilter, OperationError, Result
+
+blueprint = Blueprint("dead_letters", __name__)
+PAGE_SIZE = 50
+MAX_PAGE = 10_000
+PREVIEW_SHOWN = 200
+ACTIONS = ("replay", "discard")
+FILTER_FIELDS = ("type", "error", "since", "entity")
+
+
+class BadFilter(ValueError):
+    """A filter field the CLI would refuse too; the message is shown above the list."""
+
+
+def read_filters(fields: MultiDict[str, str]) -> DeadFilter:
+    values = {name: (fields.get(name) or "").strip() or None for name in FILTER_FIELDS}
+    try:
+        since = inputs.parse_since(values["since"]) if values["since"] else None
+        entity = inputs.check_entity_id(values["entity"]) if values["entity"] else None
+    except ValueError as exc:
+        raise BadFilter(str(exc).removeprefix("--")) from None
+    return DeadFilter(event_type=values["type"], since=since, error=values["error"], entity=entity)
+
+
+def filter_args(fields: MultiDict[str, str]) -> dict[str, str]:
+    """The filter fields as given, for links and hidden inputs."""
+    return {name: fields[name] for name in FILTER_FIELDS if fields.get(name)}
+
+
+def digest(svix_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(svix_ids).encode()).hexdigest()
+
+
+def page_number() -> int:
+    raw = request.args.get("page", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        abort(400, f"page must be a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+@blueprint.get("/dead")
+def index() -> str | tuple[str, int]:
+    page = page_number()
+    try:
+        filters = read_filters(request.args)
+    except BadFilter as exc:
+        return render_template("dead_list.html", error=str(exc), rows=[], total=0, page=1, pages=1, args={}), 400
+    with state().reading() as session:
+        total = dead_letters.count_dead(session, filters)
+        paged = dataclasses.replace(filters, limit=PAGE_SIZE)
+        rows = dead_letters.list_dead(session, paged, offset=(page - 1) * PAGE_SIZE)
+    return render_template(
+        "dead_list.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        args=filter_args(request.args),
+        error=None,
+    )
+
+
+@blueprint.get("/events/<path:svix_id>")
+def event(svix_id: str) -> str:
+    with state().reading() as session:
+        row = dead_letters.get_event(session, svix_id)
+        if row is None:
+            abort(404, "no event with this svix-id")
+        history = timeline.timeline(session, row.entity_id) if row.entity_id else []
+    payload = None if row.payload is None else json.dumps(row.payload, indent=2, sort_keys=True, ensure_ascii=False)
+    return render_template("event.html", row=row, payload=payload, history=history)
+
+
+def _act(
+    action: str, svix_ids: Sequence[str], *, selection: DeadFilter | None, skip_not_dead: bool
+) -> tuple[Result, str | None]:
+    """Replay or discard in batches (each its own transaction); returns what was done and any failure."""
+    console = state()
+    actor = current_actor()
+    progress = Result()
+
+    def act(session: Session, batch: Sequence[str]) -> Result:
+        if action == "replay":
+            return dead_letters.replay(
+                session, console.publisher, batch, actor=actor, selection=selection, skip_not_dead=skip_not_dead
+            )
+        return dead_letters.discard(session, batch, actor=actor, selection=selection, skip_not_dead=skip_not_dead)
+
+    try:
+        dead_letters.in_batches(console.sessions.begin, svix_ids, act, progress=progress)
+    except OperationError as exc:
+        return progress, str(exc)
+    except QueueUnavailable:
+        return (
+            progress,
+            f"the queue is unavailable; {len(progress.done)} of {len(svix_ids)} replayed, the rest still dead",
+        )
+    return progress, None
+
+
+def _report(action: str, result: Result, failure: str | None) -> None:
+    verb = "replayed" if action == "replay" else "discarded"
+    if result.done or not failure:
+        flash(f"{verb} {len(result.done)} event(s)", "info")
+    if result.skipped:
+        flash(f"skipped {len(result.skipped)}: no longer dead", "info")
+    if failure:
+        flash(failure, "error")
+
+
+@blueprint.post("/events/<path:svix_id>/<action>")
+def act_on_one(svix_id: str, action: str) -> Response:
+    if action not in ACTIONS:
+        abort(404)
+    result, failure = _act(action, [svix_id], selection=None, skip_not_dead=False)
+    _report(action, result, failure)
+    if action == "discard" and result.done:
+        return redirect(url_for("dead_letters.index"))
+    return redirect(url_for("dead_letters.event", svix_id=svix_id))
+
+
+def _preview(action: str, fields: MultiDict[str, str], *, notice: str | None = None) -> str | tuple[str, int]:
+    try:
+        filters = read_filters(fields)
+    except BadFilter as exc:
+        return render_template("dead_list.html", error=str(exc), rows=[], total=0, page=1, pages=1, args={}), 400
+    with state().reading() as session:
+        svix_ids = dead_letters.matching_ids(session, filters)
+    return render_template(
+        "bulk_preview.html",
+        action=action,
+        svix_ids=svix_ids,
+        shown=svix_ids[:PREVIEW_SHOWN],
+        digest=digest(svix_ids),
+        args=filter_args(fields),
+        description=filters.as_dict(),
+        notice=notice,
+    )
+
+
+@blueprint.get("/dead/<action>-all")
+def preview(action: str) -> str | tuple[str, int]:
+    if action not in ACTIONS:
+        abort(404)
+    return _preview(action, request.args)
+
+
+@blueprint.post("/dead/<action>-all")
+def act_on_all(action: str) -> Response | str | tuple[str, int]:
+    if action not in ACTIONS:
+        abort(404)
+    try:
+        filters = read_filters(request.form)
+    except BadFilter:
+        return _preview(action, request.form)
+    with state().reading() as session:
+        svix_ids = dead_letters.matching_ids(session, filters)
+    if not svix_ids or digest(svix_ids) != request.form.get("digest"):
+        return _preview(action, request.form, notice="the dead events matching changed since the preview: review again")
+    result, failure = _act(action, svix_ids, selection=filters, skip_not_dead=True)
+    _report(action, result, failure)
+    return redirect(url_for("dead_letters.index", **filter_args(request.form)))  # type: ignore[arg-type]

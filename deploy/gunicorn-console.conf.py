@@ -1,0 +1,30 @@
+"""gunicorn settings for the `console` process (CONTRACT section 7).
+
+Settings are validated here, in the arbiter, before any worker forks: without
+CONSOLE_USERS or CONSOLE_SECRET_KEY, or with a malformed variable, the whole process
+stops with one line and exit code 3 (a worker that exited would only be restarted).
+"""
+
+import os
+
+from shared.config import ConfigError, exit_on_config_error, load_settings
+from shared.logging import logging_dict
+
+try:
+    _settings = load_settings()
+    _settings.require_console()
+except ConfigError as _exc:
+    exit_on_config_error(_exc)
+
+_host = f"[{_settings.console_bind}]" if ":" in _settings.console_bind else _settings.console_bind
+bind = f"{_host}:{_settings.console_port}"
+# A handful of operators: one process, a few threads (a login's scrypt check takes ~0.1 s of CPU).
+worker_class = "gthread"
+workers = int(os.environ.get("CONSOLE_CONCURRENCY", "1"))
+threads = 4
+timeout = 60
+graceful_timeout = 10
+accesslog = None
+logconfig_dict = logging_dict(log_format=_settings.log_format, level=_settings.log_level)
+# Behind a TLS proxy on this machine, X-Forwarded-Proto: https marks requests secure (and cookies Secure).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -1,0 +1,170 @@
+"""The console process without a browser: refusing to start, the login guard and throttle, cookies.
+
+Each test starts the real `console` process (deploy/console.sh: gunicorn) against the run's
+Postgres and Redis and talks HTTP to it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import requests
+
+from devkit.waiting import wait_for
+from shared.models import WebhookEvent
+from tests.support.cli import audit_rows
+from tests.support.console import OPERATOR, PASSWORD, console_env
+from tests.support.processes import free_port
+
+PAGES = ("/", "/dead", "/events/msg_x", "/entities?q=user_a", "/audit", "/dead/discard-all")
+CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard", "/dead/discard-all")
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def log_in(http: requests.Session, url: str, password: str, **headers: str) -> requests.Response:
+    token = csrf_token(http.get(f"{url}/login", timeout=10).text)
+    form = {"csrf_token": token, "username": OPERATOR, "password": password, "next": "/"}
+    return http.post(f"{url}/login", data=form, timeout=30, allow_redirects=False, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ({"CONSOLE_USERS": ""}, "CONSOLE_USERS is not set"),
+        ({"CONSOLE_SECRET_KEY": ""}, "CONSOLE_SECRET_KEY is not set"),
+        ({"CONSOLE_USERS": "ops:plaintext-password"}, "CONSOLE_USERS: the hash of 'ops'"),
+        ({"CONSOLE_PORT": "eighty"}, "CONSOLE_PORT: must be a whole number"),
+    ],
+)
+def test_the_console_refuses_to_start_half_configured(processes, missing, named):
+    # Given the console's variables with one missing or malformed
+    console = processes.start_console(wait=False, **{**console_env(), **missing})
+
+    # Then the whole process exits (the arbiter, not a worker it would restart), with one line
+    code = console.popen.wait(timeout=60)
+    assert code == 3
+    errors = [line for line in console.log().splitlines() if "configuration error" in line]
+    assert len(errors) == 1 and named in errors[0], console.log()
+    assert "plaintext-password" not in console.log()
+
+
+def test_no_page_is_served_and_nothing_changes_without_a_login(processes, session_factory):
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+
+    # When an anonymous visitor asks for any page, or posts any change (with a valid CSRF token)
+    for path in PAGES:
+        response = http.get(f"{console.url}{path}", timeout=10, allow_redirects=False)
+        assert response.status_code == 302 and "/login" in response.headers["Location"], path
+    token = csrf_token(http.get(f"{console.url}/login", timeout=10).text)
+    for path in CHANGES:
+        response = http.post(f"{console.url}{path}", data={"csrf_token": token}, timeout=10, allow_redirects=False)
+        assert response.status_code == 302 and "/login" in response.headers["Location"], path
+
+    # Then nothing was done
+    assert audit_rows(session_factory) == []
+
+    # And after a login, a "next" pointing to another site is ignored
+    for target in ("//evil.example/", "/\\evil.example/", "https://evil.example/"):
+        token = csrf_token(http.get(f"{console.url}/login", timeout=10).text)
+        form = {"csrf_token": token, "username": OPERATOR, "password": PASSWORD, "next": target}
+        response = http.post(f"{console.url}/login", data=form, timeout=30, allow_redirects=False)
+        assert response.status_code == 302 and response.headers["Location"] == "/", target
+
+
+def test_logins_are_throttled_after_repeated_failures(processes):
+    # Given a console allowing three failed logins per account and address
+    console = processes.start_console(**console_env(CONSOLE_LOGIN_LIMIT="3 per 15 minutes"))
+    http = requests.Session()
+
+    # When three wrong passwords are tried
+    for _ in range(3):
+        assert log_in(http, console.url, "wrong password").status_code == 401
+
+    # Then even the right password is refused until the window ends
+    refused = log_in(http, console.url, PASSWORD)
+    assert refused.status_code == 429
+    assert "too many failed logins" in refused.text
+
+
+def test_the_session_cookie_is_httponly_strict_and_secure_over_https(processes):
+    console = processes.start_console(**console_env())
+
+    # When logging in over plain http on the loopback
+    plain = log_in(requests.Session(), console.url, PASSWORD)
+    cookie = plain.headers["Set-Cookie"]
+
+    # Then the cookie is HttpOnly and SameSite=Strict, and not Secure (it would never come back)
+    assert plain.status_code == 302
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+
+    # When a TLS proxy on this machine forwards the login as https (the browser sends its https Referer)
+    https = {"X-Forwarded-Proto": "https", "Referer": f"{console.url.replace('http:', 'https:')}/login"}
+    proxied = log_in(requests.Session(), console.url, PASSWORD, **https)
+
+    # Then the cookie is Secure too
+    assert proxied.status_code == 302
+    assert "Secure" in proxied.headers["Set-Cookie"]
+
+    # And every page forbids scripts, framing and caching
+    page = requests.get(f"{console.url}/login", timeout=10)
+    assert "script-src" not in page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Cache-Control"] == "no-store"
+
+
+def test_the_console_listens_on_the_loopback_by_default(processes, base_env):
+    # Given the console started with CONSOLE_BIND unset (the contract's default 127.0.0.1)
+    port = free_port()
+    env = {key: value for key, value in {**base_env, **console_env()}.items() if key != "CONSOLE_BIND"}
+    proc = subprocess.Popen(
+        ["sh", "deploy/console.sh"], env={**env, "CONSOLE_PORT": str(port), "PATH": processes.env_path()},
+        cwd=processes.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Then it answers on 127.0.0.1 and says so
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/login"), timeout=30, what="the console")
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0].decode()
+    assert f"Listening at: http://127.0.0.1:{port}" in output
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_dead_letters_are_paged_and_a_bad_page_or_filter_is_refused(processes, session_factory):
+    # Given 60 dead events and a logged-in operator
+    with session_factory.begin() as session:
+        for n in range(60):
+            session.add(WebhookEvent(svix_id=f"msg_page_{n:02d}", status="dead", event_type="user.created"))
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    # When the list is read page by page
+    first = http.get(f"{console.url}/dead", timeout=10).text
+    second = http.get(f"{console.url}/dead?page=2", timeout=10).text
+
+    # Then 50 are on the first page, the other 10 on the second, none twice
+    first_ids = set(re.findall(r">(msg_page_\d+)</a>", first))
+    second_ids = set(re.findall(r">(msg_page_\d+)</a>", second))
+    assert (len(first_ids), len(second_ids)) == (50, 10)
+    assert not first_ids & second_ids
+    assert "60 dead event(s)" in first and "page 1 of 2" in first
+
+    # And a page or a filter the CLI would refuse is refused with 400, in a sentence
+    for query in ("page=0", "page=abc", "since=2999-01-01", "entity=not%20an%20id"):
+        response = http.get(f"{console.url}/dead?{query}", timeout=10)
+        assert response.status_code == 400, query
