@@ -94,8 +94,8 @@ def test_scrape_points_count_what_happened(processes, session_factory, tmp_path)
     # ...and none of the worker's metrics: the ingress never queries Postgres
     assert not [name for name, _ in ingress if name.startswith(("clerk_sync_events", "clerk_sync_dead"))]
 
-    # And the worker counts each delivery once, by type and status, as the ledger says
-    worker = wait_for(lambda: _scrape_when_up(worker_url), timeout=60, what=f"worker metrics on {worker_url}")
+    # And the worker counts each delivery once, by type and status, as the ledger says (a batch counts
+    # its events just after its commit, so the last batch's may reach the scrape a moment after its rows)
     with session_factory() as session:
         ledger = Counter(
             (metrics.event_type_label(event_type), status)
@@ -104,14 +104,21 @@ def test_scrape_points_count_what_happened(processes, session_factory, tmp_path)
     assert ledger == Counter(
         {("user.created", "processed"): good, ("session.created", "ignored"): 1, ("unknown", "dead"): 1}
     )
-    counted = Counter(
-        {
-            (dict(labels)["event_type"], dict(labels)["status"]): int(v)
-            for (name, labels), v in worker.items()
-            if name == "clerk_sync_events_total" and v
-        }
-    )
-    assert counted == ledger
+
+    def counted_by_worker() -> tuple[Counter, Samples] | None:
+        samples = _scrape_when_up(worker_url)
+        if samples is None:
+            return None
+        counted = Counter(
+            {
+                (dict(labels)["event_type"], dict(labels)["status"]): int(v)
+                for (name, labels), v in samples.items()
+                if name == "clerk_sync_events_total" and v
+            }
+        )
+        return (counted, samples) if counted == ledger else None
+
+    _, worker = wait_for(counted_by_worker, timeout=60, what=f"worker metrics on {worker_url} matching the ledger")
     assert total(worker, "clerk_sync_event_processing_seconds_count") == accepted
     assert value(worker, "clerk_sync_event_lag_seconds_count") == good
     assert total(worker, "clerk_sync_event_retries_total") == 0
