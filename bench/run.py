@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,8 +38,9 @@ sys.path[:0] = [str(ROOT)]
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from bench import cli_startup, ingress  # noqa: E402
+from bench import capacity, cli_startup, ingress  # noqa: E402
 from bench.events import SECRET, Event, generate, sign  # noqa: E402
+from bench.load import send_steady  # noqa: E402
 from bench.procs import RssSampler, Started, snapshot, spawn  # noqa: E402
 from devkit.services import REDIS_BASE_URL, bin_path, redis_db_index, temporary_database  # noqa: E402
 from shared.config import load_settings  # noqa: E402
@@ -323,46 +322,6 @@ def bench_worker(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- lag
 
 
-def send_steady(url: str, signed: list[tuple[Event, dict[str, str]]], rate: float, senders: int) -> list[tuple]:
-    """Open-loop load: request i is due at start + i/rate; returns (send wall time, latency s, status) per i."""
-    host, port = url.removeprefix("http://").split(":")
-    results: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * len(signed)
-    start = time.monotonic() + 0.5
-
-    def sender(k: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        for i in range(k, len(signed), senders):
-            event, headers = signed[i]
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            sent = time.time()
-            begun = time.perf_counter()
-            try:
-                conn.request(
-                    "POST",
-                    "/webhooks/clerk",
-                    body=event.body.encode(),
-                    headers={**headers, "Content-Type": "application/json"},
-                )
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
-                status = 0
-            results[i] = (sent, time.perf_counter() - begun, status)
-        conn.close()
-
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 def bench_lag(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
     h.reset()
     web, url = ingress.start_web(h)
@@ -499,6 +458,8 @@ def print_table(report: dict[str, Any]) -> None:
         ]
     if cli := report.get("cli"):
         rows += cli_startup.table_rows(cli)
+    if not rows:
+        return
     width = max(len(r[0]) for r in rows) + 2
     print()
     print(f"{'figure':<{width}}{'median (min-max)':<34}target")
@@ -524,18 +485,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lag-rate", type=float, default=200.0, help="events/s for the lag test (default 200)")
     parser.add_argument("--lag-seconds", type=float, help="lag test duration (default 60; --quick 15)")
     parser.add_argument(
-        "--only", choices=("ingress", "worker", "lag", "cli"), action="append", help="run only these parts"
+        "--only",
+        choices=("ingress", "worker", "lag", "cli", "capacity"),
+        action="append",
+        help="run only these parts",
     )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
     ingress.add_arguments(parser)
+    capacity.add_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
     ingress.defaults(args)
     args.backlog = args.backlog or (4000 if quick else 20000)
     args.lag_seconds = args.lag_seconds or (15.0 if quick else 60.0)
-    args.only = args.only or ["ingress", "worker", "lag", "cli"]
+    args.only = args.only or ["ingress", "worker", "lag", "cli", "capacity"]
     return args
 
 
@@ -578,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             report["lag"] = bench_lag(h, args)
         if "cli" in args.only:
             report["cli"] = cli_startup.bench(h.env, rounds=5 if args.quick else 15)
+        if "capacity" in args.only:
+            report["capacity"] = capacity.bench_capacity(h, args)
         report["machine"]["loadavg_end"] = os.getloadavg()
     report["elapsed_seconds"] = round(time.monotonic() - began, 1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -586,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out_dir / f"results-{stamp}.json").write_text(text)
     (args.out_dir / "latest.json").write_text(text)
     print_table(report)
+    if "capacity" in report:
+        capacity.print_capacity(report["capacity"])
     print(f"\nwritten: {args.out_dir / f'results-{stamp}.json'} and {args.out_dir / 'latest.json'}")
     return 0
 

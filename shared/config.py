@@ -22,6 +22,8 @@ from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
+
 # A webhook signing key shorter than this is a truncated secret, not a Svix one.
 MIN_SECRET_BYTES = 16
 # The console's session key signs cookies: a short one could be guessed.
@@ -209,10 +211,9 @@ VARIABLES: tuple[Variable, ...] = (
              "First retry delay; each later one doubles (with jitter)."),
     Variable("STALE_PENDING_SECONDS", "stale_pending_seconds", "60", partial(_int, minimum=1),
              "A pending event untouched this long is presumed lost and enqueued again."),
-    Variable("LOST_MESSAGE_SECONDS", "lost_message_seconds", "120", partial(_int, minimum=1),
-             "A queued message with no ledger row after this long is presumed lost in Redis."),
-    Variable("SWEEP_INTERVAL_SECONDS", "sweep_interval_seconds", "15", partial(_float, minimum=0.1),
-             "How often beat sweeps for due retries and lost messages."),
+    Variable("RECOVERY_SECONDS", "recovery_seconds", "120", partial(_float, minimum=MINIMUM_BOUND_SECONDS),
+             "An event held by a worker that dies is applied by another within this; every recovery "
+             "timing derives from it (docs/guarantees.md)."),
     Variable("PAYLOAD_RETENTION_DAYS", "payload_retention_days", "30", partial(_int, minimum=0),
              "Payloads of processed and ignored events are dropped after this many days."),
     Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0", partial(_int, minimum=0),
@@ -220,10 +221,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
     Variable("METRICS_PORT", "metrics_port", "9808", partial(_int, minimum=0),
              "The worker's Prometheus port; 0 disables it."),
+    Variable("METRICS_BIND", "metrics_bind", "0.0.0.0", _address,  # noqa: S104 - Prometheus scrapes from elsewhere
+             "Address the worker's Prometheus endpoint listens on (127.0.0.1: this host only)."),
     Variable("DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout_seconds", "10", partial(_float, minimum=0.001),
              "A worker statement waiting longer for a lock fails the attempt (retried)."),
-    Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", "30", partial(_float, minimum=0.001),
-             "A worker statement running longer fails the attempt (retried)."),
+    Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", None, partial(_float, minimum=0.001),
+             "A worker statement running longer fails the attempt (retried); default and ceiling: what "
+             "the task's soft time limit leaves after the database wait (15 with RECOVERY_SECONDS=120)."),
     Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console."),
     Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _address,
              "Address the console listens on; put it behind a TLS proxy before widening it."),
@@ -257,12 +261,12 @@ class Settings:
     max_attempts: int
     retry_base_seconds: float
     stale_pending_seconds: int
-    lost_message_seconds: int
-    sweep_interval_seconds: float
+    recovery_seconds: float
     payload_retention_days: int
     reconcile_interval_seconds: int
     queue_name: str
     metrics_port: int
+    metrics_bind: str
     db_lock_timeout_seconds: float
     db_statement_timeout_seconds: float
     console_port: int
@@ -270,6 +274,11 @@ class Settings:
     console_users: tuple[tuple[str, str], ...]
     console_secret_key: str | None
     console_login_limit: str
+
+    @property
+    def timings(self) -> RecoveryTimings:
+        """Every recovery timing, derived from RECOVERY_SECONDS (``shared.timings``)."""
+        return recovery_timings(self.recovery_seconds)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -306,6 +315,13 @@ _EMPTY: dict[str, Any] = {
     "clerk_instance_id": None,
     "console_users": (),
     "console_secret_key": None,
+    "db_statement_timeout_seconds": None,  # derived from RECOVERY_SECONDS in load_settings
+}
+
+# Variables that are no longer read, and what replaced them: setting one is a mistake to report.
+RETIRED = {
+    "LOST_MESSAGE_SECONDS": "RECOVERY_SECONDS",
+    "SWEEP_INTERVAL_SECONDS": "RECOVERY_SECONDS",
 }
 
 
@@ -320,6 +336,9 @@ def normalize_database_url(url: str) -> str:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build and validate Settings from an environment mapping (an empty value counts as unset)."""
     env = os.environ if environ is None else environ
+    for name, replacement in RETIRED.items():
+        if env.get(name):
+            raise ConfigError(f"{name} is no longer read: recovery timings derive from {replacement}")
     values: dict[str, Any] = {}
     for variable in VARIABLES:
         raw = env.get(variable.env) or None
@@ -328,7 +347,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if raw is None:
             raw = variable.default
         values[variable.field] = _EMPTY[variable.field] if raw is None else variable.parse(variable.env, raw)
+    values["db_statement_timeout_seconds"] = _statement_timeout(
+        values["db_statement_timeout_seconds"], recovery_timings(values["recovery_seconds"])
+    )
     return Settings(**values)
+
+
+def _statement_timeout(configured: float | None, timings: RecoveryTimings) -> float:
+    """A statement must end (in Postgres's own error) before the task's soft time limit."""
+    ceiling = timings.statement_timeout_limit
+    if configured is None:
+        return ceiling
+    if configured > ceiling:
+        raise ConfigError(
+            f"DB_STATEMENT_TIMEOUT_SECONDS: must be at most {ceiling:g} with RECOVERY_SECONDS={timings.bound:g}"
+            f" (the task's soft time limit less the database wait), got {configured:g}"
+        )
+    return configured
 
 
 @lru_cache(maxsize=1)
@@ -348,6 +383,8 @@ def reference() -> str:
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for variable in VARIABLES:
         default = "unset" if variable.default is None else f"`{variable.default}`"
+        if variable.field == "db_statement_timeout_seconds":
+            default = "from `RECOVERY_SECONDS`"
         lines.append(f"| `{variable.env}` | {default} | {variable.doc} |")
     return "\n".join(lines)
 

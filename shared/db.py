@@ -19,7 +19,8 @@ def make_engine(settings: Settings, **overrides: object) -> Engine:
         "pool_size": 5,
         "max_overflow": 5,
         "connect_args": {
-            "connect_timeout": 5,
+            # An unreachable Postgres fails a probe within this (shared.timings bounds the wait on it).
+            "connect_timeout": settings.timings.database_connect_timeout,
             "application_name": "clerk-sync",
             # A blocked lock or a runaway statement fails the attempt (transient) instead of hanging it.
             "options": (

@@ -8,32 +8,40 @@ Who does what:
 
 - **The publisher writes** (``shared.publish``): every message it LPUSHes goes with a
   receipt, in the same MULTI/EXEC: ``HSET receipts svix_id [svix_timestamp, body]`` and
-  ``ZADD receipts-index now svix_id``. Whatever enqueues an event (the ingress, the
-  sweeper, a replay, a requeue) goes through the publisher, so every queued message has one.
-- **The worker forgets** (``forget``): once the batch holding an event has committed, its
+  ``ZADD NX receipts-index now svix_id``. Whatever enqueues an event (the ingress, the
+  sweeper, a replay, a batch handing its events back) goes through the publisher, so every
+  queued message has one. A second delivery of a svix-id keeps the first one's time (NX):
+  the time of a receipt is that of the oldest message it may stand for.
+- **The worker forgets** (``forget_on``): once the batch holding an event has committed, its
   `webhook_events` row exists and the receipt is dropped. Forgetting is best effort: a
   receipt left behind is forgotten by the next recovery pass.
 - **Recovery re-enqueues** (``recover_lost``, run by beat's sweep): a receipt older than
   ``older_than_seconds`` whose svix-id has a `webhook_events` row is forgotten; one
-  without a row is enqueued again (with a fresh receipt time) unless its message may
-  still be waiting in the queue.
+  without a row is enqueued again, and its time set to now (``touch_on``), unless its
+  message may still be waiting in the queue. Whoever enqueues an event again touches it.
 
 Invariants:
 
 1. A 2xx from the ingress implies the message and its receipt are both in Redis.
 2. A receipt is only removed after Postgres holds the event's row (worker) or was seen
    to hold it (recovery).
-3. The queue is first in, first out and every message has a receipt written with it, so
-   the newest receipts, as many as there are queued messages, may belong to messages still
-   waiting: recovery leaves them alone. Every older receipt without a row belongs to a
-   message a worker took and lost (or still holds: re-enqueueing it is a harmless duplicate).
-4. Recovery never waits on anything but time: a receipt is re-enqueued at most
-   ``older_than_seconds`` plus one sweep interval after it was written or last re-enqueued.
+3. The queue is first in, first out: BRPOP takes from the head, the publisher pushes at the
+   tail. So every receipt older than the receipt of the message at the head of the queue
+   belongs to a message that has left the queue: a worker holds it (or held it and died, or
+   lost it between BRPOP and kombu's unacked hash). Recovery leaves every newer receipt alone,
+   so a backlog longer than ``older_than_seconds`` (a bulk import) is not enqueued twice, and it
+   defers nothing taken: a taken message is behind the head the moment it is taken. (A message
+   kombu puts back at the head after a worker died is older than the rest: while it waits
+   there, recovery waits with it, for as long as the head takes to be consumed.)
+4. Recovery never waits on anything but time and the head of the queue: a receipt whose
+   message was taken is re-enqueued at most ``older_than_seconds`` plus one sweep interval
+   after it was written or last re-enqueued (``shared.timings`` bounds both).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,18 +64,29 @@ def add(pipe: Any, queue_name: str, *, svix_id: str, svix_timestamp: int | None,
     """Queue the receipt's writes on ``pipe`` (the publisher's MULTI, beside the LPUSH)."""
     receipts, index = receipt_keys(queue_name)
     pipe.hset(receipts, svix_id, json.dumps([svix_timestamp, body]))
-    pipe.zadd(index, {svix_id: time.time()})
+    pipe.zadd(index, {svix_id: time.time()}, nx=True)
+
+
+def forget_on(pipe: Any, queue_name: str, svix_ids: list[str]) -> None:
+    """Queue on ``pipe`` the removal of the receipts of events Postgres now knows about."""
+    if svix_ids:
+        receipts, index = receipt_keys(queue_name)
+        pipe.hdel(receipts, *svix_ids)
+        pipe.zrem(index, *svix_ids)
 
 
 def forget(client: Any, queue_name: str, svix_ids: Iterable[str]) -> None:
     """Drop the receipts of events Postgres now knows about."""
-    svix_ids = list(svix_ids)
+    pipe = client.pipeline(transaction=False)
+    forget_on(pipe, queue_name, list(svix_ids))
+    pipe.execute()
+
+
+def touch_on(pipe: Any, queue_name: str, svix_ids: list[str]) -> None:
+    """Queue on ``pipe``: these events were just enqueued again, their receipts are new (XX)."""
     if svix_ids:
-        receipts, index = receipt_keys(queue_name)
-        pipe = client.pipeline(transaction=False)
-        pipe.hdel(receipts, *svix_ids)
-        pipe.zrem(index, *svix_ids)
-        pipe.execute()
+        _, index = receipt_keys(queue_name)
+        pipe.zadd(index, dict.fromkeys(svix_ids, time.time()), xx=True)
 
 
 Republish = Callable[[str, int | None, str], None]
@@ -78,31 +97,56 @@ def recover_lost(
 ) -> int:
     """Re-enqueue accepted events whose message vanished before any worker recorded them.
 
-    ``republish(svix_id, svix_timestamp, body)`` enqueues one event again (and writes its
-    receipt afresh). Returns how many were re-enqueued. See invariant 3 for which
-    receipts are left alone.
+    ``republish(svix_id, svix_timestamp, body)`` enqueues one event again. Returns how many
+    were re-enqueued. See invariant 3 for which receipts are left alone.
     """
     receipts, index = receipt_keys(queue_name)
-    cutoff = time.time() - older_than_seconds
-    with client.pipeline(transaction=True) as snapshot:
-        snapshot.zrangebyscore(index, "-inf", cutoff, start=0, num=RECOVERY_BATCH)
-        snapshot.zcard(index)
-        snapshot.llen(queue_name)
-        oldest, receipt_count, queued = snapshot.execute()
-    svix_ids = [raw.decode() for raw in oldest]  # the oldest receipts, by age rank from 0
+    cutoff = min(time.time() - older_than_seconds, _head_receipt_time(client, queue_name))
+    oldest = client.zrangebyscore(index, "-inf", f"({cutoff}", start=0, num=RECOVERY_BATCH)
+    svix_ids = [raw.decode() for raw in oldest]
     if not svix_ids:
         return 0
     known = set(session.scalars(select(WebhookEvent.svix_id).where(WebhookEvent.svix_id.in_(svix_ids))))
     forget(client, queue_name, sorted(known))
-    # Only receipts older than every queued message belong to messages a worker has taken.
-    taken = max(receipt_count - queued, 0)
-    lost = [svix_id for svix_id in svix_ids[:taken] if svix_id not in known]
-    requeued = 0
+    lost = [svix_id for svix_id in svix_ids if svix_id not in known]
+    requeued = []
     for svix_id, raw in zip(lost, client.hmget(receipts, lost) if lost else [], strict=True):
         if raw is None:  # forgotten meanwhile by a worker
             client.zrem(index, svix_id)
             continue
         svix_timestamp, body = json.loads(raw)
         republish(svix_id, svix_timestamp, body)
-        requeued += 1
-    return requeued
+        requeued.append(svix_id)
+    pipe = client.pipeline(transaction=False)
+    touch_on(pipe, queue_name, requeued)
+    pipe.execute()
+    return len(requeued)
+
+
+# How far from the head of the queue to look for a message that still has a receipt.
+_HEAD_SCAN = 16
+
+
+def _head_receipt_time(client: Any, queue_name: str) -> float:
+    """The receipt time of the first message at the head of the queue that has one (inf: none).
+
+    Messages without a receipt (the second copy of an event already applied) are skipped; if
+    the first ``_HEAD_SCAN`` all lack one, nothing is presumed lost this time (-inf).
+    """
+    _, index = receipt_keys(queue_name)
+    head = client.lrange(queue_name, -_HEAD_SCAN, -1)[::-1]  # BRPOP takes from the right
+    if not head:
+        return math.inf
+    ids = [_svix_id_of(entry) for entry in head]
+    for score in client.zmscore(index, ids):
+        if score is not None:
+            return float(score)
+    return -math.inf
+
+
+def _svix_id_of(entry: bytes) -> str:
+    """The svix-id of a queue entry: the Celery task id (see ``shared.publish``)."""
+    try:
+        return str(json.loads(entry)["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""

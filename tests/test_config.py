@@ -129,7 +129,7 @@ def test_postgres_scheme_variants_are_accepted():
         "RETRY_MAX_ATTEMPTS",
         "RETRY_BASE_SECONDS",
         "STALE_PENDING_SECONDS",
-        "SWEEP_INTERVAL_SECONDS",
+        "RECOVERY_SECONDS",
         "PAYLOAD_RETENTION_DAYS",
         "RECONCILE_INTERVAL_SECONDS",
         "METRICS_PORT",
@@ -147,6 +147,37 @@ def test_non_numbers_are_refused(name):
 @pytest.mark.parametrize(("name", "value"), [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"), ("LOG_LEVEL", "info\nx")])
 def test_bad_log_settings_are_refused(name, value):
     assert name in config_error(good_env(**{name: value}))
+
+
+@pytest.mark.parametrize("value", ["not an address", "host_name", "a/b"])
+def test_a_bad_metrics_bind_address_is_refused(value):
+    assert "METRICS_BIND" in config_error(good_env(METRICS_BIND=value))
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "0.0.0.0", "::", "metrics.internal"])
+def test_metrics_bind_takes_an_address_or_a_host_name(value):
+    assert load_settings(good_env(METRICS_BIND=value)).metrics_bind == value
+
+
+def test_a_recovery_bound_too_short_to_hold_is_refused():
+    assert "RECOVERY_SECONDS" in config_error(good_env(RECOVERY_SECONDS="10"))
+
+
+@pytest.mark.parametrize("name", ["LOST_MESSAGE_SECONDS", "SWEEP_INTERVAL_SECONDS"])
+def test_retired_recovery_variables_are_refused_with_their_replacement(name):
+    message = config_error(good_env(**{name: "30"}))
+    assert name in message and "RECOVERY_SECONDS" in message
+
+
+def test_the_statement_timeout_defaults_to_what_the_soft_time_limit_leaves():
+    assert load_settings(good_env()).db_statement_timeout_seconds == 15
+    assert load_settings(good_env(RECOVERY_SECONDS="240")).db_statement_timeout_seconds == 30
+    assert load_settings(good_env(DB_STATEMENT_TIMEOUT_SECONDS="5")).db_statement_timeout_seconds == 5
+
+
+def test_a_statement_timeout_longer_than_the_soft_time_limit_allows_is_refused():
+    message = config_error(good_env(DB_STATEMENT_TIMEOUT_SECONDS="30"))
+    assert "DB_STATEMENT_TIMEOUT_SECONDS" in message and "RECOVERY_SECONDS=120" in message
 
 
 def test_bad_clerk_secret_key_is_refused():

@@ -2,7 +2,7 @@
 
 A few hundred events over many users, organizations and memberships are posted
 shuffled, duplicated and concurrently, with old events replayed at the end; once the
-queue is drained the tables must equal the reference model of tests/support/history.py,
+queue is drained the tables must equal the reference model of devkit/history.py,
 and what the application wrote in the meantime (``plan``) must still be there.
 """
 
@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, text
 
+from devkit.history import Event, random_history, reference_tables, snapshot
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
-from tests.support.history import Event, random_history, reference_tables, snapshot
 from tests.support.signing import load_payload, post_event
 
 pytestmark = pytest.mark.e2e

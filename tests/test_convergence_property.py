@@ -1,6 +1,6 @@
 """Property: any delivery order, with duplicates, converges to the reference model.
 
-Histories are generated in Clerk's order (tests/support/history.py), delivered through
+Histories are generated in Clerk's order (devkit/history.py), delivered through
 ``deliver_one`` (a batch of one) in a random permutation with repeated svix-ids, and the synced
 tables compared with applying each distinct event once in Clerk's order; once one
 event per transaction, once in batches of random size as the worker applies them.
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from devkit.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
 from shared.models import WebhookEvent
-from tests.support.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
 from tests.support.pipeline import deliver_one
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery

@@ -16,8 +16,8 @@ from hypothesis import event as label
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from devkit.history import Event, reference_tables, snapshot, truncate_synced_tables
 from shared.models import WebhookEvent
-from tests.support.history import Event, reference_tables, snapshot, truncate_synced_tables
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
 from worker.pipeline.ledger import Delivery

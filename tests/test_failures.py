@@ -116,13 +116,26 @@ def test_classify_sorts_real_connection_and_lock_errors(settings, database_url):
 # -- Postgres unreachable while events flow ----------------------------------------------
 
 
+def _log_events(proc, event: str) -> list[dict]:
+    """The JSON log lines of ``proc`` whose event is ``event``."""
+    found = []
+    for line in proc.log().splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            record = json.loads(line)
+            if record.get("event") == event:
+                found.append(record)
+    return found
+
+
 def test_postgres_outage_drains_without_dead_events_or_spent_budget(processes, session_factory, database_url):
-    # Given an ingress, a worker whose Postgres is behind a proxy, and beat
+    # Given an ingress, a worker whose Postgres is behind a proxy, and beat, with short recovery
+    # timings: the task's soft time limit is 5 s, a batch waits at most 2 s for Postgres
     proxy = TcpProxy("127.0.0.1", 5432)
+    short = {"RECOVERY_SECONDS": "24", "DATABASE_URL": via_proxy(database_url, proxy)}
     try:
         web = processes.start_web()
-        worker = processes.start_worker(DATABASE_URL=via_proxy(database_url, proxy))
-        processes.start_beat(DATABASE_URL=via_proxy(database_url, proxy))
+        worker = processes.start_worker(**short)
+        processes.start_beat(**short)
         http = requests.Session()
         sent: list[str] = []
 
@@ -131,7 +144,8 @@ def test_postgres_outage_drains_without_dead_events_or_spent_budget(processes, s
             assert post_event(web.url, user_created("pgout", index), svix_id=svix_id, session=http).status_code == 200
             sent.append(svix_id)
 
-        # When 15 events arrive, then Postgres becomes unreachable for 20 s while 25 more arrive
+        # When 15 events arrive, then Postgres becomes unreachable for 20 s (four soft time limits)
+        # while 25 more arrive
         for index in range(15):
             send(index)
         proxy.cut()
@@ -163,9 +177,18 @@ def test_postgres_outage_drains_without_dead_events_or_spent_budget(processes, s
             errors = session.scalar(select(func.count()).where(func.jsonb_array_length(WebhookEvent.errors) > 0))
             users = session.scalar(select(func.count()).select_from(User).where(User.clerk_id.like("user_pgout_%")))
         assert set(attempts.values()) == {1}, {k: v for k, v in attempts.items() if v != 1}
-        assert '"database_unavailable"' in worker.log()  # the outage was real: attempts did fail on it
         assert errors == 0
         assert users == 49
+
+        # And the worker said so once per backoff step (its two pool processes and the sweeps
+        # share one backoff), then once that Postgres was back; no traceback, no time limit
+        steps = [record["step"] for record in _log_events(worker, "database_unavailable")]
+        assert len(steps) >= 3, worker.log()[-3000:]
+        assert steps == list(range(1, len(steps) + 1)), steps
+        assert len(_log_events(worker, "database_available")) == 1
+        log = worker.log()
+        for needle in ("Traceback", "SoftTimeLimitExceeded", "TimeLimitExceeded", "batch_time_limit"):
+            assert needle not in log, log[log.index(needle) - 2000 : log.index(needle) + 500]
     finally:
         proxy.close()
 
@@ -230,7 +253,7 @@ def _start_retrying_worker(processes, *, max_attempts: int) -> None:
     fast = {
         "RETRY_MAX_ATTEMPTS": str(max_attempts),
         "RETRY_BASE_SECONDS": "0.5",
-        "SWEEP_INTERVAL_SECONDS": "1",
+        "RECOVERY_SECONDS": "24",  # sweeps every second
         "DB_LOCK_TIMEOUT_SECONDS": "1",
     }
     processes.start_worker(concurrency=1, **fast)
@@ -324,8 +347,9 @@ def test_redis_outage_for_every_process_drains_without_an_operator(processes, se
     try:
         broker = via_proxy(redis_url, proxy)
         web = processes.start_web(REDIS_URL=broker)
-        processes.start_worker(REDIS_URL=broker, LOST_MESSAGE_SECONDS="10")  # the sweep task runs in the worker
-        processes.start_beat(REDIS_URL=broker, SWEEP_INTERVAL_SECONDS="2")
+        # Short recovery timings: lost messages are looked for after 10 s, every second
+        processes.start_worker(REDIS_URL=broker, RECOVERY_SECONDS="24")  # the sweep task runs in the worker
+        processes.start_beat(REDIS_URL=broker, RECOVERY_SECONDS="24")
         http = requests.Session()
         accepted: list[str] = []
 

@@ -14,10 +14,10 @@ import psycopg
 import structlog.testing
 from sqlalchemy import select, text
 
+from devkit.history import snapshot
 from devkit.waiting import wait_for
 from shared import metrics
 from shared.models import User, WebhookEvent
-from tests.support.history import snapshot
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
 from worker.pipeline.batch import process_batch

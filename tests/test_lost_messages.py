@@ -52,25 +52,74 @@ def test_recover_lost_forgets_known_events_and_requeues_unknown_ones(settings, s
     assert redis_client.llen(settings.queue_name) == 1
 
 
-def test_recover_lost_leaves_receipts_whose_messages_may_still_be_queued(settings, session_factory, redis_client):
-    # Given three old receipts without rows, and two messages still waiting in the queue
-    # (a backlog older than the delay, as in a bulk import): they are the two newest
-    receipts, index = receipt_keys(settings.queue_name)
-    old = time.time() - 600
+def _publish_aged(settings, redis_client, svix_ids: list[str], *, old: float) -> None:
+    """Publish one event per svix-id, as the ingress does, and age their receipts (oldest first)."""
+    publisher = EventPublisher(settings)
     body = json.dumps(load_payload("user.created"))
-    for age, svix_id in enumerate(("msg_taken", "msg_queued_1", "msg_queued_2")):
-        redis_client.hset(receipts, svix_id, json.dumps([1700000000, body]))
-        redis_client.zadd(index, {svix_id: old + age})
-    redis_client.lpush(settings.queue_name, "queued message 1", "queued message 2")
+    _, index = receipt_keys(settings.queue_name)
+    for age, svix_id in enumerate(svix_ids):
+        publisher.publish(svix_id=svix_id, svix_timestamp=1700000000, body=body)
+        redis_client.zadd(index, {svix_id: old + age}, xx=True)
+
+
+def _take_from_head(settings, redis_client) -> None:
+    """What a worker killed between kombu's BRPOP and its unacked hash leaves: nothing."""
+    assert redis_client.rpop(settings.queue_name) is not None
+
+
+def test_recover_lost_leaves_receipts_whose_messages_may_still_be_queued(settings, session_factory, redis_client):
+    # Given three events accepted long ago (a backlog older than the delay, as in a bulk import),
+    # the first of them taken from the head of the queue by a worker that then died
+    _publish_aged(settings, redis_client, ["msg_taken", "msg_queued_1", "msg_queued_2"], old=time.time() - 600)
+    _take_from_head(settings, redis_client)
+    _, index = receipt_keys(settings.queue_name)
+    queued_times = [redis_client.zscore(index, s) for s in ("msg_queued_1", "msg_queued_2")]
 
     # When the sweep looks for lost messages
     requeued = recover_lost(settings, session_factory, redis_client)
 
-    # Then only the receipt older than every queued message is enqueued again
+    # Then only the receipt older than the head of the queue is enqueued again (its time now new)
     assert requeued == 1
     assert redis_client.llen(settings.queue_name) == 3
-    assert redis_client.zscore(index, "msg_taken") > old + 60
-    assert [redis_client.zscore(index, s) for s in ("msg_queued_1", "msg_queued_2")] == [old + 1, old + 2]
+    assert redis_client.zscore(index, "msg_taken") > time.time() - 60
+    assert [redis_client.zscore(index, s) for s in ("msg_queued_1", "msg_queued_2")] == queued_times
+
+
+def test_duplicates_in_the_queue_do_not_defer_a_lost_message(settings, session_factory, redis_client):
+    # Given a lost message, then a backlog in which one event was delivered twice: its first copy
+    # applied (its receipt forgotten), its second copy now at the head of the queue with none
+    old = time.time() - 600
+    _publish_aged(settings, redis_client, ["msg_lost", "msg_twice", "msg_after"], old=old)
+    EventPublisher(settings).publish(svix_id="msg_twice", svix_timestamp=1700000000, body="{}")
+    for _ in range(2):  # msg_lost is taken and lost; msg_twice's first copy taken and applied
+        _take_from_head(settings, redis_client)
+    with session_factory.begin() as session:
+        session.add(WebhookEvent(svix_id="msg_twice", event_type="user.created", status="processed", attempts=1))
+    receipts, index = receipt_keys(settings.queue_name)
+    redis_client.hdel(receipts, "msg_twice")
+    redis_client.zrem(index, "msg_twice")
+    # (there are now more queued messages than receipts: msg_after and msg_twice's second copy)
+
+    # When the sweep looks for lost messages
+    requeued = recover_lost(settings, session_factory, redis_client)
+
+    # Then the lost one is enqueued again all the same, and the queued one is left alone
+    assert requeued == 1
+    assert redis_client.zscore(index, "msg_lost") > old + 60
+    assert redis_client.zscore(index, "msg_after") == old + 2
+
+
+def test_a_second_delivery_keeps_its_receipts_first_time(settings, redis_client):
+    # Given an event accepted once, long ago
+    _publish_aged(settings, redis_client, ["msg_redelivered"], old=time.time() - 600)
+    _, index = receipt_keys(settings.queue_name)
+    first = redis_client.zscore(index, "msg_redelivered")
+
+    # When Svix delivers it again
+    EventPublisher(settings).publish(svix_id="msg_redelivered", svix_timestamp=1700000000, body="{}")
+
+    # Then its receipt keeps the time of the oldest message it stands for
+    assert redis_client.zscore(index, "msg_redelivered") == first
 
 
 def test_an_accepted_event_whose_message_vanished_is_applied(processes, session_factory, redis_client, settings):
@@ -83,8 +132,9 @@ def test_an_accepted_event_whose_message_vanished_is_applied(processes, session_
     assert redis_client.delete(settings.queue_name) == 1
 
     # Then the sweep finds its receipt with no row, enqueues it again, and it is applied
-    processes.start_worker(LOST_MESSAGE_SECONDS="3")  # the sweep task runs in the worker
-    processes.start_beat(SWEEP_INTERVAL_SECONDS="1")
+    # Short recovery timings: lost messages are looked for after 10 s, every second
+    processes.start_worker(RECOVERY_SECONDS="24")  # the sweep task runs in the worker
+    processes.start_beat(RECOVERY_SECONDS="24")
 
     def processed():
         with session_factory() as session:

@@ -8,9 +8,11 @@ points count exactly those.
 from __future__ import annotations
 
 import copy
+import os
 from collections import Counter
 from dataclasses import replace
 
+import psycopg
 import pytest
 import requests
 from prometheus_client import CollectorRegistry
@@ -92,8 +94,8 @@ def test_scrape_points_count_what_happened(processes, session_factory, tmp_path)
     # ...and none of the worker's metrics: the ingress never queries Postgres
     assert not [name for name, _ in ingress if name.startswith(("clerk_sync_events", "clerk_sync_dead"))]
 
-    # And the worker counts each delivery once, by type and status, as the ledger says
-    worker = wait_for(lambda: _scrape_when_up(worker_url), timeout=60, what=f"worker metrics on {worker_url}")
+    # And the worker counts each delivery once, by type and status, as the ledger says (a batch counts
+    # its events just after its commit, so the last batch's may reach the scrape a moment after its rows)
     with session_factory() as session:
         ledger = Counter(
             (metrics.event_type_label(event_type), status)
@@ -102,14 +104,21 @@ def test_scrape_points_count_what_happened(processes, session_factory, tmp_path)
     assert ledger == Counter(
         {("user.created", "processed"): good, ("session.created", "ignored"): 1, ("unknown", "dead"): 1}
     )
-    counted = Counter(
-        {
-            (dict(labels)["event_type"], dict(labels)["status"]): int(v)
-            for (name, labels), v in worker.items()
-            if name == "clerk_sync_events_total" and v
-        }
-    )
-    assert counted == ledger
+
+    def counted_by_worker() -> tuple[Counter, Samples] | None:
+        samples = _scrape_when_up(worker_url)
+        if samples is None:
+            return None
+        counted = Counter(
+            {
+                (dict(labels)["event_type"], dict(labels)["status"]): int(v)
+                for (name, labels), v in samples.items()
+                if name == "clerk_sync_events_total" and v
+            }
+        )
+        return (counted, samples) if counted == ledger else None
+
+    _, worker = wait_for(counted_by_worker, timeout=60, what=f"worker metrics on {worker_url} matching the ledger")
     assert total(worker, "clerk_sync_event_processing_seconds_count") == accepted
     assert value(worker, "clerk_sync_event_lag_seconds_count") == good
     assert total(worker, "clerk_sync_event_retries_total") == 0
@@ -191,3 +200,75 @@ def test_scrape_survives_unreachable_stores(settings):
     assert value(samples, "clerk_sync_database_up") == 0
     assert value(samples, "clerk_sync_broker_up") == 0
     assert not [name for name, _ in samples if name.endswith(("dead_letter_events", "queue_depth"))]
+
+
+def _metrics_backends(database_url: str) -> list[int]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = 'clerk-sync-metrics' AND datname = current_database()"
+        ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def _collect(registry: CollectorRegistry) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value for f in registry.collect() for s in f.samples}
+
+
+def test_scrapes_reuse_one_pooled_connection(settings, session_factory, database_url):
+    # Given the worker's collector
+    registry = CollectorRegistry()
+    collector = ScrapeTimeCollector(settings)
+    registry.register(collector)
+    try:
+        # When it is scraped three times
+        seen = []
+        for _ in range(3):
+            assert value(_collect(registry), "clerk_sync_database_up") == 1
+            seen.append(_metrics_backends(database_url))
+
+        # Then every scrape used the same single Postgres connection
+        assert len(seen[0]) == 1
+        assert seen == [seen[0]] * 3
+    finally:
+        collector.engine.dispose()
+
+
+def test_a_forked_child_leaves_the_scrape_connection_alone(settings, session_factory, database_url):
+    # Given a collector whose pooled connection is open
+    registry = CollectorRegistry()
+    collector = ScrapeTimeCollector(settings)
+    registry.register(collector)
+    try:
+        assert value(_collect(registry), "clerk_sync_database_up") == 1
+        before = _metrics_backends(database_url)
+
+        # When the process forks (as Celery's main process does for a new pool process) and the
+        # child closes every connection its engine holds before it exits
+        child = os.fork()
+        if child == 0:
+            try:
+                collector.engine.dispose()
+            finally:
+                os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+
+        # Then the parent's next scrape still runs on the very same connection
+        assert value(_collect(registry), "clerk_sync_database_up") == 1
+        assert _metrics_backends(database_url) == before
+    finally:
+        collector.engine.dispose()
+
+
+def test_the_worker_serves_metrics_on_the_configured_address(processes, tmp_path):
+    # Given a worker told to serve its metrics on 127.0.0.2 only
+    port = free_port()
+    processes.start_worker(METRICS_BIND="127.0.0.2", METRICS_PORT=str(port))
+
+    # When Prometheus scrapes that address
+    samples = wait_for(lambda: _scrape_when_up(f"http://127.0.0.2:{port}/metrics"), timeout=30, what="scrape")
+
+    # Then it answers, with the gauges read at scrape time; and nothing listens on 127.0.0.1
+    assert value(samples, "clerk_sync_database_up") == 1
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -94,7 +94,7 @@ def test_beat_re_enqueues_events_whose_messages_were_lost(processes, session_fac
     # and an event held by a pause whose flag is then cleared without releasing it
     with session_factory.begin() as session:
         control.pause(session, actor=TESTER)
-    sweeping = {"SWEEP_INTERVAL_SECONDS": "1", "STALE_PENDING_SECONDS": "2"}
+    sweeping = {"RECOVERY_SECONDS": "24", "STALE_PENDING_SECONDS": "2"}  # sweeps every second
     processes.start_worker(**sweeping)
     assert post_event(web.url, load_payload("user.created"), svix_id="msg_held").status_code == 200
     wait_for(lambda: statuses(session_factory).get("msg_held") == "pending", timeout=90, what="event held")

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import func, select
 
 from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
+from shared.receipts import receipt_keys
 from tests.support.signing import load_payload, post_event
 
 
@@ -148,40 +150,48 @@ def test_concurrent_duplicated_deliveries_give_one_row_each(processes, session_f
     assert all(users[user_id].deleted_at is not None for user_id in deleted_users)
 
 
+# Short recovery timings (shared/timings.py): a dead worker's messages are visible again after 11 s.
+RECOVERY = {"RECOVERY_SECONDS": "24"}
+
+
 @pytest.mark.e2e
 def test_events_held_by_a_killed_worker_are_applied_by_the_next(processes, session_factory, redis_client):
-    # Given 60 events accepted by the ingress while no worker runs
+    # Given 300 events accepted by the ingress while no worker runs (several batches), and beat
     queue = processes.env["CLERK_SYNC_QUEUE"]
     web = processes.start_web()
-    events = [mixed_event(index) for index in range(60)]
+    events = [mixed_event(index) for index in range(300)]
     assert post_all(web.url, events, threads=4) == [200] * len(events)
+    processes.start_beat(**RECOVERY)
 
     # When a single-process worker starts on them and is killed (SIGKILL, whole group) mid-backlog
-    first = processes.start_worker(concurrency=1, wait=False)
+    first = processes.start_worker(concurrency=1, wait=False, **RECOVERY)
 
     def finished() -> int:
         return sum(row.status in FINAL_STATUSES for row in ledger_rows(session_factory))
 
-    wait_for(lambda: finished() >= 1, timeout=120, interval=0.02, what=f"first event processed\n{first.log()}")
+    def mid_batch() -> bool:
+        return finished() >= 1 and redis_client.hlen("unacked") >= 2
+
+    wait_for(mid_batch, timeout=120, interval=0.01, what=f"a batch in flight after the first\n{first.log()}")
     first.kill()
     first.popen.wait(timeout=30)
     finished_at_kill = finished()
 
-    # Then the killed worker had left work behind, including a message it held unacknowledged
+    # Then the killed worker had left work behind, including messages it held unacknowledged
     assert finished_at_kill < len(events), "the worker finished everything before it was killed"
     assert redis_client.hlen("unacked") >= 1
 
     # When a new worker starts
-    processes.start_worker(concurrency=2)
+    processes.start_worker(concurrency=2, **RECOVERY)
 
-    # Then every event reaches a final status exactly once, and the message the dead worker held is
-    # restored after the visibility timeout (90 s), redelivered and acknowledged: nothing stays unacked
+    # Then within the recovery bound every event reaches a final status exactly once: what the dead
+    # worker held is restored by kombu, redelivered and acknowledged; nothing stays unacked
     def all_final() -> bool:
         rows = ledger_rows(session_factory)
         done = len(rows) == len(events) and all(row.status in FINAL_STATUSES for row in rows)
         return done and redis_client.hlen("unacked") == 0 and redis_client.llen(queue) == 0
 
-    wait_for(all_final, timeout=170, interval=1, what="every event final and acknowledged after the kill")
+    wait_for(all_final, timeout=24, interval=0.5, what="every event final and acknowledged within the bound")
     rows = ledger_rows(session_factory)
     assert sorted(row.svix_id for row in rows) == sorted(svix_id for svix_id, _ in events)
     assert {row.status for row in rows} <= {"processed", "ignored"}
@@ -189,16 +199,17 @@ def test_events_held_by_a_killed_worker_are_applied_by_the_next(processes, sessi
 
 
 def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session_factory, database_url):
-    # Given a worker whose pool process is stuck inside a batch (the users table is locked)
+    # Given five events waiting, and a worker whose pool process takes them all as one batch and
+    # is stuck inside it (the users table is locked)
     web = processes.start_web()
-    worker = processes.start_worker(concurrency=1)
-    locker = psycopg.connect(database_url)
-    locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     svix_ids = [f"msg_child_kill_{i}" for i in range(5)]
     for index, svix_id in enumerate(svix_ids):
         payload = load_payload("user.created")
         payload["data"]["id"] = f"user_child_kill_{index}"
         assert post_event(web.url, payload, svix_id=svix_id).status_code == 200
+    locker = psycopg.connect(database_url)
+    locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+    worker = processes.start_worker(concurrency=1)
 
     def child_waiting_on_lock():
         # A separate connection: pg_stat_activity is a snapshot per transaction.
@@ -220,10 +231,86 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     locker.rollback()
     locker.close()
 
-    # Then the batch is requeued and applied well before the 90 s visibility timeout would return it
+    # Then the whole batch is back on the queue at once (the four it took, and Celery's own
+    # message), not after the visibility timeout, and every event is applied
     def all_processed():
         with session_factory() as session:
             rows = dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
         return all(rows.get(svix_id) == "processed" for svix_id in svix_ids)
 
     wait_for(all_processed, timeout=60, what="events of the killed pool process applied")
+    restored = [line for line in worker.log().splitlines() if "batch_restored_after_lost_process" in line]
+    assert len(restored) == 1 and '"count": 4' in restored[0], worker.log()[-3000:]
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
+    processes, session_factory, redis_client, database_url
+):
+    # Given an ingress, beat and a worker, with a recovery bound of 24 s
+    bound = float(RECOVERY["RECOVERY_SECONDS"])
+    web = processes.start_web()
+    processes.start_beat(**RECOVERY)
+    worker = processes.start_worker(**RECOVERY)
+
+    # And a stream of 400 events at about 40 a second
+    events = [mixed_event(index) for index in range(400)]
+    accepted: list[str] = []
+    sent = threading.Event()
+
+    def stream() -> None:
+        http = requests.Session()
+        for index, (svix_id, payload) in enumerate(events):
+            if post_event(web.url, payload, svix_id=svix_id, session=http, timeout=60).status_code == 200:
+                accepted.append(svix_id)
+            if index % 4 == 3:
+                time.sleep(0.1)
+        sent.set()
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+
+    # When, while it flows, the worker is killed (SIGKILL, whole process group) three times a few
+    # seconds apart and each time replaced, as a supervisor would: twice while it holds a batch
+    # (kept waiting on a lock the test takes on users), once right after an event is accepted
+    held_at_kill = []
+    for kill in range(3):
+        time.sleep(2)
+        if kill < 2:
+            with psycopg.connect(database_url) as locker:
+                locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+                wait_for(lambda: redis_client.hlen("unacked") >= 1, timeout=30, what="a batch held by the worker")
+                held_at_kill.append(redis_client.hlen("unacked"))
+                worker.kill()
+                worker.popen.wait(timeout=30)
+                locker.rollback()
+        else:
+            svix_id, payload = mixed_event(9999)
+            assert post_event(web.url, payload, svix_id=svix_id).status_code == 200
+            accepted.append(svix_id)
+            worker.kill()
+            worker.popen.wait(timeout=30)
+        worker = processes.start_worker(**RECOVERY)
+    sender.join(timeout=120)
+    assert sent.is_set()
+    recovery_starts = time.monotonic()
+
+    # Then within the recovery bound every accepted event has its row, final, applied once; nothing
+    # is left unacknowledged and every receipt is forgotten
+    def all_final() -> bool:
+        rows = {row.svix_id: row for row in ledger_rows(session_factory)}
+        return all(svix_id in rows and rows[svix_id].status in FINAL_STATUSES for svix_id in accepted)
+
+    wait_for(all_final, timeout=bound, interval=0.5, what="every accepted event final within the bound")
+    assert time.monotonic() - recovery_starts <= bound
+    rows = ledger_rows(session_factory)
+    assert sorted(row.svix_id for row in rows) == sorted(accepted)
+    assert len(accepted) == len(events) + 1
+    assert {row.status for row in rows} <= {"processed", "ignored"}
+    assert all(count >= 1 for count in held_at_kill), held_at_kill
+    receipts_key, _ = receipt_keys(processes.env["CLERK_SYNC_QUEUE"])
+    wait_for(
+        lambda: redis_client.hlen("unacked") == 0 and redis_client.hlen(receipts_key) == 0,
+        timeout=bound,
+        what="nothing left unacknowledged, every receipt forgotten",
+    )

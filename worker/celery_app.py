@@ -21,38 +21,31 @@ from shared.db import dispose_engines
 from shared.logging import configure_logging
 from shared.publish import PROCESS_EVENT_TASK, PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK, control_queue
 
-# Longer than any task (statement timeout 30 s) and any countdown (<= 60 s), so a
-# message held by a live worker is never handed out twice; short enough that one
-# held by a worker that died is handed to another within 2 minutes.
-VISIBILITY_TIMEOUT_SECONDS = 90
-MAX_COUNTDOWN_SECONDS = 60
-
-# The worker applies events in batches: up to BATCH_SIZE per transaction, or what
-# arrived within BATCH_INTERVAL_SECONDS. Each worker process reserves BATCH_SIZE * 2
-# messages (one batch being applied, one filling); all are acked only after their
-# batch committed, and redelivered after the visibility timeout if the worker dies.
-BATCH_SIZE = 32
-BATCH_INTERVAL_SECONDS = 0.05
-
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings of the worker, beat and the no-op benchmark worker."""
+    """Celery settings of the worker, beat and the no-op benchmark worker.
+
+    Every timing comes from ``settings.timings`` (``shared.timings``: the recovery bound's
+    arithmetic). Each pool process reserves one message; the task takes the rest of its batch
+    from the queue itself (``worker.pipeline.taking``).
+    """
+    timings = settings.timings
     transport: dict[str, Any] = {
-        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "visibility_timeout": timings.visibility_timeout,
         "socket_connect_timeout": 5,
         "socket_timeout": 10,
         "socket_keepalive": True,
         "health_check_interval": 25,
-        # Look for messages of dead workers every 5 s (kombu's default scans every 100 s).
-        "unacked_restore_interval": 5,
+        # Each worker looks for messages of dead workers this often (kombu: every 100 s).
+        "unacked_restore_interval": timings.restore_interval,
         "unacked_restore_throttle": 1,
-        "unacked_mutex_expire": 30,
+        "unacked_mutex_expire": timings.unacked_mutex_expire,
     }
     return {
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,
         # Celery reads the visibility timeout here too when a result backend is Redis.
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "result_backend_transport_options": {"visibility_timeout": timings.visibility_timeout},
         "broker_connection_timeout": 5,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # forever
@@ -64,19 +57,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         # Delivery guarantees: ack only after the task finished; a worker killed
-        # mid-task leaves its messages to be redelivered; each process reserves
-        # two batches (see BATCH_SIZE above), no more.
+        # mid-task leaves its messages to be redelivered; one message reserved per process.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "worker_prefetch_multiplier": BATCH_SIZE * 2,
+        "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_soft_shutdown_timeout": 10.0,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "task_time_limit": 60,
-        "task_soft_time_limit": 45,
+        "task_time_limit": timings.task_time_limit,
+        "task_soft_time_limit": timings.task_soft_time_limit,
         "enable_utc": True,
         "timezone": "UTC",
         # Periodic jobs get a queue of their own so a backlog never delays a sweep.
@@ -113,7 +105,7 @@ def _configure(sender: Celery, **_: Any) -> None:
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     sender.conf.update(celery_config(settings))
     beat: dict[str, Any] = {
-        "sweep": {"task": SWEEP_TASK, "schedule": schedule(settings.sweep_interval_seconds)},
+        "sweep": {"task": SWEEP_TASK, "schedule": schedule(settings.timings.sweep_interval)},
         "purge-payloads": {"task": PURGE_PAYLOADS_TASK, "schedule": schedule(3600.0)},
     }
     if settings.reconcile_interval_seconds:
@@ -140,6 +132,14 @@ def _json_banner(sender: str, instance: Any, conf: Any, **_: Any) -> None:
         concurrency=getattr(instance, "concurrency", None) or conf.worker_concurrency,
         queues=sorted(queue.name for queue in conf.task_queues or ()),
     )
+
+
+@signals.worker_init.connect
+def _shared_backoff(**_: Any) -> None:
+    """In the main process, before the pool forks: the database backoff its processes share."""
+    from worker.pipeline import outage
+
+    outage.install(cap_seconds=get_settings().timings.database_wait)
 
 
 @signals.worker_process_init.connect

@@ -1,10 +1,14 @@
 """The worker's scrape point: every child's counters plus gauges read at scrape time.
 
 Started from Celery's ``worker_ready`` signal in the worker's main process only, on
-``METRICS_PORT`` (0 disables). The gauges come from Postgres (dead letters, waiting
-events, oldest unprocessed age) and Redis (queue depth) when Prometheus asks, so they
-are true even when no event is flowing; if a store does not answer, its ``*_up``
-gauge says 0 and the scrape still succeeds.
+``METRICS_BIND``:``METRICS_PORT`` (0 disables). The gauges come from Postgres (dead letters,
+waiting events, oldest unprocessed age) and Redis (queue depth) when Prometheus asks, so they
+are true even when no event is flowing; if a store does not answer, its ``*_up`` gauge says 0
+and the scrape still succeeds (the first failure of a run is logged, not every scrape).
+
+The scrapes reuse one pooled Postgres connection. The main process forks new pool processes
+while it runs (one replaces a process that died), so a child drops its inherited copy of that
+pool without closing it (``os.register_at_fork``): the socket stays the parent's alone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from prometheus_client import start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.pool import NullPool
 
 from shared import metrics
 from shared.config import Settings
@@ -47,17 +50,36 @@ class ScrapeTimeCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.queues = (settings.queue_name, control_queue(settings.queue_name))
-        # No pool: a connection per scrape, never one a forked child could inherit.
         self.engine: Engine = create_engine(
             settings.sqlalchemy_url,
-            poolclass=NullPool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=2,
+            pool_pre_ping=True,  # a connection that died with an outage is replaced, not failed on
             connect_args={
                 "connect_timeout": 3,
                 "application_name": "clerk-sync-metrics",
                 "options": "-c statement_timeout=5000",
             },
         )
+        os.register_at_fork(after_in_child=self._forget_inherited_connections)
         self.redis = redis_client(settings.redis_url, timeout=2.0)
+        self._reported_down: set[str] = set()
+
+    def _forget_inherited_connections(self) -> None:
+        # In a forked child: drop the parent's pooled connection without touching its socket.
+        self.engine.dispose(close=False)
+
+    def _down(self, store: str, exc: BaseException) -> None:
+        """One warning per outage of a store, not one per scrape."""
+        if store not in self._reported_down:
+            self._reported_down.add(store)
+            log.warning(f"metrics_{store}_unavailable", error=type(exc).__name__)
+
+    def _up(self, store: str) -> None:
+        if store in self._reported_down:
+            self._reported_down.discard(store)
+            log.info(f"metrics_{store}_available")
 
     def collect(self) -> Iterator[Any]:
         yield from self._database()
@@ -80,10 +102,11 @@ class ScrapeTimeCollector(Collector):
                 rows = {row.status: row for row in conn.execute(_WAITING_SQL)}
                 now = conn.execute(text("SELECT now()")).scalar_one()
         except Exception as exc:  # any database failure: report it as a gauge, keep serving
-            log.warning("metrics_database_unavailable", error=type(exc).__name__)
+            self._down("database", exc)
             up.add_metric([], 0)
             yield up
             return
+        self._up("database")
         up.add_metric([], 1)
         dead.add_metric([], rows["dead"].n if "dead" in rows else 0)
         ages = [(now - rows[s].oldest).total_seconds() for s in ("pending", "failed") if s in rows]
@@ -105,10 +128,11 @@ class ScrapeTimeCollector(Collector):
                     pipe.llen(f"{queue}{_PRIORITY_SEPARATOR}{step}")
             lengths = pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            log.warning("metrics_broker_unavailable", error=type(exc).__name__)
+            self._down("broker", exc)
             up.add_metric([], 0)
             yield up
             return
+        self._up("broker")
         up.add_metric([], 1)
         per_queue = 1 + len(_PRIORITY_STEPS)
         for index, queue in enumerate(self.queues):
@@ -117,15 +141,22 @@ class ScrapeTimeCollector(Collector):
 
 
 def start(settings: Settings) -> bool:
-    """Serve the worker's metrics on ``settings.metrics_port``; False if disabled or the port is taken."""
+    """Serve the worker's metrics on METRICS_BIND:METRICS_PORT; False if disabled or the port is taken."""
     if not settings.metrics_port:
         return False
     registry = metrics.registry(ScrapeTimeCollector(settings))
     try:
-        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped remotely
+        start_http_server(settings.metrics_port, addr=settings.metrics_bind, registry=registry)
     except OSError as exc:
         # Another worker on this host has the port: the worker still works, unscraped.
-        log.warning("metrics_server_not_started", port=settings.metrics_port, error=str(exc))
+        log.warning(
+            "metrics_server_not_started", bind=settings.metrics_bind, port=settings.metrics_port, error=str(exc)
+        )
         return False
-    log.info("metrics_server_started", port=settings.metrics_port, multiproc_dir=os.environ.get(metrics.MULTIPROC_ENV))
+    log.info(
+        "metrics_server_started",
+        bind=settings.metrics_bind,
+        port=settings.metrics_port,
+        multiproc_dir=os.environ.get(metrics.MULTIPROC_ENV),
+    )
     return True

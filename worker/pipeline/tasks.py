@@ -1,70 +1,80 @@
-"""The event task: thin, binding log context and calling ``process_batch``."""
+"""The event task: a batch of what is waiting, applied by ``process_batch``, acked after it commits.
+
+Celery hands a pool process one message at a time (prefetch one). The task adds whatever else
+is waiting in the queue, up to ``BATCH_LIMIT`` (``taking``: atomically, recorded unacked as kombu
+records its own), and applies them all in one ``process_batch`` call. So a lone event is applied
+at once, and under load a batch is what piled up while the worker was busy. After the commit
+the taken messages are acked and the batch's receipts forgotten, in one round trip; Celery
+acks its own message when the task returns.
+
+When Postgres cannot be reached the batch waits its turn in the worker's shared backoff
+(``outage``) for at most ``database_wait``, then hands its events back to the queue and
+returns; no attempt spends an event's retry budget. The soft time limit hands them back too.
+"""
 
 from __future__ import annotations
 
-import random
 import time
 from functools import cache
 from typing import Any
 
 import structlog
-from celery_batches import SimpleRequest
+from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from shared import metrics, receipts
 from shared.config import Settings, get_settings
 from shared.db import session_factory
 from shared.publish import PROCESS_EVENT_TASK, EventPublisher, QueueUnavailable
 from shared.redis_client import redis_client
-from worker.celery_app import BATCH_INTERVAL_SECONDS, BATCH_SIZE, MAX_COUNTDOWN_SECONDS, app
+from worker.celery_app import app
+from worker.pipeline import outage, taking
 from worker.pipeline.batch import process_batch
-from worker.pipeline.batching import EventBatches
 from worker.pipeline.errors import DatabaseUnavailable
 from worker.pipeline.ledger import Delivery
 
 log = structlog.get_logger("clerk_sync.tasks")
 
+# The most events one transaction applies. Larger batches amortise the commit and the round
+# trips further; this many keeps a batch well under a second (docs/performance.md).
+BATCH_LIMIT = 64
+
 
 @app.task(
     name=PROCESS_EVENT_TASK,
-    base=EventBatches,
-    flush_every=BATCH_SIZE,
-    flush_interval=BATCH_INTERVAL_SECONDS,
+    bind=True,
     acks_late=True,
+    # A pool process killed at the hard time limit: its message goes back to the queue.
+    acks_on_failure_or_timeout=False,
+    reject_on_worker_lost=True,
     ignore_result=True,
+    Request=taking.EventRequest,
 )
-def process_event(requests: list[SimpleRequest]) -> None:
-    """Apply a batch of events (each message is one event; acked after the batch returns).
-
-    While Postgres is unreachable the batch waits in-process (nothing else can make
-    progress either); after a minute its events go back to the queue with a short
-    countdown. No attempt spends an event's retry budget.
-    """
+def process_event(self: Any, svix_id: str, svix_timestamp: int | None, body: str) -> None:
+    """Apply this event and whatever else is waiting, in one transaction."""
     settings = get_settings()
-    deliveries = [Delivery(*request.args) for request in requests]
+    client = redis_for(settings.redis_url)
+    wait = outage.backoff(cap_seconds=settings.timings.database_wait)
+    own_tag = (self.request.properties or {}).get("delivery_tag") or self.request.id
+    # While Postgres is away, taking more would only move more events round the queue.
+    taken = [] if wait.step else _take(client, settings, own_tag)
+    deliveries = [Delivery(svix_id, svix_timestamp, body), *(item.delivery for item in taken)]
     structlog.contextvars.bind_contextvars(batch_size=len(deliveries))
     try:
-        while True:
-            try:
-                for attempt in _while_database_unavailable(deliveries):
-                    with attempt:
-                        process_batch(session_factory(settings), deliveries, settings=settings)
-                _forget_receipts(settings, deliveries)
-                return
-            except DatabaseUnavailable:
-                pass
-            except Exception:
-                # A bug, not an outage: returning would ack the batch, so put the events back.
-                log.exception("batch_failed_requeued")
-            if _requeue_later(settings, deliveries):
-                return
+        if _apply(settings, deliveries, wait):
+            _finish(client, settings, own_tag, taken, deliveries)
+        else:
+            _hand_back(client, settings, own_tag, taken, deliveries)
+    except SoftTimeLimitExceeded:
+        log.warning("batch_time_limit", soft_limit_seconds=settings.timings.task_soft_time_limit)
+        _hand_back(client, settings, own_tag, taken, deliveries)
     finally:
         structlog.contextvars.clear_contextvars()
 
 
 @cache
-def _redis(redis_url: str) -> Any:
+def redis_for(redis_url: str) -> Any:
+    """The process's client for taking, acking and receipts (redis-py resets it after a fork)."""
     return redis_client(redis_url, timeout=5.0)
 
 
@@ -73,45 +83,70 @@ def _publisher(settings: Settings) -> EventPublisher:
     return EventPublisher(settings, timeout=5.0)
 
 
-def _forget_receipts(settings: Settings, deliveries: list[Delivery]) -> None:
-    """Every event of the batch has its row now; the ingress's receipts can go."""
+def _take(client: Any, settings: Settings, own_tag: str) -> list[taking.Taken]:
     try:
-        receipts.forget(_redis(settings.redis_url), settings.queue_name, [d.svix_id for d in deliveries])
+        return taking.take_waiting(client, settings.queue_name, delivery_tag=own_tag, limit=BATCH_LIMIT - 1)
     except (RedisError, OSError) as exc:
-        # Harmless: the sweep forgets receipts whose events Postgres already knows.
-        log.info("receipts_not_forgotten", error=type(exc).__name__)
+        # Redis went away after handing this message over: apply it alone.
+        log.info("take_waiting_failed", error=type(exc).__name__)
+        return []
 
 
-def _while_database_unavailable(deliveries: list[Delivery]) -> Retrying:
-    def count_retry(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        log.warning("database_unavailable", error=str(error), waiting_events=len(deliveries))
-        for _delivery in deliveries:
-            metrics.database_unavailable_retry(None)
+def _apply(settings: Settings, deliveries: list[Delivery], wait: outage.DatabaseBackoff) -> bool:
+    """True once the batch is recorded; False if Postgres stayed away for ``database_wait``."""
+    deadline = time.monotonic() + settings.timings.database_wait
+    factory = session_factory(settings)
+    while wait.wait_turn(deadline):
+        step = wait.step
+        try:
+            process_batch(factory, deliveries, settings=settings)
+        except DatabaseUnavailable as exc:
+            for _delivery in deliveries:
+                metrics.database_unavailable_retry(None)
+            wait.failed(step, error=str(exc), waiting_events=len(deliveries))
+            continue
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception:
+            # A bug, not an outage: log it, and keep the events for a later attempt.
+            log.exception("batch_failed")
+            time.sleep(settings.timings.restore_interval)
+            return False
+        wait.succeeded()
+        return True
+    return False
 
-    return Retrying(
-        retry=retry_if_exception_type(DatabaseUnavailable),
-        wait=wait_random_exponential(multiplier=0.5, max=10),
-        stop=stop_after_delay(60),
-        before_sleep=count_retry,
-        reraise=True,
-    )
+
+def _finish(
+    client: Any, settings: Settings, own_tag: str, taken: list[taking.Taken], deliveries: list[Delivery]
+) -> None:
+    """Every event of the batch has its row: ack what was taken, forget the receipts."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        taking.acknowledge(pipe, delivery_tag=own_tag, taken=taken)
+        receipts.forget_on(pipe, settings.queue_name, [d.svix_id for d in deliveries])
+        pipe.execute()
+    except (RedisError, OSError) as exc:
+        # Harmless: kombu redelivers what was not acked (a duplicate, recorded as such), and
+        # the sweep forgets receipts whose events Postgres knows.
+        log.info("batch_ack_failed", error=type(exc).__name__)
 
 
-def _requeue_later(settings: Settings, deliveries: list[Delivery]) -> bool:
-    """Put the events back with a countdown; False (keep waiting) if Redis is down too."""
+def _hand_back(
+    client: Any, settings: Settings, own_tag: str, taken: list[taking.Taken], deliveries: list[Delivery]
+) -> None:
+    """Put the events back on the queue (fresh receipts) and let go of the messages they came in."""
+    publisher = _publisher(settings)
     try:
         for delivery in deliveries:
-            _publisher(settings).publish(
-                svix_id=delivery.svix_id,
-                svix_timestamp=delivery.svix_timestamp,
-                body=delivery.body,
-                countdown=random.uniform(MAX_COUNTDOWN_SECONDS / 4, MAX_COUNTDOWN_SECONDS / 2),
-            )
-    except QueueUnavailable as exc:
-        # Acking now would lose the events: hold them until either store is back.
-        log.warning("requeue_failed_waiting", error=str(exc))
-        time.sleep(5)
-        return False
-    log.warning("batch_requeued_database_unavailable", count=len(deliveries))
-    return True
+            publisher.publish(svix_id=delivery.svix_id, svix_timestamp=delivery.svix_timestamp, body=delivery.body)
+        pipe = client.pipeline(transaction=False)
+        receipts.touch_on(pipe, settings.queue_name, [d.svix_id for d in deliveries])
+        taking.acknowledge(pipe, delivery_tag=own_tag, taken=taken)
+        pipe.execute()
+    except (QueueUnavailable, RedisError, OSError) as exc:
+        # Redis is away too: nothing is acked that was not enqueued again; kombu's visibility
+        # timeout and the receipts bring the rest back.
+        log.warning("batch_hand_back_failed", error=type(exc).__name__)
+        return
+    log.info("batch_handed_back", count=len(deliveries))

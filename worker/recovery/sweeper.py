@@ -110,7 +110,7 @@ def release_held(session: Session, publisher: EventPublisher, *, stale_pending_s
         total += requeue(session, publisher, rows, grace=grace)
 
 
-def recover_lost(session: Session, publisher: EventPublisher, *, queue_name: str, older_than_seconds: int) -> int:
+def recover_lost(session: Session, publisher: EventPublisher, *, queue_name: str, older_than_seconds: float) -> int:
     """Re-enqueue events whose message vanished in Redis (``shared.receipts``); none while paused."""
     if ledger.is_paused(session):
         return 0

@@ -434,3 +434,72 @@ def snapshot(session: Session) -> Tables:
 
 def truncate_synced_tables(session: Session) -> None:
     session.execute(text("TRUNCATE webhook_events, users, organizations, organization_memberships, clerk_sync_control"))
+
+
+# Issue 19's realistic traffic: the share of each event type in a Clerk instance's stream.
+REALISTIC_MIX = {
+    "user.updated": 0.35,
+    "organizationMembership.created": 0.22,
+    "user.created": 0.12,
+    "organizationMembership.updated": 0.12,
+    "organizationMembership.deleted": 0.10,
+    "organization.updated": 0.04,
+    "organization.created": 0.03,
+    "user.deleted": 0.015,
+    "organization.deleted": 0.005,
+}
+
+
+def realistic_history(rng: random.Random, count: int, *, prefix: str | None = None) -> list[Event]:
+    """``count`` events in Clerk's order with ``REALISTIC_MIX``'s shares, no duplicates.
+
+    A type that is not possible at that point (an update with no user yet, a membership between
+    a pair already joined) becomes the create it needs instead.
+    """
+    history = HistoryBuilder(rng=rng, prefix=prefix or uuid.uuid4().hex[:6])
+    users: list[str] = []
+    orgs: list[str] = []
+    memberships: list[str] = []
+    pairs: set[tuple[str, str]] = set()
+    types, weights = list(REALISTIC_MIX), list(REALISTIC_MIX.values())
+
+    def pick(live: list[str]) -> str:
+        return live[rng.randrange(len(live))]
+
+    def drop(live: list[str], item: str) -> None:
+        live.remove(item)
+
+    while len(history.events) < count:
+        kind = rng.choices(types, weights)[0]
+        if kind == "user.created" or (not users and kind.startswith("user.")):
+            users.append(history.create_user().entity_id)
+        elif kind == "organization.created" or not orgs:
+            orgs.append(history.create_org().entity_id)
+        elif kind == "user.updated":
+            history.update_user(pick(users))
+        elif kind in ("user.deleted", "organization.deleted"):
+            live, delete = (users, history.delete_user) if kind == "user.deleted" else (orgs, history.delete_org)
+            if len(live) > 1:  # keep one, so memberships always have a pair to join
+                entity_id = pick(live)
+                delete(entity_id)
+                drop(live, entity_id)
+                memberships[:] = [m for m in memberships if m in history.memberships]
+                pairs = history.active_pairs()
+        elif kind == "organization.updated":
+            history.update_org(pick(orgs))
+        elif kind == "organizationMembership.created" or not memberships:
+            pair = (pick(users), pick(orgs)) if users else None
+            if pair is None or pair in pairs:
+                users.append(history.create_user().entity_id)
+                continue
+            memberships.append(history.join(*pair).entity_id)
+            pairs.add(pair)
+        elif kind == "organizationMembership.updated":
+            history.change_role(pick(memberships))
+        elif kind == "organizationMembership.deleted":
+            membership_id = pick(memberships)
+            membership = history.memberships[membership_id]
+            pairs.discard((membership.user_id, membership.org_id))
+            history.leave(membership_id)
+            drop(memberships, membership_id)
+    return history.events[:count]
