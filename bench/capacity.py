@@ -84,7 +84,8 @@ def procfile() -> dict[str, str]:
     for line in (ROOT / "Procfile").read_text().splitlines():
         if ":" in line and not line.lstrip().startswith("#"):
             name, command = line.split(":", 1)
-            commands[name.strip()] = command.strip()
+            # Callers add their own `exec`.
+            commands[name.strip()] = command.strip().removeprefix("exec ")
     return commands
 
 
