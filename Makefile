@@ -5,17 +5,17 @@ BIN := $(VENV)/bin
 
 .PHONY: install run test lint bench screenshots
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
 # The embedded PostgreSQL and Redis wheels: `make run` falls back to them, the run command's tests start them.
 $(BIN)/.embedded: $(BIN)/.installed
-	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,embedded]'
 	touch $@
 
 ## Set up and run the service: install (embedded servers included), create the database, migrate, start the Procfile.

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
@@ -372,7 +372,7 @@ def get_settings() -> Settings:
     return load_settings()
 
 
-def exit_on_config_error(exc: ConfigError) -> None:
+def exit_on_config_error(exc: ConfigError) -> NoReturn:
     """Print the one-line reason and stop the whole process with a non-zero code."""
     print(f"clerk-sync: configuration error: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(3)

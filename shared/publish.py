@@ -96,6 +96,7 @@ class MessageTemplate:
             args=(slot["svix_id"], slot["svix_timestamp"], slot["body"]),
             argsrepr=slot["argsrepr"],
             kwargsrepr="{}",
+            ignore_result=None,  # as send_task: the worker then follows the task's own setting
         )
         message.headers["eta"] = slot["eta"]
         content_type, content_encoding, data = dumps(message.body, serializer="json")

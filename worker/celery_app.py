@@ -93,24 +93,28 @@ app = Celery(
 )
 
 
-@app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
-    """Read settings when Celery first needs its configuration, not at import."""
+def _configuration() -> dict[str, Any]:
+    """Read settings when Celery first needs its configuration, not at import.
+
+    Registered with ``app.add_defaults``: Celery calls it once, while it loads its
+    configuration, so nothing here may read ``app.conf`` (Celery 5.7 recurses on that).
+    """
     try:
         settings = get_settings()
     except ConfigError as exc:
         exit_on_config_error(exc)
-        return
     # Before the worker's first words (its root-privileges warning comes before setup_logging).
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    sender.conf.update(celery_config(settings))
     beat: dict[str, Any] = {
         "sweep": {"task": SWEEP_TASK, "schedule": schedule(settings.timings.sweep_interval)},
         "purge-payloads": {"task": PURGE_PAYLOADS_TASK, "schedule": schedule(3600.0)},
     }
     if settings.reconcile_interval_seconds:
         beat["reconcile"] = {"task": RECONCILE_TASK, "schedule": schedule(float(settings.reconcile_interval_seconds))}
-    sender.conf.beat_schedule = beat
+    return {**celery_config(settings), "beat_schedule": beat}
+
+
+app.add_defaults(_configuration)
 
 
 @signals.setup_logging.connect
