@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from shared.resources import USERS
+from worker.pipeline.roundtrips import Trips
 
 _DELETED = text(
     "SELECT clerk_id FROM users WHERE clerk_id = ANY(CAST(:ids AS text[])) AND deleted_at IS NOT NULL ORDER BY clerk_id"
@@ -33,12 +33,17 @@ _CLEAR_PAYLOADS = text(
 )
 
 
-def deleted_users_named(session: Session, user_ids: Iterable[str]) -> None:
-    """Scrub the row and the stored payloads of each of ``user_ids`` that is deleted."""
+def deleted_users_named(trips: Trips, user_ids: Iterable[str]) -> None:
+    """Scrub the row and the stored payloads of each of ``user_ids`` that is deleted.
+
+    One round trip more (which of them is deleted, after the batch's writes queued before).
+    """
     candidates = sorted(set(user_ids))
     if not candidates:
         return
-    deleted = list(session.scalars(_DELETED, {"ids": candidates}))
+    found = trips.queue(_DELETED, {"ids": candidates})
+    trips.send()
+    deleted = [row.clerk_id for row in found.fetchall()]
     if deleted:
-        session.execute(_CLEAR_ROWS, {"ids": deleted})
-        session.execute(_CLEAR_PAYLOADS, {"ids": deleted})
+        trips.queue(_CLEAR_ROWS, {"ids": deleted})
+        trips.queue(_CLEAR_PAYLOADS, {"ids": deleted})
