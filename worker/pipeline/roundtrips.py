@@ -120,5 +120,8 @@ def transaction(session: Session) -> Iterator[Trips]:
                 driver.rollback()
         raise
     finally:
-        if not driver.broken and driver.info.transaction_status == pq.TransactionStatus.IDLE:
+        try:
             driver.autocommit = False
+        except psycopg.Error as exc:  # still in a transaction, or broken: never hand it out again
+            if not connection.invalidated:
+                connection.invalidate(exc)
