@@ -15,6 +15,7 @@ session's dialect. Errors come out as ``session.execute`` raises them (SQLAlchem
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
@@ -31,7 +32,12 @@ from sqlalchemy.sql.elements import TextClause
 
 @cache
 def _compiled(clause: TextClause, dialect: Dialect) -> str:
-    return str(clause.compile(dialect=dialect))
+    """The clause as psycopg takes it, every parameter sent in binary: an array of JSON bodies as
+    text would be quoted and escaped by psycopg and parsed back by Postgres, byte by byte."""
+    return _PLACEHOLDER.sub(r"%(\1)b", str(clause.compile(dialect=dialect)))
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 
 class Trips:
