@@ -6,7 +6,6 @@ The hooks are tests/fixtures/hooks/welcome.py: a welcome-mail outbox row on ``us
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Iterator
@@ -21,22 +20,11 @@ from devkit.waiting import wait_for
 from shared.config import Settings
 from shared.publish import EventPublisher
 from tests.support.cli import run_cli, statuses, wait_until_final
+from tests.support.hooks import APP_TABLES, WELCOME, user_event
 from tests.support.processes import ProcessManager
 from tests.support.signing import load_payload
 
-WELCOME = "tests.fixtures.hooks.welcome"
 HOOK_FAILED = f"hook_failed: {WELCOME}:send_welcome: ValueError"
-
-APP_TABLES = """
-    CREATE TABLE IF NOT EXISTS outbox (
-        id bigserial PRIMARY KEY, kind text NOT NULL, user_clerk_id text NOT NULL, email text
-    );
-    CREATE TABLE IF NOT EXISTS hook_calls (
-        id bigserial PRIMARY KEY, event_type text NOT NULL, entity_id text NOT NULL, event_timestamp bigint NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS hook_failures (entity_id text PRIMARY KEY);
-    TRUNCATE outbox, hook_calls, hook_failures;
-"""
 
 
 @pytest.fixture
@@ -56,15 +44,6 @@ def hook_env(**extra: str) -> dict[str, str]:
         "RECOVERY_SECONDS": "24",  # beat sweeps every second
         **extra,
     }
-
-
-def user_event(event_type: str, user_id: str, *, shift_ms: int = 0) -> str:
-    payload = copy.deepcopy(load_payload(event_type))
-    payload["data"]["id"] = user_id
-    if "updated_at" in payload["data"]:
-        payload["data"]["updated_at"] += shift_ms
-    payload["timestamp"] += shift_ms
-    return json.dumps(payload)
 
 
 def publish(settings: Settings, *events: tuple[str, str]) -> None:
