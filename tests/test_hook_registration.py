@@ -7,12 +7,15 @@ real database with hook modules from tests/fixtures/hooks/.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import select, text
 
+from devkit.services import ROOT
 from shared.config import ConfigError, Settings, load_settings
 from shared.models import User
 from tests.support.hooks import APP_TABLES, WELCOME, user_event
@@ -149,3 +152,35 @@ def test_a_hook_that_commits_or_fails_in_sql_fails_its_event_and_commits_nothing
     with session_factory() as session:
         assert session.scalar(text("SELECT last_error FROM webhook_events WHERE svix_id = 'msg_m'")) == last_error
         assert session.scalars(select(User.clerk_id)).all() == []
+
+
+def test_the_documented_example_is_the_tested_one_and_queues_one_welcome_mail(session_factory, base_env, database_url):
+    # Given the outbox table and the hook module exactly as docs/hooks.md shows them
+    page = (ROOT / "docs" / "hooks.md").read_text()
+    example = (Path(__file__).parent / "fixtures" / "hooks" / "docs_example.py").read_text()
+    assert f"```python\n{example}```" in page
+    outbox = re.search(r"```sql\n(.*?)```", page, re.S)
+    assert outbox is not None
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS outbox")
+        conn.execute(outbox[1])
+    settings = with_hooks(base_env, "tests.fixtures.hooks.docs_example")
+    user, gone = "user_docs_example", "user_docs_gone"
+
+    # When a user's update arrives before its create, a second distinct create follows, and
+    # another user's create arrives after their delete
+    for svix_id, event_type, user_id in [
+        ("msg_u", "user.updated", user),
+        ("msg_c", "user.created", user),
+        ("msg_c2", "user.created", user),
+        ("msg_gone_d", "user.deleted", gone),
+        ("msg_gone_c", "user.created", gone),
+    ]:
+        delivery = Delivery(svix_id, 1700000000, user_event(event_type, user_id))
+        assert process_batch(session_factory, [delivery], settings=settings)[svix_id] in ("processed", "ignored")
+
+    # Then one welcome mail is queued, to the primary address, and none to the deleted user
+    with session_factory() as session:
+        assert session.execute(text("SELECT kind, user_clerk_id, email, sent_at FROM outbox")).all() == [
+            ("welcome", user, "john.doe@example.com", None)
+        ]

@@ -9,16 +9,16 @@ from tests.support.signing import load_payload
 
 WELCOME = "tests.fixtures.hooks.welcome"
 
-# The application's own tables (tests/fixtures/hooks/welcome.py writes them), created empty.
+# The application's own tables (tests/fixtures/hooks/welcome.py writes them), created afresh.
 APP_TABLES = """
-    CREATE TABLE IF NOT EXISTS outbox (
+    DROP TABLE IF EXISTS outbox, hook_calls, hook_failures;
+    CREATE TABLE outbox (
         id bigserial PRIMARY KEY, kind text NOT NULL, user_clerk_id text NOT NULL, email text
     );
-    CREATE TABLE IF NOT EXISTS hook_calls (
+    CREATE TABLE hook_calls (
         id bigserial PRIMARY KEY, event_type text NOT NULL, entity_id text NOT NULL, event_timestamp bigint NOT NULL
     );
-    CREATE TABLE IF NOT EXISTS hook_failures (entity_id text PRIMARY KEY);
-    TRUNCATE outbox, hook_calls, hook_failures;
+    CREATE TABLE hook_failures (entity_id text PRIMARY KEY);
 """
 
 
