@@ -82,6 +82,7 @@ def test_hooks_run_once_per_distinct_applied_event_whatever_the_order(
     path = f"{entry_point_dir(tmp_path, WELCOME)}:{ROOT}"
     instance = load_payload("user.created")["instance_id"]
     worker = processes.start_worker(concurrency=1, **hook_env(PYTHONPATH=path, CLERK_INSTANCE_ID=instance))
+    assert f"{WELCOME}:send_welcome" in next(line for line in worker.log().splitlines() if "hooks_loaded" in line)
     user = "user_hooks_reordered"
 
     # When the user's update arrives before its create, the create arrives twice under one

@@ -152,9 +152,12 @@ def _load_hooks(**_: Any) -> None:
     from worker.pipeline import hooks
 
     try:
-        hooks.installed(get_settings())
+        table = hooks.installed(get_settings())
     except ConfigError as exc:
         exit_on_config_error(exc)
+    if table:
+        names = sorted({registered.name for listed in table.values() for registered in listed})
+        structlog.get_logger("clerk_sync.worker").info("hooks_loaded", hooks=names, event_types=sorted(table))
 
 
 @signals.worker_process_init.connect
