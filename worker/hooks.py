@@ -110,7 +110,8 @@ def _import(source: str, value: str) -> list[Hook]:
     except HookDefinitionError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except ImportError as exc:
-        raise ConfigError(f"{source}: cannot import {module!r} ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())  # one line, whatever the finder said
+        raise ConfigError(f"{source}: cannot import {module!r} ({type(exc).__name__}: {reason})") from None
     except Exception as exc:  # the module's own code failed: its class, never its message (may hold values)
         raise ConfigError(f"{source}: importing {module!r} raised {type(exc).__name__}") from None
     found = [
