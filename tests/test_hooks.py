@@ -124,6 +124,11 @@ def test_hooks_run_once_per_distinct_applied_event_whatever_the_order(
         ("user.updated", user),
         ("user.created", user),
     ]
+    # And the hook's own log line says which event and hook it came from
+    logged = [json.loads(line) for line in worker.log().splitlines() if '"welcome_queued"' in line]
+    assert [(line["svix_id"], line["event_type"], line["hook"]) for line in logged] == [
+        ("msg_hk_created", "user.created", f"{WELCOME}:send_welcome")
+    ]
 
 
 def test_a_failing_hook_fails_its_own_event_only_and_a_replay_runs_it_once(

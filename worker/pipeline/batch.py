@@ -152,7 +152,7 @@ def _apply_in(session: Session, entries: list[Entry], *, settings: Settings) -> 
             applying.append((entry, HANDLERS[event.type](event)))
     results = apply_changes(session, [c for _, c in applying], scrub_pii=settings.deleted_user_pii == "scrub")
     # The application's hooks, in this transaction: one that raises fails the batch, which then splits.
-    hooks.run(session, [entry.event for entry, _ in applying if entry.event is not None], settings=settings)
+    hooks.run(session, [(e.svix_id, e.event) for e, _ in applying if e.event is not None], settings=settings)
     for (entry, _), applied in zip(applying, results, strict=True):
         status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
         outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)

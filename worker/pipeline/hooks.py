@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+import structlog
 from sqlalchemy import event as orm_event
 from sqlalchemy.orm import Session
 
@@ -48,14 +49,19 @@ def installed(settings: Settings) -> hooks.HookTable:
     return _table(settings.hook_modules)
 
 
-def run(session: Session, events: Sequence[Event], *, settings: Settings) -> None:
-    """Each hook registered for each event's type, in order, in the caller's transaction."""
+def run(session: Session, events: Sequence[tuple[str, Event]], *, settings: Settings) -> None:
+    """Each hook registered for each event's type, in order, in the caller's transaction.
+
+    ``events`` are (svix_id, event) in arrival order; a hook's own log lines carry the svix_id,
+    the event type and the hook's name.
+    """
     table = installed(settings)
     if not table:
         return
-    for event in events:
+    for svix_id, event in events:
         for registered in table.get(event.type, ()):
-            _call(registered, event, session)
+            with structlog.contextvars.bound_contextvars(svix_id=svix_id, event_type=event.type, hook=registered.name):
+                _call(registered, event, session)
 
 
 def _call(registered: hooks.Hook, event: Event, session: Session) -> None:
