@@ -22,6 +22,7 @@ from tests.support.hooks import APP_TABLES, WELCOME, user_event
 from tests.support.signing import load_payload
 from worker.hooks import HookDefinitionError, hook, load
 from worker.pipeline.batch import process_batch
+from worker.pipeline.errors import DatabaseUnavailable
 from worker.pipeline.ledger import Delivery, set_paused
 
 
@@ -152,6 +153,17 @@ def test_a_hook_that_commits_or_fails_in_sql_fails_its_event_and_commits_nothing
     with session_factory() as session:
         assert session.scalar(text("SELECT last_error FROM webhook_events WHERE svix_id = 'msg_m'")) == last_error
         assert session.scalars(select(User.clerk_id)).all() == []
+
+
+def test_a_hook_that_loses_the_database_is_an_outage_that_spends_no_attempt(session_factory, base_env):
+    settings = with_hooks(base_env, "tests.fixtures.hooks.misbehaving")
+    delivery = Delivery("msg_gone", 1700000000, user_event("user.deleted", "user_misbehaving"))
+
+    # When the hook's connection dies, the batch is an outage: nothing recorded, the caller keeps it
+    with pytest.raises(DatabaseUnavailable, match=r"^hook_failed: tests.fixtures.hooks.misbehaving:lose_the_conn"):
+        process_batch(session_factory, [delivery], settings=settings)
+    with session_factory() as session:
+        assert session.scalar(text("SELECT count(*) FROM webhook_events")) == 0
 
 
 def test_the_documented_example_is_the_tested_one_and_queues_one_welcome_mail(session_factory, base_env, database_url):
