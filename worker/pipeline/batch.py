@@ -4,8 +4,8 @@ A single event is a batch of one. Each body is parsed once (``ledger.read``); th
 claimed in one statement; events that are not valid, or of a type that is not synced, are
 recorded final by that statement and nothing of them reaches the synced tables; the rest
 are turned into changes by their handlers and applied together (``apply.apply_changes``),
-and finished in one statement. A commit costs an fsync, ten times the work of applying an
-event: a batch pays it once.
+the application's hooks run for them (``hooks``), and they are finished in one statement.
+A commit costs an fsync, ten times the work of applying an event: a batch pays it once.
 
 Failure isolation: a deadlock is retried at once, without spending any event's budget; any
 other error rolls the batch back and each event is applied again as a batch of its own, so
@@ -28,7 +28,7 @@ from shared import metrics
 from shared.config import Settings
 from shared.events import Event
 from shared.models import FINAL_STATUSES, EventStatus
-from worker.pipeline import apply, ledger, roundtrips
+from worker.pipeline import apply, hooks, ledger, roundtrips
 from worker.pipeline.apply import Change
 from worker.pipeline.errors import DatabaseUnavailable, Failure, classify, describe
 from worker.pipeline.handlers import HANDLERS
@@ -183,6 +183,12 @@ def _transaction(
         results = apply.write(
             trips, [c for _, c in applying], locks.rows(), scrub_pii=settings.deleted_user_pii == "scrub"
         )
+        hooked = [(e.svix_id, e.event) for e, _ in applying if e.event is not None]
+        if hooked and hooks.installed(settings):
+            # The application's hooks, in this transaction, on the session as usual (out of pipeline
+            # mode: one round trip more). One that raises fails the batch, which then splits.
+            with trips.suspended():
+                hooks.run(session, hooked, settings=settings)
         for (entry, _), applied in zip(applying, results, strict=True):
             status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
             outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
@@ -244,9 +250,15 @@ def _record_failure(
                 spend=kind is not Failure.RETRY_NOW,
             )
     except Exception as failure:
-        if classify(failure) is Failure.UNAVAILABLE:
+        refused = classify(failure)
+        if refused is Failure.UNAVAILABLE:
             raise DatabaseUnavailable(describe(failure)) from None
-        raise
+        if refused is Failure.RETRY_NOW or entry == ledger.bare(entry):
+            raise
+        # Postgres refuses the ledger row itself (a value it cannot hold, an application's trigger):
+        # record the attempt with nothing of the body but its text, rather than try it for ever.
+        log.warning("event_row_refused", svix_id=entry.svix_id, event_type=entry.event_type, error=describe(failure))
+        return _record_failure(factory, ledger.bare(entry), exc, kind, settings=settings)
     if status is EventStatus.DEAD:
         log.warning("event_dead", **fields)
     metrics.event_handled(entry.event_type, status.value, seconds=0.0, svix_timestamp=None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import cache
 from typing import Any, cast
 
@@ -43,10 +43,11 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 class Trips:
     """Statements queued on the session's connection; their rows are there after ``send``."""
 
-    def __init__(self, connection: Connection, driver: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+    def __init__(self, connection: Connection, driver: psycopg.Connection[Any]) -> None:
         self._connection = connection
         self._driver = driver
-        self._pipeline = pipeline
+        self._mode: AbstractContextManager[psycopg.Pipeline] | None = None
+        self._pipeline: psycopg.Pipeline | None = None
 
     def queue(self, clause: TextClause, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
         """Send ``clause`` without waiting; its cursor's rows can be read after ``send``."""
@@ -61,8 +62,29 @@ class Trips:
 
     def send(self) -> None:
         """One round trip: wait for everything queued so far."""
+        assert self._pipeline is not None
         with translated(self._connection, self._driver):
             self._pipeline.sync()
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Out of pipeline mode for a while (everything queued is sent first): the session's own
+        statements, an application's hook, run in the same transaction as usual."""
+        self._leave()
+        yield  # what the block raises ends the transaction: no pipeline to go back to
+        self._enter()
+
+    def _enter(self) -> None:
+        with translated(self._connection, self._driver):
+            self._mode = self._driver.pipeline()
+            self._pipeline = self._mode.__enter__()
+
+    def _leave(self, exc: BaseException | None = None) -> None:
+        """Leave pipeline mode: a Sync, and the wait for everything still queued."""
+        mode, self._mode, self._pipeline = self._mode, None, None
+        if mode is not None:
+            with translated(self._connection, self._driver):
+                mode.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
 
 
 @contextmanager
@@ -95,9 +117,14 @@ def _driver(connection: Connection) -> psycopg.Connection[Any]:
 def pipelined(session: Session) -> Iterator[Trips]:
     """Statements in the session's current transaction, sent together; the rest on leaving."""
     connection = session.connection()
-    driver = _driver(connection)
-    with translated(connection, driver), driver.pipeline() as pipeline:
-        yield Trips(connection, driver, pipeline)
+    trips = Trips(connection, _driver(connection))
+    trips._enter()
+    try:
+        yield trips
+    except BaseException as exc:
+        trips._leave(exc)
+        raise
+    trips._leave()
 
 
 @contextmanager
@@ -114,8 +141,7 @@ def transaction(session: Session) -> Iterator[Trips]:
     # Without autocommit psycopg would send its own BEGIN and wait for it before the first statement.
     driver.autocommit = True
     try:
-        with translated(connection, driver), driver.pipeline() as pipeline:
-            trips = Trips(connection, driver, pipeline)
+        with pipelined(session) as trips:
             trips.command(b"BEGIN")
             yield trips
             trips.command(b"COMMIT")
