@@ -17,6 +17,9 @@ Why it is built this way (the ingress pays for every microsecond of it):
 - **One round trip.** ``MULTI``, the ``LPUSH``, the receipt's writes and ``EXEC`` are
   packed into one send on a pooled connection and their replies read back: the message
   and its receipt exist together or not at all, for one network round trip.
+- **The body JSON-encoded once**: the message and the receipt (``receipts.add_commands``)
+  both embed the same ``json.dumps(body)``, and the commands are plain tuples handed to
+  hiredis's packer (no redis-py pipeline recording them first).
 - **A pool sized to the server's threads**: each thread keeps one connection of its own
   (``_ThreadConnections``), so a request never waits for, checks out or opens a connection.
 """
