@@ -38,9 +38,8 @@ class ConfigError(Exception):
 
 
 def _secrets(name: str, raw: str) -> tuple[str, ...]:
-    # Imported here so that the CLI's --help does not pay for svix.
-    from svix.webhooks import Webhook
-
+    # Stricter than svix's own decoder (which pads and skips what is not base64), so whatever passes
+    # here svix accepts too; svix itself is not imported: its package import costs the CLI a second.
     secrets = tuple(part for part in re.split(r"[\s,]+", raw.strip()) if part)
     for secret in secrets:
         if not secret.startswith("whsec_"):
@@ -50,8 +49,7 @@ def _secrets(name: str, raw: str) -> tuple[str, ...]:
             raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_'")
         try:
             key = base64.b64decode(secret[len("whsec_") :], validate=True)
-            Webhook(secret)
-        except Exception as exc:  # binascii.Error, ValueError, EmptyWebhookSecretError
+        except ValueError as exc:  # binascii.Error: bad padding
             raise ConfigError(f"{name}: a secret is not valid base64 after 'whsec_' ({type(exc).__name__})") from None
         if len(key) < MIN_SECRET_BYTES:
             # Svix's own secrets are 24 to 32 bytes; a short one is a truncated copy-paste.
