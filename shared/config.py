@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
@@ -28,6 +28,9 @@ from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timi
 MIN_SECRET_BYTES = 16
 # The console's session key signs cookies: a short one could be guessed.
 MIN_SESSION_KEY_CHARS = 32
+
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(Exception):
@@ -71,24 +74,22 @@ def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def _int(name: str, raw: str, *, minimum: int = 0) -> int:
+def _number(name: str, raw: str, *, parse: Callable[[str], N], kind: str, minimum: N) -> N:
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}: must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
-    return value
-
-
-def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+        raise ConfigError(f"{name}: must be {kind}, got {raw!r}") from None
     if not value >= minimum:  # also refuses nan
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
+
+
+def _int(name: str, raw: str, *, minimum: int = 0) -> int:
+    return _number(name, raw, parse=int, kind="a whole number", minimum=minimum)
+
+
+def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
+    return _number(name, raw, parse=float, kind="a number", minimum=minimum)
 
 
 def _choice(name: str, raw: str, *, choices: tuple[str, ...], upper: bool = False) -> str:
