@@ -105,25 +105,19 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What operators see of a ledger row (every column but the stored body), in this order; times in ISO 8601.
+SUMMARY_COLUMNS = (
+    "svix_id", "event_type", "status", "entity_id", "attempts", "last_error", "errors", "body_sha256",
+    "conflicts", "svix_timestamp", "received_at", "processed_at", "next_attempt_at", "updated_at",
+)  # fmt: skip
+# Redeliveries of this svix-id with another body, never applied: named for what they are.
+SUMMARY_NAMES = {"conflicts": "conflicting_redeliveries"}
+
+
 def summary(row: WebhookEvent) -> dict[str, Any]:
     """Every field of the row except the stored body, ready for JSON."""
-    return {
-        "svix_id": row.svix_id,
-        "event_type": row.event_type,
-        "status": row.status,
-        "entity_id": row.entity_id,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "errors": row.errors,
-        "body_sha256": row.body_sha256,
-        # Redeliveries of this svix-id with another body, never applied.
-        "conflicting_redeliveries": row.conflicts,
-        "svix_timestamp": row.svix_timestamp,
-        "received_at": _iso(row.received_at),
-        "processed_at": _iso(row.processed_at),
-        "next_attempt_at": _iso(row.next_attempt_at),
-        "updated_at": _iso(row.updated_at),
-    }
+    values = ((SUMMARY_NAMES.get(column, column), getattr(row, column)) for column in SUMMARY_COLUMNS)
+    return {name: _iso(value) if isinstance(value, dt.datetime) else value for name, value in values}
 
 
 def detail(row: WebhookEvent) -> dict[str, Any]:
