@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import requests
-
 from bench.events import new_svix_id, realistic_user_updated, sign
 from bench.procs import Started, spawn, tree
 from devkit.services import free_port
@@ -230,17 +228,8 @@ def start(h: Harness, server: Server) -> tuple[Started, str]:
     proc = spawn(server.name, server.argv(port), env=env, cwd=ROOT, log_dir=h.log_dir)
     h.started.append(proc)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{server.name} exited:\n{proc.log()[-3000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} did not answer /healthz within 90 s:\n{proc.log()[-3000:]}")
+    proc.wait_healthy(url, timeout=90)
+    return proc, url
 
 
 def start_web(h: Harness) -> tuple[Started, str]:
