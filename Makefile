@@ -30,7 +30,7 @@ run: install $(BIN)/.embedded
 test: lint $(BIN)/.embedded
 	scripts/ensure-services.sh
 	scripts/ensure-chromium.sh
-	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
