@@ -6,7 +6,7 @@ builder tracks Clerk's own state so that it only emits events Clerk could send (
 of a deleted user, a membership only between a live user and a live organization).
 
 ``reference_tables`` applies each distinct event once, in that order, with the rules of
-CONTRACT section 5, written here independently of ``worker/apply.py``. ``snapshot`` reads
+CONTRACT section 5, written here independently of ``worker/pipeline/apply.py``. ``snapshot`` reads
 the same view of the real tables, so a test compares the two with ``==``.
 """
 

@@ -3,7 +3,7 @@
 Every synced row carries two version columns besides what the application reads:
 ``clerk_updated_at`` (milliseconds, Clerk's ``updated_at`` of the data the row
 holds) and ``deleted_at`` (the tombstone). They are what make out-of-order and
-duplicate deliveries converge: see ``worker/apply.py``.
+duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 """
 
 from __future__ import annotations
