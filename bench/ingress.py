@@ -67,19 +67,16 @@ def _web(app: str) -> Callable[[int], list[str]]:
     return lambda _port: [sys.executable, "deploy/web.py", "--app", app]
 
 
+def _flags(**options: object) -> list[str]:
+    """``--name value`` pairs, underscores spelled as dashes (what gunicorn and granian both take)."""
+    return [part for name, value in options.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def _gunicorn(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
         str(BIN / "gunicorn"),
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(REFERENCE_WORKERS),
-        "--threads",
-        str(REFERENCE_THREADS),
-        "--keep-alive",
-        "75",
-        "--bind",
-        f"127.0.0.1:{port}",
+        *_flags(worker_class="gthread", workers=REFERENCE_WORKERS, threads=REFERENCE_THREADS, keep_alive=75),
+        *_flags(bind=f"127.0.0.1:{port}"),
         app,
     ]
 
@@ -87,20 +84,10 @@ def _gunicorn(app: str) -> Callable[[int], list[str]]:
 def _granian(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
         str(BIN / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        str(REFERENCE_WORKERS),
-        "--blocking-threads",
-        str(REFERENCE_THREADS),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *_flags(interface="wsgi", workers=REFERENCE_WORKERS, blocking_threads=REFERENCE_THREADS),
+        *_flags(host="127.0.0.1", port=port, log_level="warning"),
         "--no-ws",
         "--no-access-log",
-        "--log-level",
-        "warning",
         app,
     ]
 
