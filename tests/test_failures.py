@@ -22,7 +22,7 @@ from devkit.waiting import wait_for
 from shared.db import make_engine
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.ledger import statuses
+from tests.support.ledger import ledger_row, statuses
 from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
 from tests.support.signing import load_payload, new_svix_id, post_event, user_created
@@ -262,11 +262,6 @@ def _enqueue_user_created(settings, svix_id: str) -> None:
         publisher.close()
 
 
-def _event(session_factory, svix_id: str) -> WebhookEvent | None:
-    with session_factory() as session:
-        return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
-
-
 def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
     processes, session_factory, settings, database_url
 ):
@@ -280,7 +275,7 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
         failed = wait_for(
-            lambda: (event := _event(session_factory, svix_id)) and event.status == "failed" and event,
+            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "failed" and event,
             timeout=90,
             interval=0.05,
             what="first attempt failed on the lock",
@@ -293,7 +288,7 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
     assert failed.attempts == 1
     assert failed.last_error == "LockNotAvailable (55P03)"
     done = wait_for(
-        lambda: (event := _event(session_factory, svix_id)) and event.status != "failed" and event,
+        lambda: (event := ledger_row(session_factory, svix_id)) and event.status != "failed" and event,
         timeout=90,
         what="retried after the lock was released",
     )
@@ -316,7 +311,7 @@ def test_transient_failure_ends_dead_after_the_budget(processes, session_factory
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
         dead = wait_for(
-            lambda: (event := _event(session_factory, svix_id)) and event.status == "dead" and event,
+            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "dead" and event,
             timeout=120,
             what="event dead after its budget",
         )

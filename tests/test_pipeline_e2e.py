@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
 from shared.receipts import receipt_keys
+from tests.support.ledger import ledger_rows
 from tests.support.signing import load_payload, post_event
 
 
@@ -81,11 +82,6 @@ def mixed_event(index: int) -> tuple[str, dict[str, Any]]:
         data["id"] = f"sess_e2e{k:03d}"
         data["user_id"] = user_id
     return f"msg_e2e_{index:04d}", payload
-
-
-def ledger_rows(session_factory) -> list[WebhookEvent]:
-    with session_factory() as session:
-        return list(session.scalars(select(WebhookEvent)))
 
 
 def post_all(url: str, deliveries: list[tuple[str, dict[str, Any]]], *, threads: int = 8) -> list[int]:

@@ -42,6 +42,18 @@ def statuses(session_factory: Any) -> dict[str, str]:
         return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
 
 
+def ledger_row(session_factory: Any, svix_id: str) -> WebhookEvent | None:
+    """The `webhook_events` row of ``svix_id``, if there is one."""
+    with session_factory() as session:
+        return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
+
+
+def ledger_rows(session_factory: Any) -> list[WebhookEvent]:
+    """Every `webhook_events` row."""
+    with session_factory() as session:
+        return list(session.scalars(select(WebhookEvent)))
+
+
 def audit_rows(session_factory: Any) -> list[OperatorAction]:
     """Every `operator_actions` row, oldest first."""
     with session_factory() as session:
