@@ -64,12 +64,19 @@ class Entry:
 def read(delivery: Delivery) -> Entry:
     """Parse the body once (``shared.events.parse``) and decide how its row starts."""
     sha = hashlib.sha256(delivery.body.encode("utf-8", "surrogatepass")).hexdigest()
-    try:
-        event = parse(delivery.body)
-    except InvalidEvent as exc:
-        payload, raw_body = (delivery.body, None) if exc.storable else (None, _as_text(delivery.body))
+    event = _parsed(delivery.body)
+    if isinstance(event, InvalidEvent):
+        payload, raw_body = (delivery.body, None) if event.storable else (None, _as_text(delivery.body))
         return Entry(
-            delivery, sha, exc.event_type, None, EventStatus.DEAD, str(exc), payload, raw_body, entity_id=exc.entity_id
+            delivery,
+            sha,
+            event.event_type,
+            None,
+            EventStatus.DEAD,
+            str(event),
+            payload,
+            raw_body,
+            entity_id=event.entity_id,
         )
     if isinstance(event, Unsynced):
         reason = f"event type {event.type!r} is not synced"
@@ -90,6 +97,15 @@ def read(delivery: Delivery) -> Entry:
     )
 
 
+def _parsed(body: str) -> Event | Unsynced | InvalidEvent:
+    try:
+        return parse(body)
+    except InvalidEvent as exc:
+        return exc
+    except Exception as unexpected:  # parse depends on the body alone: this body would fail every time
+        return InvalidEvent(f"the body could not be read ({type(unexpected).__name__})")
+
+
 def _as_text(body: str) -> str:
     # Postgres text cannot hold NUL; keep the rest of what arrived, readably.
     return body.replace("\x00", "\\u0000")
@@ -98,6 +114,11 @@ def _as_text(body: str) -> str:
 def without_payload(entry: Entry) -> Entry:
     """The entry with its body kept as text only (Postgres refused it as jsonb)."""
     return replace(entry, payload=None, raw_body=_as_text(entry.delivery.body))
+
+
+def bare(entry: Entry) -> Entry:
+    """The entry with nothing read from its body but the text: for a row Postgres refuses otherwise."""
+    return replace(without_payload(entry), event=None, entity_id=None, user_clerk_id=None, organization_clerk_id=None)
 
 
 @dataclass(frozen=True)
