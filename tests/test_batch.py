@@ -127,7 +127,7 @@ def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_fac
             session_factory,
             [
                 Delivery("msg_refused", 1700000000, json.dumps(refused)),
-                Delivery("msg_fine", 1700000000, _user_created(3)),
+                Delivery("msg_fine", 1700000000, json.dumps(user_created("user_batch_3"))),
             ],
             settings=settings,
         )
