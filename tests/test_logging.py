@@ -131,7 +131,6 @@ def test_a_database_error_on_an_event_logs_no_value_of_it(processes, session_fac
         assert all(email not in (row.last_error or "") for row in session.scalars(select(WebhookEvent)))
 
 
-@pytest.mark.e2e
 def test_beat_logs_json_without_a_line_per_routine_send(processes, settings, redis_client):
     # Given beat as the Procfile starts it, sweeping every second, and no worker to take the sweeps
     beat = processes.start_beat(RECOVERY_SECONDS="24")
