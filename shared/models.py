@@ -3,7 +3,7 @@
 Every synced row carries two version columns besides what the application reads:
 ``clerk_updated_at`` (milliseconds, Clerk's ``updated_at`` of the data the row
 holds) and ``deleted_at`` (the tombstone). They are what make out-of-order and
-duplicate deliveries converge: see ``worker/apply.py``.
+duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 """
 
 from __future__ import annotations
@@ -64,27 +64,29 @@ class SyncedMixin:
     synced_at: Mapped[dt.datetime] = _now_column()
 
 
-class User(SyncedMixin, Base):
-    __tablename__ = "users"
+class AccountMixin:
+    """What users and organizations both have: a picture, public metadata, and the application's plan."""
 
-    email: Mapped[str | None] = mapped_column(Text)
-    first_name: Mapped[str | None] = mapped_column(Text)
-    last_name: Mapped[str | None] = mapped_column(Text)
-    username: Mapped[str | None] = mapped_column(Text)
     image_url: Mapped[str | None] = mapped_column(Text)
     public_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
     # Owned by the application: no event ever writes it.
     plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
 
 
-class Organization(SyncedMixin, Base):
+class User(AccountMixin, SyncedMixin, Base):
+    __tablename__ = "users"
+
+    email: Mapped[str | None] = mapped_column(Text)
+    first_name: Mapped[str | None] = mapped_column(Text)
+    last_name: Mapped[str | None] = mapped_column(Text)
+    username: Mapped[str | None] = mapped_column(Text)
+
+
+class Organization(AccountMixin, SyncedMixin, Base):
     __tablename__ = "organizations"
 
     name: Mapped[str | None] = mapped_column(Text)
     slug: Mapped[str | None] = mapped_column(Text)
-    image_url: Mapped[str | None] = mapped_column(Text)
-    public_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
-    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
 
 
 class OrganizationMembership(SyncedMixin, Base):

@@ -10,16 +10,10 @@ from sqlalchemy import select, text
 
 from shared.db import PING_AFTER_IDLE_SECONDS
 from shared.models import User, WebhookEvent
-from tests.support.signing import load_payload
+from tests.support.signing import load_payload, user_created
 from worker.pipeline.batch import process_batch
 from worker.pipeline.errors import DatabaseUnavailable
 from worker.pipeline.ledger import Delivery, set_paused
-
-
-def _user_created(index: int) -> str:
-    payload = load_payload("user.created")
-    payload["data"]["id"] = f"user_batch_{index}"
-    return json.dumps(payload)
 
 
 def _statuses(session_factory) -> dict[str, tuple[str, int, str | None]]:
@@ -32,7 +26,7 @@ def _statuses(session_factory) -> dict[str, tuple[str, int, str | None]]:
 
 def test_batch_applies_each_event_once_and_dedupes_within_the_batch(session_factory, settings):
     # Given a batch with five events, one of them delivered twice, and an unsynced type
-    deliveries = [Delivery(f"msg_b{i}", 1700000000, _user_created(i)) for i in range(5)]
+    deliveries = [Delivery(f"msg_b{i}", 1700000000, json.dumps(user_created(f"user_batch_{i}"))) for i in range(5)]
     deliveries.insert(2, deliveries[0])
     deliveries.append(Delivery("msg_session", 1700000000, json.dumps(load_payload("session.created"))))
 
@@ -70,14 +64,14 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
         session.execute(text("CREATE TRIGGER reject_x BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION reject_x()"))
     try:
         deliveries = [
-            Delivery("msg_ok1", 1700000000, _user_created(1)),
+            Delivery("msg_ok1", 1700000000, json.dumps(user_created("user_batch_1"))),
             Delivery("msg_not_json", 1700000000, "{not json"),
             Delivery("msg_nul_id", 1700000000, '{"type": "user.created", "data": {"id": "user_\\u0000x"}}'),
             Delivery("msg_nul_type", 1700000000, '{"type": "user.\\u0000", "data": {"id": "user_1"}}'),
             Delivery("msg_deep", 1700000000, '{"type": "user.created", "data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
             Delivery("msg_no_id", 1700000000, json.dumps({"type": "user.created", "data": {}})),
             Delivery("msg_trigger", 1700000000, json.dumps(too_long)),
-            Delivery("msg_ok2", 1700000000, _user_created(2)),
+            Delivery("msg_ok2", 1700000000, json.dumps(user_created("user_batch_2"))),
         ]
 
         # When the batch is applied
@@ -105,7 +99,9 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
 def test_a_paused_batch_is_held_pending(session_factory, settings):
     with session_factory.begin() as session:
         set_paused(session, True)
-    results = process_batch(session_factory, [Delivery("msg_held", 1700000000, _user_created(7))], settings=settings)
+    results = process_batch(
+        session_factory, [Delivery("msg_held", 1700000000, json.dumps(user_created("user_batch_7")))], settings=settings
+    )
     assert results == {"msg_held": "pending"}
     assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
     with session_factory() as session:
@@ -114,14 +110,16 @@ def test_a_paused_batch_is_held_pending(session_factory, settings):
 
 def test_a_paused_batch_records_duplicates_and_new_events_but_applies_nothing(session_factory, settings):
     # Given one event already processed, and the pipeline paused afterwards
-    first = Delivery("msg_before_pause", 1700000000, _user_created(8))
+    first = Delivery("msg_before_pause", 1700000000, json.dumps(user_created("user_batch_8")))
     assert process_batch(session_factory, [first], settings=settings) == {"msg_before_pause": "processed"}
     with session_factory.begin() as session:
         set_paused(session, True)
 
     # When a batch arrives with its duplicate and a new event for another user
     results = process_batch(
-        session_factory, [first, Delivery("msg_paused_new", 1700000000, _user_created(9))], settings=settings
+        session_factory,
+        [first, Delivery("msg_paused_new", 1700000000, json.dumps(user_created("user_batch_9")))],
+        settings=settings,
     )
 
     # Then the duplicate keeps its status, the new event is held, and no row is written for it
@@ -147,7 +145,10 @@ def test_a_conflicting_redelivery_in_a_batch_applies_the_stored_body_and_the_res
     other["data"]["id"] = "user_not_stored"
     results = process_batch(
         session_factory,
-        [Delivery("msg_conflict", 1700000000, json.dumps(other)), Delivery("msg_fresh", 1700000000, _user_created(3))],
+        [
+            Delivery("msg_conflict", 1700000000, json.dumps(other)),
+            Delivery("msg_fresh", 1700000000, json.dumps(user_created("user_batch_3"))),
+        ],
         settings=settings,
     )
 
@@ -171,12 +172,18 @@ def _terminate_our_connections(database_url: str) -> int:
 
 def test_a_pooled_connection_that_died_idle_is_replaced_before_the_batch(session_factory, settings, database_url):
     # Given pooled connections that Postgres dropped while they sat idle (a restart, an idle timeout)
-    process_batch(session_factory, [Delivery("msg_warm", 1700000000, _user_created(4))], settings=settings)
+    process_batch(
+        session_factory, [Delivery("msg_warm", 1700000000, json.dumps(user_created("user_batch_4")))], settings=settings
+    )
     assert _terminate_our_connections(database_url) >= 1
     time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
 
     # When the next batch comes: the pool pings a connection that sat idle and replaces it
-    results = process_batch(session_factory, [Delivery("msg_after", 1700000000, _user_created(5))], settings=settings)
+    results = process_batch(
+        session_factory,
+        [Delivery("msg_after", 1700000000, json.dumps(user_created("user_batch_5")))],
+        settings=settings,
+    )
 
     # Then it is applied at the first attempt
     assert results == {"msg_after": "processed"}
@@ -186,9 +193,13 @@ def test_a_connection_that_died_a_moment_ago_costs_one_attempt_and_nothing_else(
     session_factory, settings, database_url
 ):
     # Given a pooled connection Postgres dropped just after its last batch (no ping: it was not idle)
-    process_batch(session_factory, [Delivery("msg_warm2", 1700000000, _user_created(6))], settings=settings)
+    process_batch(
+        session_factory,
+        [Delivery("msg_warm2", 1700000000, json.dumps(user_created("user_batch_6")))],
+        settings=settings,
+    )
     assert _terminate_our_connections(database_url) >= 1
-    delivery = Delivery("msg_next", 1700000000, _user_created(7))
+    delivery = Delivery("msg_next", 1700000000, json.dumps(user_created("user_batch_7")))
 
     # When the next batch meets it: the outage path (the task's backoff keeps the message), then again
     try:
@@ -225,7 +236,7 @@ def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_fac
             session_factory,
             [
                 Delivery("msg_refused", 1700000000, json.dumps(refused)),
-                Delivery("msg_fine", 1700000000, _user_created(3)),
+                Delivery("msg_fine", 1700000000, json.dumps(user_created("user_batch_3"))),
             ],
             settings=settings,
         )
