@@ -433,7 +433,12 @@ def snapshot(session: Session) -> Tables:
 
 
 def truncate_synced_tables(session: Session) -> None:
-    session.execute(text("TRUNCATE webhook_events, users, organizations, organization_memberships, clerk_sync_control"))
+    session.execute(
+        text(
+            "TRUNCATE webhook_events, users, organizations, organization_memberships, organization_invitations,"
+            " organization_domains, clerk_sync_control"
+        )
+    )
 
 
 # Issue 19's realistic traffic: the share of each event type in a Clerk instance's stream.
