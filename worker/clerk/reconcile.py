@@ -8,7 +8,10 @@ Three kinds of drift, per resource (users, organizations, memberships, invitatio
   webhook applied mid-run is not mistaken for drift;
 - ``stale``: a live row whose synced fields differ from Clerk's while the row's
   version (``clerk_updated_at``) is not newer than Clerk's ``updated_at``. A row
-  newer than the snapshot is a webhook that overtook the run, not drift.
+  newer than the snapshot is a webhook that overtook the run, not drift. Fields Clerk
+  changes without a new ``updated_at`` (``last_active_at``, ``members_count``), private
+  metadata and ``clerk_data`` are not compared; a row holding no ``clerk_data`` at all
+  (synced before it was kept) is stale.
 
 A tombstoned row that Clerk still lists is not drift: deletes are final
 (CONTRACT section 5) and the usual cause is a delete landing mid-run.
@@ -115,7 +118,10 @@ def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]],
     # nor clerk_data, private metadata and what Clerk changes without a new version).
     names = BY_NAME[resource].compared_columns
     columns = [model.clerk_id, model.deleted_at, model.clerk_updated_at, model.synced_at]
-    rows = {row.clerk_id: row for row in session.execute(select(*columns, *(getattr(model, n) for n in names)))}
+    # A row without clerk_data was synced before it was kept (migration 0004): stale, to refresh it.
+    never_kept = model.clerk_data.is_(None).label("never_kept")
+    statement = select(*columns, never_kept, *(getattr(model, n) for n in names))
+    rows = {row.clerk_id: row for row in session.execute(statement)}
     drift = Drift(resource=resource, in_clerk=len(objects))
     drift.in_table = sum(1 for row in rows.values() if row.deleted_at is None)
     for clerk_id, data in objects.items():
@@ -129,7 +135,7 @@ def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]],
         if expected is None or expected.row is None or expected.version is None:
             continue
         newer_in_table = row.clerk_updated_at is not None and row.clerk_updated_at > expected.version
-        if not newer_in_table and any(getattr(row, n) != expected.row[n] for n in names):
+        if not newer_in_table and (row.never_kept or any(getattr(row, n) != expected.row[n] for n in names)):
             drift.stale.append(clerk_id)
     drift.vanished = [
         clerk_id
