@@ -37,6 +37,8 @@ MembershipId = Annotated[str, _clerk_id("orgmem_")]
 InvitationId = Annotated[str, _clerk_id("orginv_")]
 DomainId = Annotated[str, _clerk_id("orgdmn_")]
 Metadata = dict[str, Any]
+# A count, in the range of a Postgres integer.
+Count = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
 
 
 def millis(value: int) -> int:
@@ -118,8 +120,8 @@ class OrganizationData(Struct, frozen=True):
     logo_url: str | None = None
     public_metadata: Metadata | None = None
     private_metadata: Metadata | None = None
-    members_count: int | None = None
-    max_allowed_memberships: int | None = None
+    members_count: Count | None = None
+    max_allowed_memberships: Count | None = None
     created_by: str | None = None
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from tests.support.pipeline import deliver_one
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
 
-steps = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
+steps = st.lists(st.tuples(st.integers(0, 11), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
 
 
 def _history(rng: random.Random, script: list[tuple[int, int, int]]) -> list[Event]:
@@ -109,7 +109,7 @@ def test_concurrent_workers_converge_to_the_model(session_factory, settings, bat
         for org in orgs:
             builder.join(user, org)
     for _ in range(40):
-        builder.step(rng.randrange(9), rng.randrange(6), rng.randrange(6))
+        builder.step(rng.randrange(12), rng.randrange(6), rng.randrange(6))
     events = builder.events
 
     # When four threads each deliver the whole stream, shuffled and duplicated, at once

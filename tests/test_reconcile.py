@@ -128,7 +128,9 @@ def test_reconcile_covers_invitations_domains_and_rows_synced_before_clerk_data(
                 )
             )
             session.execute(
-                update(Organization).where(Organization.clerk_id == old_org).values(clerk_data=null(), members_count=None)
+                update(Organization)
+                .where(Organization.clerk_id == old_org)
+                .values(clerk_data=null(), members_count=None)
             )
             session.execute(update(User).where(User.clerk_id == old_user).values(clerk_data=null()))
 
