@@ -48,8 +48,9 @@ class _Envelope(Struct, tag_field="type", kw_only=True, frozen=True):
 
     timestamp: ClerkTime
     instance_id: str | None = None
-    # ``data`` exactly as sent (filled in by ``parse``, whatever the body says): kept as clerk_data.
-    clerk_data: msgspec.Raw | None = None
+    # ``data`` exactly as sent, kept as clerk_data: filled in by ``parse``, whatever the body says
+    # (any value under this key is accepted, then replaced).
+    clerk_data: msgspec.Raw = msgspec.Raw(b"null")
 
     def __post_init__(self) -> None:
         check_times(self, "timestamp")
