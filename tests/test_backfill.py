@@ -185,6 +185,37 @@ def test_interrupted_backfill_resumes_at_the_saved_offset(base_env, session_fact
         assert (users["resumed_from"], users["fetched"], users["applied"]) == (0, 450, 0)
 
 
+def test_an_interrupted_backfill_of_invitations_resumes_at_the_organization_it_reached(
+    base_env, session_factory, tmp_path
+):
+    # Given Clerk with 6 organizations of 3 invitations each, whose organization list fails from offset 4 on
+    clerk = make_instance(users=4, organizations=6, members_per_org=0, invitations_per_org=3)
+    clerk.fail(500, "/v1/organizations", from_offset=4, times=None)
+    with FakeClerkServer(clerk) as server:
+        env = clerk_env(base_env, server)
+        args = ("backfill", "--invitations", "--page-size", "2")
+
+        # When the backfill of invitations runs, it stops after two pages of organizations
+        broken = run_cli(env, *args, "--retries", "1", cwd=tmp_path)
+        assert broken.returncode == 1
+        assert count(session_factory, OrganizationInvitation) == 12
+        assert progress_rows(session_factory)["backfill:invitations"]["offset"] == 4
+
+        # When Clerk recovers and it runs again
+        clerk.heal()
+        already_seen = len(clerk.requests_to("/v1/organizations"))
+        resumed = run_cli(env, *args, "--json", cwd=tmp_path)
+
+        # Then it resumes at the fifth organization, and every invitation is stored
+        assert resumed.returncode == 0, resumed.stderr
+        after = [int(s.query["offset"]) for s in clerk.requests_to("/v1/organizations")[already_seen:]]
+        assert after == [4, 6]
+        invitations = json.loads(resumed.stdout)["resources"]["invitations"]
+        assert (invitations["resumed_from"], invitations["fetched"], invitations["applied"]) == (4, 6, 6)
+        assert count(session_factory, OrganizationInvitation) == 18
+        assert progress_rows(session_factory) == {}
+
+
 def test_backfill_without_secret_key_refuses_with_one_line(base_env, tmp_path):
     result = run_cli(base_env, "backfill", cwd=tmp_path)
     assert result.returncode == 2

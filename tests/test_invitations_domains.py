@@ -11,6 +11,7 @@ from sqlalchemy import select
 from shared.models import OrganizationDomain, OrganizationInvitation, OrganizationMembership, User, WebhookEvent
 from tests.support.signing import load_payload
 from tests.test_handlers import ORG_ID, UNSEEN_USER_ID, deliver, event_row, ms, one
+from worker.ops import entities
 from worker.ops.timeline import timeline
 
 INVITATION_ID = "orginv_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
@@ -130,6 +131,9 @@ def test_events_of_an_invitation_are_found_by_its_id(session_factory, settings):
 
     with session_factory() as session:
         assert [event.svix_id for event, _ in timeline(session, INVITATION_ID)] == ["msg_inv_1", "msg_inv_2"]
+        # and the operators' entity search finds the row
+        [found] = entities.find(session, INVITATION_ID)
+    assert (found.table, found.columns["status"]) == ("organization_invitations", "accepted")
 
 
 def test_scrub_reaches_invitations_to_a_deleted_users_addresses_and_their_memberships(session_factory, settings):
