@@ -99,13 +99,16 @@ class Resource:
         return tuple(column for column in self.columns if column not in skipped)
 
     def parents_of(self, data: Any) -> dict[str, str]:
+        """Parent resource name -> parent clerk_id, read from the object."""
+        return self.parents_in(self.row(data))
+
+    def parents_in(self, values: Mapping[str, Any]) -> dict[str, str]:
         """Parent resource name -> parent clerk_id, read from a row built by ``row``."""
-        values = self.row(data)
         return {parent: values[column] for parent, column in self.parent_columns.items() if values.get(column)}
 
-    def user_of(self, data: Any) -> str | None:
-        """The user an object belongs to (``user_column``), when it names one."""
-        return None if self.user_column is None else self.row(data).get(self.user_column)
+    def user_in(self, values: Mapping[str, Any]) -> str | None:
+        """The user a row built by ``row`` belongs to (``user_column``), when it names one."""
+        return None if self.user_column is None else values.get(self.user_column)
 
 
 def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:

@@ -27,14 +27,15 @@ def change_from_object(resource: Any, data: Any, *, sent: Any) -> Change:
 
     ``sent`` is the object as Clerk sent it (JSON bytes, or the decoded API object), kept as clerk_data.
     """
+    row = resource.row(data)
     return Change(
         resource=resource,
         clerk_id=data.id,
-        row={**resource.row(data), CLERK_DATA: sent},
+        row={**row, CLERK_DATA: sent},
         version=millis(data.updated_at),
         created_at=None if data.created_at is None else millis(data.created_at),
-        parents=resource.parents_of(data),
-        user_id=resource.user_of(data),
+        parents=resource.parents_in(row),
+        user_id=resource.user_in(row),
     )
 
 
