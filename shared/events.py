@@ -146,11 +146,16 @@ def parse(body: str | bytes) -> Event | Unsynced:
         error = exc
     except msgspec.DecodeError:
         raise InvalidEvent("the body is not JSON") from None
+    except RecursionError:
+        raise InvalidEvent(_TOO_DEEP) from None
     head = _head(body)
     event_type = _type_of(head)
     if event_type is not None and event_type not in SYNCED_TYPES:
         return Unsynced(event_type)
     raise InvalidEvent(_describe(error), event_type=event_type, storable=head is not None, entity_id=_entity_of(head))
+
+
+_TOO_DEEP = "the body nests too deeply"
 
 
 def _head(body: str | bytes) -> _Head | None:
@@ -159,6 +164,8 @@ def _head(body: str | bytes) -> _Head | None:
         return _head_decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+    except RecursionError:
+        raise InvalidEvent(_TOO_DEEP) from None
 
 
 def _type_of(head: _Head | None) -> str | None:

@@ -53,6 +53,7 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
                 "stream": stream,
             }
         },
+        "filters": {"routine_beat_sends": {"()": f"{__name__}.RoutineBeatSends"}},
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
             # gunicorn installs its own handlers; let its records reach ours instead.
@@ -62,6 +63,7 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
             "_granian": {"handlers": [], "propagate": True, "level": level},
             "granian.access": {"handlers": [], "propagate": True, "level": "WARNING"},
             "celery": {"level": level},
+            "celery.beat": {"level": level, "filters": ["routine_beat_sends"]},
             # Celery's per-task lines carry no svix_id; ours say the same with it.
             "celery.app.trace": {"level": "WARNING"},
             "celery.worker.strategy": {"level": "WARNING"},
@@ -71,6 +73,15 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
             "alembic": {"level": level},
         },
     }
+
+
+class RoutineBeatSends(logging.Filter):
+    """Beat logs every send at INFO, the sweep's every few seconds: those lines show at DEBUG only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Scheduler: Sending due task"):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
 
 class _NamedWriteLogger(structlog.WriteLogger):

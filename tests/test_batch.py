@@ -51,7 +51,8 @@ def test_batch_applies_each_event_once_and_dedupes_within_the_batch(session_fact
 
 
 def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, settings):
-    # Given a batch where one body is not JSON, one has no data.id, and one violates a column limit
+    # Given a batch where one body is not JSON, one nests deeper than any parser recurses, one has
+    # no data.id, and one violates a column limit
     too_long = load_payload("user.created")
     too_long["data"]["id"] = "user_" + "x" * 40  # fits the envelope check, not the application's trigger
     with session_factory.begin() as session:
@@ -67,6 +68,7 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
         deliveries = [
             Delivery("msg_ok1", 1700000000, _user_created(1)),
             Delivery("msg_not_json", 1700000000, "{not json"),
+            Delivery("msg_deep", 1700000000, '{"type": "user.created", "data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
             Delivery("msg_no_id", 1700000000, json.dumps({"type": "user.created", "data": {}})),
             Delivery("msg_trigger", 1700000000, json.dumps(too_long)),
             Delivery("msg_ok2", 1700000000, _user_created(2)),
@@ -83,6 +85,7 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
     statuses = _statuses(session_factory)
     assert results["msg_ok1"] == results["msg_ok2"] == "processed"
     assert statuses["msg_not_json"][0] == "dead" and "not JSON" in statuses["msg_not_json"][2]
+    assert statuses["msg_deep"][0] == "dead" and "nests too deeply" in statuses["msg_deep"][2]
     assert statuses["msg_no_id"][0] == "dead" and "data.id" in statuses["msg_no_id"][2]
     assert statuses["msg_trigger"][0] in ("failed", "dead")
     # The error names the class and SQLSTATE, never the message (it could carry values)

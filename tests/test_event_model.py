@@ -151,6 +151,11 @@ def test_an_invalid_body_is_refused_naming_the_field_and_the_rule(sample, change
         ('{"type": 5, "data": {}}', "type: expected str"),
         ('{"type": "user.created", "timestamp": 1716883200012, "data": {"id": "user_1", "first_name": "a\\u0000"}}',
          "the body holds \\u0000, which Postgres cannot store"),
+        ('{"type": "user.created", "data": ' + "[" * 100_000 + "]" * 100_000 + "}", "the body nests too deeply"),
+        ('{"type": "user.created", "timestamp": 1716883200012, "data": {"id": "user_1", "x": '
+         + "[" * 100_000 + "]" * 100_000 + "}}", "the body nests too deeply"),
+        ('{"type": "session.created", "data": ' + "{\"a\": " * 100_000 + "1" + "}" * 100_000 + "}",
+         "the body nests too deeply"),
     ],
 )  # fmt: skip
 def test_a_body_that_is_no_event_is_refused_in_one_line(body, reason):

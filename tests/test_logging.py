@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from devkit.waiting import wait_for
 from shared.models import WebhookEvent
+from shared.publish import control_queue
 from tests.support.signing import OTHER_SECRET, SECRET, load_payload, post_event
 
 
@@ -130,3 +131,18 @@ def test_a_database_error_on_an_event_logs_no_value_of_it(processes, session_fac
     assert "UniqueViolation (23505) constraint test_unique_email table users" in logs
     with session_factory() as session:
         assert all(email not in (row.last_error or "") for row in session.scalars(select(WebhookEvent)))
+
+
+@pytest.mark.e2e
+def test_beat_logs_json_without_a_line_per_routine_send(processes, settings, redis_client):
+    # Given beat as the Procfile starts it, sweeping every second, and no worker to take the sweeps
+    beat = processes.start_beat(RECOVERY_SECONDS="24")
+
+    # When it has sent several sweeps
+    sweeps = control_queue(settings.queue_name)
+    wait_for(lambda: redis_client.llen(sweeps) >= 3, timeout=60, what="three sweeps sent")
+
+    # Then its output is JSON lines only (no banner), it says it started, and no line per send
+    records = json_lines(beat.log())
+    assert any(record["event"] == "beat: Starting..." for record in records)
+    assert not [record for record in records if "Sending due task" in record["event"]]

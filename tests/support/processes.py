@@ -136,18 +136,10 @@ class ProcessManager:
         return proc
 
     def start_beat(self, **env_overrides: str) -> Proc:
+        """Beat as the Procfile starts it, with a schedule file of its own."""
         schedule = self.log_dir / f"beat-schedule-{len(self.procs)}"
-        argv = [
-            bin_path("celery"),
-            "-A",
-            "worker.celery_app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(schedule),
-        ]
-        return self._spawn("beat", argv, {**self.env, **env_overrides})
+        env = {"LOG_LEVEL": "INFO", **self.env, "CELERY_BEAT_SCHEDULE": str(schedule), **env_overrides}
+        return self._spawn("beat", ["sh", "-c", procfile_command("beat")], env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

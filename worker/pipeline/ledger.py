@@ -64,12 +64,19 @@ class Entry:
 def read(delivery: Delivery) -> Entry:
     """Parse the body once (``shared.events.parse``) and decide how its row starts."""
     sha = hashlib.sha256(delivery.body.encode("utf-8", "surrogatepass")).hexdigest()
-    try:
-        event = parse(delivery.body)
-    except InvalidEvent as exc:
-        payload, raw_body = (delivery.body, None) if exc.storable else (None, _as_text(delivery.body))
+    event = _parsed(delivery.body)
+    if isinstance(event, InvalidEvent):
+        payload, raw_body = (delivery.body, None) if event.storable else (None, _as_text(delivery.body))
         return Entry(
-            delivery, sha, exc.event_type, None, EventStatus.DEAD, str(exc), payload, raw_body, entity_id=exc.entity_id
+            delivery,
+            sha,
+            event.event_type,
+            None,
+            EventStatus.DEAD,
+            str(event),
+            payload,
+            raw_body,
+            entity_id=event.entity_id,
         )
     if isinstance(event, Unsynced):
         reason = f"event type {event.type!r} is not synced"
@@ -88,6 +95,15 @@ def read(delivery: Delivery) -> Entry:
         user_clerk_id=parents.get("users"),
         organization_clerk_id=parents.get("organizations"),
     )
+
+
+def _parsed(body: str) -> Event | Unsynced | InvalidEvent:
+    try:
+        return parse(body)
+    except InvalidEvent as exc:
+        return exc
+    except Exception as unexpected:  # parse depends on the body alone: this body would fail every time
+        return InvalidEvent(f"the body could not be read ({type(unexpected).__name__})")
 
 
 def _as_text(body: str) -> str:
