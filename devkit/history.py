@@ -565,7 +565,7 @@ _SCRUBBED_USER = dict.fromkeys((*USER_PII, "external_id", "phone_number", "priva
 Tables = dict[str, dict[str, dict[str, Any]]]
 
 
-def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
+def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_metadata: bool = False) -> Tables:
     """Apply each distinct event once in Clerk's order: what the tables must hold when drained.
 
     - created/updated: the row takes the event's data if it is newer (by Clerk's
@@ -576,6 +576,7 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
     - deleted_at is the earliest delete: the entity's own, or for a membership its
       user's or organization's, for an invitation or a domain its organization's;
     - an invitation is never deleted: its status is the newest event's;
+    - private metadata is kept only with ``private_metadata`` (SYNC_PRIVATE_METADATA);
     - with scrubbing, a deleted user's PII columns are empty, and so are the clerk_data of
       their memberships and the address and clerk_data of invitations they accepted.
     """
@@ -598,6 +599,10 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
             if version > versions.get((table, clerk_id), -1):
                 versions[(table, clerk_id)] = version
                 row.update(_ROW_OF[table](data))
+                if private_metadata:  # SYNC_PRIVATE_METADATA on: kept in its column and in clerk_data
+                    row["clerk_data"] = _numbers_as_decimals(data)
+                    if "private_metadata" in row:
+                        row["private_metadata"] = data.get("private_metadata")
         if action == "deleted":
             deleted_at = _ms(event.payload["timestamp"])
             row["deleted_at"] = deleted_at if row["deleted_at"] is None else min(row["deleted_at"], deleted_at)

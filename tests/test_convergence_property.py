@@ -76,10 +76,20 @@ def test_any_delivery_order_converges_to_the_model(session_factory, settings, sc
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(script=steps, rng=st.randoms(use_true_random=False), scrub=st.booleans(), size=st.integers(1, 40))
-def test_any_delivery_order_in_batches_converges_to_the_model(session_factory, settings, script, rng, scrub, size):  # type: ignore[no-untyped-def]
+@given(
+    script=steps,
+    rng=st.randoms(use_true_random=False),
+    scrub=st.booleans(),
+    size=st.integers(1, 40),
+    private=st.booleans(),
+)
+def test_any_delivery_order_in_batches_converges_to_the_model(
+    session_factory, settings, script, rng, scrub, size, private
+):  # type: ignore[no-untyped-def]
     # Given a history in Clerk's order, and empty tables for this example
-    app_settings = dataclasses.replace(settings, deleted_user_pii="scrub" if scrub else "keep")
+    app_settings = dataclasses.replace(
+        settings, deleted_user_pii="scrub" if scrub else "keep", sync_private_metadata=private
+    )
     with session_factory.begin() as session:
         truncate_synced_tables(session)
     events = _history(rng, script)
@@ -94,7 +104,7 @@ def test_any_delivery_order_in_batches_converges_to_the_model(session_factory, s
     # Then the tables equal the model, every event is final, and each svix-id has one row
     assert set(statuses.values()) <= {"processed", "ignored"}
     with session_factory() as session:
-        assert snapshot(session) == reference_tables(events, scrub_pii=scrub)
+        assert snapshot(session) == reference_tables(events, scrub_pii=scrub, private_metadata=private)
     assert sum(_ledger_statuses(session_factory).values()) == len(events)
 
 
