@@ -58,7 +58,7 @@ class Resource:
     upsert_types: tuple[str, ...]
     # None when Clerk never deletes the object (an invitation ends accepted or revoked).
     delete_type: str | None
-    # Columns Clerk owns, written from the object (and, but for ``uncompared``, compared by reconcile).
+    # Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``).
     # ``row`` builds them all but clerk_data, which comes from the object as it was sent.
     columns: tuple[str, ...]
     row: Callable[[Any], dict[str, Any]]
@@ -70,7 +70,8 @@ class Resource:
     # For a child: parent resource name -> the column holding the parent's clerk_id. A parent's
     # delete makes its children inactive, whenever they arrive.
     parent_columns: Mapping[str, str] = field(default_factory=dict)
-    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted.
+    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted (the
+    # user's row, rows naming the user by ``user_column``, invitations addressed to the user).
     pii_columns: tuple[str, ...] = ()
     # The column naming the user an object belongs to (a member, an invitation's acceptor): the
     # PII scrub follows it.
@@ -274,6 +275,8 @@ MEMBERSHIPS = Resource(
     ),
     row=_membership_row,
     parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
+    # clerk_data holds the member's public_user_data: names, image, identifier (an address).
+    pii_columns=(CLERK_DATA,),
     user_column="user_clerk_id",
 )
 INVITATIONS = Resource(

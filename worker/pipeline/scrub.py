@@ -49,7 +49,7 @@ _CLEAR_ROWS = text(
     f"UPDATE users SET {_clear(USERS)} WHERE clerk_id = ANY(CAST(:ids AS text[]))"  # noqa: S608 - fixed column names
 )
 _CLEAR_MEMBERSHIPS = text(
-    f"UPDATE {MEMBERSHIPS.table_name} SET clerk_data = NULL"  # noqa: S608 - fixed names
+    f"UPDATE {MEMBERSHIPS.table_name} SET {_clear(MEMBERSHIPS)}"  # noqa: S608 - fixed names
     f" WHERE {MEMBERSHIPS.user_column} = ANY(CAST(:ids AS text[])) AND clerk_data IS NOT NULL"
 )
 _CLEAR_INVITATIONS = text(
