@@ -454,8 +454,12 @@ def _numbers_as_decimals(value: Any) -> Any:
 
 
 def _sent(data: dict[str, Any]) -> Any:
-    """clerk_data: the object as sent, without private metadata (SYNC_PRIVATE_METADATA is off)."""
-    return _numbers_as_decimals({key: value for key, value in data.items() if key != "private_metadata"})
+    """clerk_data: the object as sent, without private metadata (SYNC_PRIVATE_METADATA is off), its own
+    or a membership's organization's."""
+    sent = {key: value for key, value in data.items() if key != "private_metadata"}
+    if data.get("object") == "organization_membership" and isinstance(sent.get("organization"), dict):
+        sent["organization"] = {k: v for k, v in sent["organization"].items() if k != "private_metadata"}
+    return _numbers_as_decimals(sent)
 
 
 def _user_row(data: dict[str, Any]) -> dict[str, Any]:

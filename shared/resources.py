@@ -79,6 +79,10 @@ class Resource:
     # Columns Clerk changes without a new updated_at (activity, counters): stored as the newest object
     # said, but reconcile does not call a difference in them drift.
     volatile_columns: tuple[str, ...] = ()
+    # Keys of the object holding an object with private metadata of its own (a membership's organization),
+    # removed from clerk_data with the object's own unless SYNC_PRIVATE_METADATA is on. Each must be
+    # validated as an object (or null) by ``data_type``.
+    nested_private: tuple[str, ...] = ()
 
     @property
     def table_name(self) -> str:
@@ -278,6 +282,8 @@ MEMBERSHIPS = Resource(
     # clerk_data holds the member's public_user_data: names, image, identifier (an address).
     pii_columns=(CLERK_DATA,),
     user_column="user_clerk_id",
+    # data.organization is the whole organization, private metadata included.
+    nested_private=("organization",),
 )
 INVITATIONS = Resource(
     name="invitations",

@@ -51,7 +51,9 @@ def test_private_metadata_is_kept_only_with_the_setting_on(session_factory, sett
     org = one(session_factory, Organization, ORG_ID)
     assert org.private_metadata == {"internal_id": "ORG-123"}
     assert org.clerk_data["private_metadata"] == {"internal_id": "ORG-123"}
-    assert one(session_factory, OrganizationMembership, MEMBERSHIP_ID).private_metadata == {"seat": 7}
+    kept = one(session_factory, OrganizationMembership, MEMBERSHIP_ID)
+    assert kept.private_metadata == {"seat": 7}
+    assert kept.clerk_data == membership["data"]
 
 
 def test_organization_and_membership_fields(session_factory, settings):
@@ -65,6 +67,10 @@ def test_organization_and_membership_fields(session_factory, settings):
     assert membership.permissions == ["org:posts:read", "org:posts:write", "org:posts:delete", "org:members:manage"]
     assert membership.public_metadata == {}
     assert membership.clerk_data["role"] == "org:admin"
+    # The membership carries its whole organization: that one's private metadata is left out too.
+    assert "private_metadata" not in membership.clerk_data
+    assert "private_metadata" not in membership.clerk_data["organization"]
+    assert membership.clerk_data["organization"]["name"] == "Acme Corp"
 
 
 def test_the_new_columns_follow_the_version_rule(session_factory, settings):

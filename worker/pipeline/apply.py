@@ -207,9 +207,12 @@ def _sql_type(resource: Resource, column: str) -> str:
     return "text"
 
 
-def _value(column: str, sql_type: str) -> str:
-    if column == CLERK_DATA:  # as Clerk sent it, less the keys not kept (private_metadata)
-        return f"CAST(u.{column} AS jsonb) - CAST(:drop_keys AS text[])"
+def _value(resource: Resource, column: str, sql_type: str) -> str:
+    if column == CLERK_DATA:  # as Clerk sent it, less private metadata unless it is kept
+        stripped = f"(CAST(u.{column} AS jsonb) - '{PRIVATE_METADATA}')"
+        for key in resource.nested_private:
+            stripped = f"({stripped} #- '{{{key},{PRIVATE_METADATA}}}')"
+        return f"CASE WHEN :keep_private THEN CAST(u.{column} AS jsonb) ELSE {stripped} END"
     return f"CAST(u.{column} AS jsonb)" if sql_type == "jsonb" else f"u.{column}"
 
 
@@ -222,7 +225,7 @@ def _upsert_statement(resource: Resource) -> TextClause:
     arrays = ", ".join(
         f"CAST(:c_{column} AS {'text' if types[column] == 'jsonb' else types[column]}[])" for column in columns
     )
-    values = ", ".join(_value(c, types[c]) for c in columns)
+    values = ", ".join(_value(resource, c, types[c]) for c in columns)
     return text(
         f"""
         INSERT INTO {table} AS t (clerk_id, {", ".join(columns)}, clerk_updated_at, updated_at, created_at)
@@ -254,7 +257,6 @@ def _write_data(session: Session, resource: Resource, plan: _Plan, *, keep_priva
         "clerk_id": [c.clerk_id for c in changes],
         "version": [c.version for c in changes],
         "created": [c.created_at for c in changes],
-        "drop_keys": [] if keep_private else [PRIVATE_METADATA],
     }
     for column in resource.columns:
         jsonb = _sql_type(resource, column) == "jsonb"
@@ -265,7 +267,7 @@ def _write_data(session: Session, resource: Resource, plan: _Plan, *, keep_priva
         params[f"c_{column}"] = [
             None if value is None else _json.encode(value).decode() if jsonb else value for value in values
         ]
-    session.execute(_upsert_statement(resource), params)
+    session.execute(_upsert_statement(resource), {**params, "keep_private": keep_private})
 
 
 @cache
