@@ -453,13 +453,25 @@ def _numbers_as_decimals(value: Any) -> Any:
     return value
 
 
-def _sent(data: dict[str, Any]) -> Any:
+def _canonical(tables: Tables) -> Tables:
+    """Every jsonb value with its numbers as Decimals, in the model and in the snapshot alike."""
+    return {
+        table: {
+            clerk_id: {k: _numbers_as_decimals(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+            for clerk_id, row in rows.items()
+        }
+        for table, rows in tables.items()
+    }
+
+
+def _sent(data: dict[str, Any], *, nested: tuple[str, ...] = ()) -> dict[str, Any]:
     """clerk_data: the object as sent, without private metadata (SYNC_PRIVATE_METADATA is off), its own
-    or a membership's organization's."""
+    or that of the objects under ``nested`` (a membership's organization)."""
     sent = {key: value for key, value in data.items() if key != "private_metadata"}
-    if data.get("object") == "organization_membership" and isinstance(sent.get("organization"), dict):
-        sent["organization"] = {k: v for k, v in sent["organization"].items() if k != "private_metadata"}
-    return _numbers_as_decimals(sent)
+    for key in nested:
+        if isinstance(sent.get(key), dict):
+            sent[key] = {k: v for k, v in sent[key].items() if k != "private_metadata"}
+    return sent
 
 
 def _user_row(data: dict[str, Any]) -> dict[str, Any]:
@@ -505,7 +517,7 @@ def _membership_row(data: dict[str, Any]) -> dict[str, Any]:
         "permissions": data.get("permissions") or [],
         "public_metadata": data.get("public_metadata") or {},
         "private_metadata": None,
-        "clerk_data": _sent(data),
+        "clerk_data": _sent(data, nested=("organization",)),
     }
 
 
@@ -604,7 +616,7 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
                 versions[(table, clerk_id)] = version
                 row.update(_ROW_OF[table](data))
                 if private_metadata:  # SYNC_PRIVATE_METADATA on: kept in its column and in clerk_data
-                    row["clerk_data"] = _numbers_as_decimals(data)
+                    row["clerk_data"] = copy.deepcopy(data)
                     if "private_metadata" in row:
                         row["private_metadata"] = data.get("private_metadata")
         if action == "deleted":
@@ -630,7 +642,7 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
         for invitation in tables["organization_invitations"].values():
             if invitation["user_clerk_id"] in deleted:
                 invitation.update(email=None, clerk_data=None)
-    return tables
+    return _canonical(tables)
 
 
 _SNAPSHOT_COLUMNS = {table: tuple(columns) for table, columns in _EMPTY.items()}
@@ -649,11 +661,10 @@ def snapshot(session: Session) -> Tables:
         tables[table] = {
             row.clerk_id: {"clerk_id": row.clerk_id}
             | {c: _to_ms(getattr(row, c)) if c in _TIME_COLUMNS else getattr(row, c) for c in columns}
-            | {"clerk_data": _numbers_as_decimals(row.clerk_data)}
             | {"deleted_at": _to_ms(row.deleted_at)}
             for row in rows
         }
-    return tables
+    return _canonical(tables)
 
 
 def truncate_synced_tables(session: Session) -> None:
