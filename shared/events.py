@@ -168,14 +168,19 @@ def _head(body: str | bytes) -> _Head | None:
         raise InvalidEvent(_TOO_DEEP) from None
 
 
+# What of an invalid body's type and data.id the ledger keeps: printable ASCII (Postgres text holds no
+# NUL, and an operator's terminal gets no control characters), as much as a column shows.
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
 def _type_of(head: _Head | None) -> str | None:
-    kind = head.type if head is not None else None
-    return kind[:128] if isinstance(kind, str) and kind else None
+    kind = head.type[:128] if head is not None and isinstance(head.type, str) else None
+    return kind if kind and _PRINTABLE.fullmatch(kind) else None
 
 
 def _entity_of(head: _Head | None) -> str | None:
     clerk_id = head.data.get("id") if head is not None and isinstance(head.data, dict) else None
-    return clerk_id if isinstance(clerk_id, str) and 0 < len(clerk_id) <= 64 else None
+    return clerk_id if isinstance(clerk_id, str) and len(clerk_id) <= 64 and _PRINTABLE.fullmatch(clerk_id) else None
 
 
 _MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")

@@ -68,6 +68,8 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
         deliveries = [
             Delivery("msg_ok1", 1700000000, _user_created(1)),
             Delivery("msg_not_json", 1700000000, "{not json"),
+            Delivery("msg_nul_id", 1700000000, '{"type": "user.created", "data": {"id": "user_\\u0000x"}}'),
+            Delivery("msg_nul_type", 1700000000, '{"type": "user.\\u0000", "data": {"id": "user_1"}}'),
             Delivery("msg_deep", 1700000000, '{"type": "user.created", "data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
             Delivery("msg_no_id", 1700000000, json.dumps({"type": "user.created", "data": {}})),
             Delivery("msg_trigger", 1700000000, json.dumps(too_long)),
@@ -86,6 +88,7 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
     assert results["msg_ok1"] == results["msg_ok2"] == "processed"
     assert statuses["msg_not_json"][0] == "dead" and "not JSON" in statuses["msg_not_json"][2]
     assert statuses["msg_deep"][0] == "dead" and "nests too deeply" in statuses["msg_deep"][2]
+    assert statuses["msg_nul_id"][0] == statuses["msg_nul_type"][0] == "dead"
     assert statuses["msg_no_id"][0] == "dead" and "data.id" in statuses["msg_no_id"][2]
     assert statuses["msg_trigger"][0] in ("failed", "dead")
     # The error names the class and SQLSTATE, never the message (it could carry values)
@@ -103,3 +106,44 @@ def test_a_paused_batch_is_held_pending(session_factory, settings):
     assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
     with session_factory() as session:
         assert session.scalars(select(User)).first() is None
+
+
+def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_factory, settings):
+    # Given an application trigger that refuses ledger rows naming one user
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION reject_ledger() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.entity_id = 'user_refused' THEN RAISE EXCEPTION 'rejected by test trigger'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        session.execute(
+            text(
+                "CREATE TRIGGER reject_ledger BEFORE INSERT OR UPDATE ON webhook_events FOR EACH ROW EXECUTE FUNCTION reject_ledger()"
+            )
+        )
+    refused = load_payload("user.created")
+    refused["data"]["id"] = "user_refused"
+    try:
+        # When an event about that user is applied with another one
+        results = process_batch(
+            session_factory,
+            [
+                Delivery("msg_refused", 1700000000, json.dumps(refused)),
+                Delivery("msg_fine", 1700000000, _user_created(3)),
+            ],
+            settings=settings,
+        )
+    finally:
+        with session_factory.begin() as session:
+            session.execute(text("DROP TRIGGER reject_ledger ON webhook_events"))
+
+    # Then the other event is processed, and the refused one has a row: its failure, its body as text
+    assert results == {"msg_refused": "failed", "msg_fine": "processed"}
+    with session_factory() as session:
+        row = session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == "msg_refused")).one()
+    assert (row.status, row.attempts, row.last_error, row.entity_id) == ("failed", 1, "RaiseException (P0001)", None)
+    assert row.payload is None and json.loads(row.raw_body) == refused
+    with session_factory() as session:
+        assert set(session.scalars(select(User.clerk_id))) == {"user_batch_3"}

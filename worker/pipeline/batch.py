@@ -203,9 +203,15 @@ def _record_failure(
                 spend=kind is not Failure.RETRY_NOW,
             )
     except Exception as failure:
-        if classify(failure) is Failure.UNAVAILABLE:
+        refused = classify(failure)
+        if refused is Failure.UNAVAILABLE:
             raise DatabaseUnavailable(describe(failure)) from None
-        raise
+        if refused is Failure.RETRY_NOW or entry == ledger.bare(entry):
+            raise
+        # Postgres refuses the ledger row itself (a value it cannot hold, an application's trigger):
+        # record the attempt with nothing of the body but its text, rather than try it for ever.
+        log.warning("event_row_refused", svix_id=entry.svix_id, event_type=entry.event_type, error=describe(failure))
+        return _record_failure(factory, ledger.bare(entry), exc, kind, settings=settings)
     if status is EventStatus.DEAD:
         log.warning("event_dead", **fields)
     metrics.event_handled(entry.event_type, status.value, seconds=0.0, svix_timestamp=None)

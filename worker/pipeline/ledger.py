@@ -116,6 +116,11 @@ def without_payload(entry: Entry) -> Entry:
     return replace(entry, payload=None, raw_body=_as_text(entry.delivery.body))
 
 
+def bare(entry: Entry) -> Entry:
+    """The entry with nothing read from its body but the text: for a row Postgres refuses otherwise."""
+    return replace(without_payload(entry), event=None, entity_id=None, user_clerk_id=None, organization_clerk_id=None)
+
+
 @dataclass(frozen=True)
 class Claim:
     status: EventStatus
