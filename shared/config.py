@@ -158,6 +158,17 @@ def _console_users(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(users.items())
 
 
+def _module_names(name: str, raw: str) -> tuple[str, ...]:
+    """Dotted module names (importing them is the worker's job, at its start)."""
+    names = tuple(dict.fromkeys(part for part in re.split(r"[\s,]+", raw) if part))
+    for module in names:
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+            raise ConfigError(f"{name}: {module!r} is not a module name (dotted, like myapp.hooks)")
+    if not names:
+        raise ConfigError(f"{name}: names no module (separate module names by commas or spaces)")
+    return names
+
+
 def _session_key(name: str, raw: str) -> str:
     if len(raw) < MIN_SESSION_KEY_CHARS:
         raise ConfigError(f"{name}: must be at least {MIN_SESSION_KEY_CHARS} characters (a random string)")
@@ -230,6 +241,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0", partial(_int, minimum=0),
              "Run reconcile (report only) this often from beat; 0 never."),
     Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
+    Variable("CLERK_SYNC_HOOKS", "hook_modules", None, _module_names,
+             "Modules of application hooks the worker imports at start, separated by commas or spaces "
+             "(docs/hooks.md); besides those of the clerk_sync.hooks entry point group."),
     Variable("METRICS_PORT", "metrics_port", "9808", partial(_int, minimum=0),
              "The worker's Prometheus port; 0 disables it."),
     Variable("METRICS_BIND", "metrics_bind", "0.0.0.0", _address,  # noqa: S104 - Prometheus scrapes from elsewhere
@@ -277,6 +291,7 @@ class Settings:
     payload_retention_days: int
     reconcile_interval_seconds: int
     queue_name: str
+    hook_modules: tuple[str, ...]
     metrics_port: int
     metrics_bind: str
     db_lock_timeout_seconds: float
@@ -327,6 +342,7 @@ _EMPTY: dict[str, Any] = {
     "clerk_instance_id": None,
     "console_users": (),
     "console_secret_key": None,
+    "hook_modules": (),
     "db_statement_timeout_seconds": None,  # derived from RECOVERY_SECONDS in load_settings
 }
 

@@ -90,12 +90,16 @@ class _Instruments:
 
 
 _INSTRUMENTS_LOCK = threading.Lock()
+_built: _Instruments | None = None
 
 
 def _instruments() -> _Instruments:
-    # gthread serves the first requests concurrently: build (and register) only once.
-    with _INSTRUMENTS_LOCK:
-        return _make_instruments()
+    global _built
+    if _built is None:
+        # Server threads serve the first requests concurrently: build (and register) only once.
+        with _INSTRUMENTS_LOCK:
+            _built = _make_instruments()
+    return _built
 
 
 @cache
@@ -154,8 +158,20 @@ def event_type_label(event_type: object) -> str:
 # -- ingress ---------------------------------------------------------------------------
 
 
+# The ingress's labelled counters, looked up once each: ``labels()`` validates and locks on
+# every call, and the ingress counts every request.
+_ingress_children: dict[tuple[str, str, int], Any] = {}
+
+
 def ingress_request(outcome: str, *, reason: str = "", status: int) -> None:
-    _instruments().ingress_requests.labels(outcome=outcome, reason=reason, status=str(status)).inc()
+    key = (outcome, reason, status)
+    child = _ingress_children.get(key)
+    if child is None:
+        # A race only looks the same child up twice: ``labels()`` returns one per label set.
+        child = _ingress_children[key] = _instruments().ingress_requests.labels(
+            outcome=outcome, reason=reason, status=str(status)
+        )
+    child.inc()
 
 
 def observe_enqueue(seconds: float) -> None:

@@ -17,6 +17,9 @@ Why it is built this way (the ingress pays for every microsecond of it):
 - **One round trip.** ``MULTI``, the ``LPUSH``, the receipt's writes and ``EXEC`` are
   packed into one send on a pooled connection and their replies read back: the message
   and its receipt exist together or not at all, for one network round trip.
+- **The body JSON-encoded once**: the message and the receipt (``receipts.add_commands``)
+  both embed the same ``json.dumps(body)``, and the commands are plain tuples handed to
+  hiredis's packer (no redis-py pipeline recording them first).
 - **A pool sized to the server's threads**: each thread keeps one connection of its own
   (``_ThreadConnections``), so a request never waits for, checks out or opens a connection.
 """
@@ -120,11 +123,19 @@ class MessageTemplate:
             envelope_pattern=_format_pattern(json.dumps(envelope), ("svix_id", *names[3:])),
         )
 
-    def render(self, *, svix_id: str, svix_timestamp: int | None, body: str, eta: str | None) -> str:
-        """The queue entry for one event (JSON text), as kombu's Redis transport stores it."""
+    def render(
+        self, *, svix_id: str, svix_timestamp: int | None, body: str, eta: str | None, body_json: str | None = None
+    ) -> str:
+        """The queue entry for one event (JSON text), as kombu's Redis transport stores it.
+
+        ``body_json`` is ``json.dumps(body)`` when the caller has it already (the publisher
+        uses it for the receipt too).
+        """
         svix_id_json = json.dumps(svix_id)
         payload = self.body_pattern.format(
-            svix_id=svix_id_json, svix_timestamp=json.dumps(svix_timestamp), body=json.dumps(body)
+            svix_id=svix_id_json,
+            svix_timestamp=json.dumps(svix_timestamp),
+            body=json.dumps(body) if body_json is None else body_json,
         )
         return self.envelope_pattern.format(
             payload='"' + base64.b64encode(payload.encode()).decode() + '"',
@@ -167,20 +178,31 @@ class EventPublisher:
     def redis(self) -> Any:
         return self._redis
 
-    def message(self, *, svix_id: str, svix_timestamp: int | None, body: str, countdown: float | None = None) -> str:
+    def message(
+        self,
+        *,
+        svix_id: str,
+        svix_timestamp: int | None,
+        body: str,
+        countdown: float | None = None,
+        body_json: str | None = None,
+    ) -> str:
         """The queue entry for one event, as kombu's Redis transport would store it."""
         eta = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=countdown)).isoformat() if countdown else None
-        return self._template.render(svix_id=svix_id, svix_timestamp=svix_timestamp, body=body, eta=eta)
+        return self._template.render(
+            svix_id=svix_id, svix_timestamp=svix_timestamp, body=body, eta=eta, body_json=body_json
+        )
 
     def publish(self, *, svix_id: str, svix_timestamp: int | None, body: str, countdown: float | None = None) -> None:
         """Put one event and its receipt on the queue; QueueUnavailable if Redis can't take them."""
-        entry = self.message(svix_id=svix_id, svix_timestamp=svix_timestamp, body=body, countdown=countdown)
-        # redis-py's pipeline only records the commands here, so that ``receipts.add`` stays
-        # the one place a receipt is written; ``_transaction`` sends them.
-        recorder = self._redis.pipeline(transaction=True)
-        recorder.lpush(self._queue, entry)
-        receipts.add(recorder, self._queue, svix_id=svix_id, svix_timestamp=svix_timestamp, body=body)
-        self._transaction([args for args, _options in recorder.command_stack])
+        body_json = json.dumps(body)  # once: the message and the receipt both carry it
+        entry = self.message(
+            svix_id=svix_id, svix_timestamp=svix_timestamp, body=body, countdown=countdown, body_json=body_json
+        )
+        receipt = receipts.add_commands(
+            self._queue, svix_id=svix_id, svix_timestamp=svix_timestamp, body_json=body_json
+        )
+        self._transaction((("LPUSH", self._queue, entry), *receipt))
 
     def republish(self, svix_id: str, svix_timestamp: int | None, body: str) -> None:
         """``publish`` in the positional shape ``receipts.recover_lost`` calls."""
@@ -194,7 +216,7 @@ class EventPublisher:
             local.owner_pid = os.getpid()
         return local.connection
 
-    def _transaction(self, commands: list[tuple[Any, ...]]) -> None:
+    def _transaction(self, commands: tuple[tuple[Any, ...], ...]) -> None:
         """MULTI, ``commands``, EXEC in one send; QueueUnavailable unless every command succeeded."""
         packed = b"".join([_MULTI, *[self._pack(command) for command in commands], _EXEC])
         connection = self._connection()

@@ -6,8 +6,8 @@ of it yet. Receipts close that gap.
 
 Who does what:
 
-- **The publisher writes** (``shared.publish``): every message it LPUSHes goes with a
-  receipt, in the same MULTI/EXEC: ``HSET receipts svix_id [svix_timestamp, body]`` and
+- **The publisher writes** (``shared.publish``, with ``add_commands``): every message it
+  LPUSHes goes with a receipt, in the same MULTI/EXEC: ``HSET receipts svix_id [svix_timestamp, body]`` and
   ``ZADD NX receipts-index now svix_id``. Whatever enqueues an event (the ingress, the
   sweeper, a replay, a batch handing its events back) goes through the publisher, so every
   queued message has one. A second delivery of a svix-id keeps the first one's time (NX):
@@ -60,11 +60,18 @@ def receipt_keys(queue_name: str) -> tuple[str, str]:
     return f"clerk-sync:receipts:{queue_name}", f"clerk-sync:receipts-index:{queue_name}"
 
 
-def add(pipe: Any, queue_name: str, *, svix_id: str, svix_timestamp: int | None, body: str) -> None:
-    """Queue the receipt's writes on ``pipe`` (the publisher's MULTI, beside the LPUSH)."""
+def add_commands(
+    queue_name: str, *, svix_id: str, svix_timestamp: int | None, body_json: str
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The receipt's two writes as Redis commands, for the publisher's MULTI beside the LPUSH.
+
+    ``body_json`` is ``json.dumps(body)``, which the publisher has already made for the
+    message: the stored value is ``json.dumps([svix_timestamp, body])`` without encoding the
+    body a second time (``recover_lost`` reads it back with ``json.loads``).
+    """
     receipts, index = receipt_keys(queue_name)
-    pipe.hset(receipts, svix_id, json.dumps([svix_timestamp, body]))
-    pipe.zadd(index, {svix_id: time.time()}, nx=True)
+    value = f"[{json.dumps(svix_timestamp)}, {body_json}]"
+    return ("HSET", receipts, svix_id, value), ("ZADD", index, "NX", time.time(), svix_id)
 
 
 def forget_on(pipe: Any, queue_name: str, svix_ids: list[str]) -> None:

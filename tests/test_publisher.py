@@ -88,6 +88,19 @@ def test_each_message_gets_its_own_delivery_tag_and_its_receipt(settings, redis_
     assert redis_client.zcard(index) == 2
 
 
+@pytest.mark.parametrize("svix_timestamp", [None, 1700000000])
+def test_the_receipt_is_the_json_of_timestamp_and_body_byte_for_byte(settings, redis_client, svix_timestamp):
+    # Given a body with what JSON escapes (quotes, backslashes, control and non-ASCII characters)
+    body = '{"note": "a \\"q\\" \\\\ {x}", "name": "ünï ☃", "tab": "\t", "nul": "\u0000"}'
+    # When it is published (its JSON text made once, for the message and the receipt)
+    EventPublisher(settings).publish(svix_id="msg_r", svix_timestamp=svix_timestamp, body=body)
+    # Then the receipt holds exactly what json.dumps([svix_timestamp, body]) gives, as recovery reads it
+    receipts, _ = receipt_keys(settings.queue_name)
+    assert redis_client.hget(receipts, "msg_r") == json.dumps([svix_timestamp, body]).encode()
+    _, _, decoded_body = json.loads(base64.b64decode(_pop(redis_client, settings.queue_name)["body"]))[0]
+    assert decoded_body == body
+
+
 def test_countdown_sets_the_eta(settings, redis_client):
     before = dt.datetime.now(dt.UTC)
     EventPublisher(settings).publish(svix_id="msg_later", svix_timestamp=1, body="{}", countdown=30)

@@ -146,6 +146,20 @@ def _shared_backoff(**_: Any) -> None:
     outage.install(cap_seconds=get_settings().timings.database_wait)
 
 
+@signals.worker_init.connect
+def _load_hooks(**_: Any) -> None:
+    """In the main process, before the pool forks: the application's hooks, or one line and exit."""
+    from worker.pipeline import hooks
+
+    try:
+        table = hooks.installed(get_settings())
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+    if table:
+        names = sorted({registered.name for listed in table.values() for registered in listed})
+        structlog.get_logger("clerk_sync.worker").info("hooks_loaded", hooks=names, event_types=sorted(table))
+
+
 @signals.worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     """A prefork child must not share the parent's Postgres sockets."""

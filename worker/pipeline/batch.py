@@ -4,8 +4,8 @@ A single event is a batch of one. Each body is parsed once (``ledger.read``); th
 claimed in one statement; events that are not valid, or of a type that is not synced, are
 recorded final by that statement and nothing of them reaches the synced tables; the rest
 are turned into changes by their handlers and applied together (``apply.apply_changes``),
-and finished in one statement. A commit costs an fsync, ten times the work of applying an
-event: a batch pays it once.
+the application's hooks run for them (``hooks``), and they are finished in one statement.
+A commit costs an fsync, ten times the work of applying an event: a batch pays it once.
 
 Failure isolation: a deadlock is retried at once, without spending any event's budget; any
 other error rolls the batch back and each event is applied again as a batch of its own, so
@@ -27,7 +27,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from shared import metrics
 from shared.config import Settings
 from shared.models import FINAL_STATUSES, EventStatus
-from worker.pipeline import ledger
+from worker.pipeline import hooks, ledger
 from worker.pipeline.apply import Change, apply_changes
 from worker.pipeline.errors import DatabaseUnavailable, Failure, classify, describe
 from worker.pipeline.handlers import HANDLERS
@@ -156,6 +156,8 @@ def _apply_in(session: Session, entries: list[Entry], *, settings: Settings) -> 
         scrub_pii=settings.deleted_user_pii == "scrub",
         sync_private_metadata=settings.sync_private_metadata,
     )
+    # The application's hooks, in this transaction: one that raises fails the batch, which then splits.
+    hooks.run(session, [(e.svix_id, e.event) for e, _ in applying if e.event is not None], settings=settings)
     for (entry, _), applied in zip(applying, results, strict=True):
         status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
         outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)

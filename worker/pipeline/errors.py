@@ -6,6 +6,8 @@
   recorded. The message stays in the queue and the attempt spends no budget.
 - ``RETRY_NOW``: a deadlock or serialization failure; retried in-process at once, and
   never counted against the event's budget.
+- ``HookFailed``: an application hook raised (``worker.pipeline.hooks``). Transient, whatever
+  it raised, unless it is the database going away or a deadlock, which keep their kind.
 - Anything else is transient: recorded as ``failed`` and retried with backoff until
   the attempt budget is spent.
 
@@ -30,6 +32,7 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 # 22 data exception (bad value), 23 integrity violation: no retry will ever fix them.
 _PERMANENT_SQLSTATE_CLASSES = ("22", "23")
 _RETRY_NOW_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock detected
+HOOK_FAILED = "hook_failed"
 
 
 class PermanentEventError(Exception):
@@ -38,6 +41,15 @@ class PermanentEventError(Exception):
 
 class DatabaseUnavailable(Exception):
     """Postgres is unreachable; the queue keeps the message and retries it."""
+
+
+class HookFailed(Exception):
+    """An application hook raised: its event fails like any other error, with the hook named."""
+
+    def __init__(self, hook: str, cause: BaseException) -> None:
+        super().__init__(hook)
+        self.hook = hook
+        self.cause = cause
 
 
 class Failure(enum.Enum):
@@ -53,6 +65,9 @@ def classify(exc: BaseException) -> Failure:
         return Failure.PERMANENT
     if isinstance(exc, DatabaseUnavailable):
         return Failure.UNAVAILABLE
+    if isinstance(exc, HookFailed):
+        kind = classify(exc.cause)
+        return kind if kind in (Failure.UNAVAILABLE, Failure.RETRY_NOW) else Failure.TRANSIENT
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return Failure.UNAVAILABLE
@@ -73,6 +88,10 @@ def describe(exc: BaseException) -> str:
     """One line for `last_error` and the logs: what failed and where, never a value."""
     if isinstance(exc, PermanentEventError | InvalidEvent | DatabaseUnavailable):
         return str(exc)[:500]
+    if isinstance(exc, HookFailed):
+        # The hook's name and what it raised: a database error as below, anything else by its class only.
+        cause = describe(exc.cause) if _database_error(exc.cause) else type(exc.cause).__name__
+        return f"{HOOK_FAILED}: {exc.hook}: {cause}"[:500]
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     if isinstance(orig, psycopg.Error):
         parts = [type(orig).__name__]
@@ -91,3 +110,7 @@ def describe(exc: BaseException) -> str:
     frames = traceback.extract_tb(orig.__traceback__) if orig is not None else []
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
     return f"{type(orig).__name__}{where}"
+
+
+def _database_error(exc: BaseException) -> bool:
+    return isinstance(exc.orig if isinstance(exc, DBAPIError) else exc, psycopg.Error)
