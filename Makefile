@@ -1,5 +1,8 @@
 # Two commands for a fresh clone: `make run` and `make test`. Everything else is a helper.
 PYTHON ?= python3
+# pytest-xdist workers for `make test`: the tests mostly wait on the processes they start, so more
+# workers than cores pays; each is a session of its own (database, Redis db index, queue). 0: serial.
+TEST_WORKERS ?= 4
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -22,12 +25,12 @@ $(BIN)/.embedded: $(BIN)/.installed
 run: install $(BIN)/.embedded
 	scripts/run.sh
 
-## Set up and run the tests against real PostgreSQL, Redis, web (nginx + granian) and Celery processes.
-test: install $(BIN)/.embedded
+## Lint and type-check (pinned ruff and mypy), then run the tests in parallel against real PostgreSQL,
+## Redis, web (nginx + granian) and Celery processes.
+test: lint $(BIN)/.embedded
 	scripts/ensure-services.sh
 	scripts/ensure-chromium.sh
-	$(BIN)/ruff check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import requests
 
 from bench.events import _GOOGLE_ACCOUNT, _PHONE, sign
 from bench.load import send_steady
@@ -112,20 +111,6 @@ class Pipeline:
     done: bool = False
 
 
-def _wait_healthy(proc: Started, url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not healthy on {url}")
-
-
 def _wait_ready(proc: Started) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -174,7 +159,7 @@ def start_pipeline(h: Any, name: str, seed: int) -> Pipeline:
         web = start("web", web_command("bench.reference_web:app"), reference)
         start("consumer", [sys.executable, "-m", f"bench.{name}"], reference)
         ledger = f"{schema}.ledger"
-    _wait_healthy(web, url)
+    web.wait_healthy(url, timeout=60)
     history = _events(seed, prefix=f"{name[:2]}{seed}")  # entity ids of its own
     return Pipeline(name=name, url=url, ledger=ledger, procs=procs, history=history)
 

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import requests
-
 from bench.events import new_svix_id, realistic_user_updated, sign
 from bench.procs import Started, spawn, tree
 from devkit.services import free_port
@@ -69,19 +67,16 @@ def _web(app: str) -> Callable[[int], list[str]]:
     return lambda _port: [sys.executable, "deploy/web.py", "--app", app]
 
 
+def _flags(**options: object) -> list[str]:
+    """``--name value`` pairs, underscores spelled as dashes (what gunicorn and granian both take)."""
+    return [part for name, value in options.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
 def _gunicorn(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
         str(BIN / "gunicorn"),
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(REFERENCE_WORKERS),
-        "--threads",
-        str(REFERENCE_THREADS),
-        "--keep-alive",
-        "75",
-        "--bind",
-        f"127.0.0.1:{port}",
+        *_flags(worker_class="gthread", workers=REFERENCE_WORKERS, threads=REFERENCE_THREADS, keep_alive=75),
+        *_flags(bind=f"127.0.0.1:{port}"),
         app,
     ]
 
@@ -89,20 +84,10 @@ def _gunicorn(app: str) -> Callable[[int], list[str]]:
 def _granian(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
         str(BIN / "granian"),
-        "--interface",
-        "wsgi",
-        "--workers",
-        str(REFERENCE_WORKERS),
-        "--blocking-threads",
-        str(REFERENCE_THREADS),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        *_flags(interface="wsgi", workers=REFERENCE_WORKERS, blocking_threads=REFERENCE_THREADS),
+        *_flags(host="127.0.0.1", port=port, log_level="warning"),
         "--no-ws",
         "--no-access-log",
-        "--log-level",
-        "warning",
         app,
     ]
 
@@ -230,17 +215,8 @@ def start(h: Harness, server: Server) -> tuple[Started, str]:
     proc = spawn(server.name, server.argv(port), env=env, cwd=ROOT, log_dir=h.log_dir)
     h.started.append(proc)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{server.name} exited:\n{proc.log()[-3000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} did not answer /healthz within 90 s:\n{proc.log()[-3000:]}")
+    proc.wait_healthy(url, timeout=90)
+    return proc, url
 
 
 def start_web(h: Harness) -> tuple[Started, str]:

@@ -33,28 +33,35 @@ class Email(_Model):
     email_address: str
 
 
-class User(_Model):
-    id: _id("user_")  # type: ignore[valid-type]
+class _Versioned(_Model):
+    """Clerk's times on every synced object."""
+
     updated_at: Time
     created_at: Time | None = None
+
+
+class _Account(_Versioned):
+    """What users and organizations both carry."""
+
+    image_url: str | None = None
+    public_metadata: dict[str, Any] | None = None
+
+
+class User(_Account):
+    id: _id("user_")  # type: ignore[valid-type]
     primary_email_address_id: str | None = None
     email_addresses: list[Email] | None = None
     first_name: str | None = None
     last_name: str | None = None
     username: str | None = None
-    image_url: str | None = None
     profile_image_url: str | None = None
-    public_metadata: dict[str, Any] | None = None
 
 
-class Organization(_Model):
+class Organization(_Account):
     id: _id("org_")  # type: ignore[valid-type]
-    updated_at: Time
-    created_at: Time | None = None
     name: str | None = None
     slug: str | None = None
-    image_url: str | None = None
-    public_metadata: dict[str, Any] | None = None
+    logo_url: str | None = None
 
 
 class Ref(_Model):
@@ -65,12 +72,10 @@ class Member(_Model):
     user_id: _id("user_")  # type: ignore[valid-type]
 
 
-class Membership(_Model):
+class Membership(_Versioned):
     id: _id("orgmem_")  # type: ignore[valid-type]
     organization: Ref
     public_user_data: Member
-    updated_at: Time
-    created_at: Time | None = None
     role: str | None = None
 
 

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 
 @dataclass
 class Started:
@@ -27,6 +29,18 @@ class Started:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def wait_healthy(self, url: str, *, timeout: float) -> None:
+        """Until ``url``/healthz answers 200; RuntimeError with the log's tail if it exits or never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.log()[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /healthz within {timeout:g} s:\n{self.log()[-3000:]}")
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the process group this harness started, then SIGKILL it if it lingers."""

@@ -10,7 +10,9 @@ tests do), real web and Celery worker processes with the default settings, and m
 - memory: peak RSS per process (sampled every 0.5 s) and RSS growth over the drain.
 
 Each figure is the median of --runs runs with the min-max. Results are printed as a table and written
-to bench/results-<date>.json and bench/latest.json. `--quick` is a 1-2 minute smoke run.
+to bench/results/results-<date>.json and bench/results/latest.json: raw output, kept out of git
+(.gitignore); the summary worth keeping goes to docs/performance.md by hand. `--quick` is a 1-2
+minute smoke run.
 """
 
 from __future__ import annotations
@@ -491,7 +493,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only these parts",
     )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ingress.add_arguments(parser)
     capacity.add_arguments(parser)
     args = parser.parse_args(argv)

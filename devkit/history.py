@@ -6,7 +6,7 @@ builder tracks Clerk's own state so that it only emits events Clerk could send (
 of a deleted user, a membership only between a live user and a live organization).
 
 ``reference_tables`` applies each distinct event once, in that order, with the rules of
-CONTRACT section 5, written here independently of ``worker/apply.py``. ``snapshot`` reads
+CONTRACT section 5, written here independently of ``worker/pipeline/apply.py``. ``snapshot`` reads
 the same view of the real tables, so a test compares the two with ``==``.
 """
 
@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -111,6 +112,19 @@ class HistoryBuilder:
         self.events.append(event)
         return event
 
+    def _put(
+        self,
+        noun: str,
+        live: dict[str, dict[str, Any]],
+        data_of: Callable[[str, int, int], dict[str, Any]],
+        clerk_id: str,
+    ) -> Event:
+        """A new version of a user or an organization: `.created` if ``live`` lacks it, else `.updated`."""
+        at = self._tick()
+        previous = live.get(clerk_id)
+        live[clerk_id] = data = data_of(clerk_id, at, at if previous is None else previous["created_at"])
+        return self._emit(f"{noun}.{'created' if previous is None else 'updated'}", data, at)
+
     # Users
 
     def _user_data(self, clerk_id: str, at: int, created_at: int) -> dict[str, Any]:
@@ -147,17 +161,10 @@ class HistoryBuilder:
         }
 
     def create_user(self) -> Event:
-        clerk_id = self._next_id("user")
-        at = self._tick()
-        data = self._user_data(clerk_id, at, at)
-        self.users[clerk_id] = data
-        return self._emit("user.created", data, at)
+        return self._put("user", self.users, self._user_data, self._next_id("user"))
 
     def update_user(self, clerk_id: str) -> Event:
-        at = self._tick()
-        data = self._user_data(clerk_id, at, self.users[clerk_id]["created_at"])
-        self.users[clerk_id] = data
-        return self._emit("user.updated", data, at)
+        return self._put("user", self.users, self._user_data, clerk_id)
 
     def delete_user(self, clerk_id: str) -> Event:
         del self.users[clerk_id]
@@ -186,17 +193,10 @@ class HistoryBuilder:
         }
 
     def create_org(self) -> Event:
-        clerk_id = self._next_id("org")
-        at = self._tick()
-        data = self._org_data(clerk_id, at, at)
-        self.orgs[clerk_id] = data
-        return self._emit("organization.created", data, at)
+        return self._put("organization", self.orgs, self._org_data, self._next_id("org"))
 
     def update_org(self, clerk_id: str) -> Event:
-        at = self._tick()
-        data = self._org_data(clerk_id, at, self.orgs[clerk_id]["created_at"])
-        self.orgs[clerk_id] = data
-        return self._emit("organization.updated", data, at)
+        return self._put("organization", self.orgs, self._org_data, clerk_id)
 
     def delete_org(self, clerk_id: str) -> Event:
         slug = self.orgs.pop(clerk_id)["slug"]

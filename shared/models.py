@@ -3,7 +3,7 @@
 Every synced row carries two version columns besides what the application reads:
 ``clerk_updated_at`` (milliseconds, Clerk's ``updated_at`` of the data the row
 holds) and ``deleted_at`` (the tombstone). They are what make out-of-order and
-duplicate deliveries converge: see ``worker/apply.py``.
+duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 """
 
 from __future__ import annotations
@@ -77,17 +77,23 @@ def _private_metadata_column() -> Mapped[dict[str, Any] | None]:
     return mapped_column(JSONB)
 
 
-class User(SyncedMixin, Base):
+class AccountMixin:
+    """What users and organizations both have: a picture, metadata, and the application's plan."""
+
+    image_url: Mapped[str | None] = mapped_column(Text)
+    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
+    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
+    # Owned by the application: no event ever writes it.
+    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
+
+
+class User(AccountMixin, SyncedMixin, Base):
     __tablename__ = "users"
 
     email: Mapped[str | None] = mapped_column(Text)
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
     username: Mapped[str | None] = mapped_column(Text)
-    image_url: Mapped[str | None] = mapped_column(Text)
-    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
-    # Owned by the application: no event ever writes it.
-    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
     external_id: Mapped[str | None] = mapped_column(Text)
     # The primary phone number (primary_phone_number_id), like email.
     phone_number: Mapped[str | None] = mapped_column(Text)
@@ -96,23 +102,18 @@ class User(SyncedMixin, Base):
     last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     last_active_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     unsafe_metadata: Mapped[dict[str, Any]] = _metadata_column()
-    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
 
 
-class Organization(SyncedMixin, Base):
+class Organization(AccountMixin, SyncedMixin, Base):
     __tablename__ = "organizations"
 
     name: Mapped[str | None] = mapped_column(Text)
     slug: Mapped[str | None] = mapped_column(Text)
-    image_url: Mapped[str | None] = mapped_column(Text)
-    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
-    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
     # Clerk's count as of the organization object held (Clerk does not resend it when members change).
     members_count: Mapped[int | None] = mapped_column(Integer)
     max_allowed_memberships: Mapped[int | None] = mapped_column(Integer)
     # The user who created it.
     created_by: Mapped[str | None] = mapped_column(String(64))
-    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
 
 
 class OrganizationMembership(SyncedMixin, Base):

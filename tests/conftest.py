@@ -3,6 +3,13 @@
 The database is created and migrated once per run (with the real `alembic upgrade
 head`); each test starts from empty tables. Processes started by a test (web,
 Celery worker, beat) get the same environment and are stopped at teardown.
+
+Under pytest-xdist each worker is a run of its own: its own database, Redis db index
+and queue name, so workers never see each other's events.
+
+Markers are given here, from what a test does, so that they mean the same in every
+file: ``e2e`` for a test that starts the service's processes (it asks for
+``processes`` or the run command's ``launched``), ``property`` for a hypothesis test.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from shared.db import make_engine
 from tests.support.processes import ProcessManager
 from tests.support.signing import SECRET
 
+# Fixtures that start the service's own long-running processes.
+PROCESS_FIXTURES = frozenset({"processes", "launched"})
+
 SYNCED_TABLES = (
     "webhook_events",
     "users",
@@ -32,6 +42,15 @@ SYNCED_TABLES = (
     "clerk_sync_control",
     "operator_actions",
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it does (see the module docstring); pyproject.toml declares the markers."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,9 @@ import json
 from sqlalchemy import select, text
 
 from shared.models import User, WebhookEvent
-from tests.support.signing import load_payload
+from tests.support.signing import load_payload, user_created
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery, set_paused
-
-
-def _user_created(index: int) -> str:
-    payload = load_payload("user.created")
-    payload["data"]["id"] = f"user_batch_{index}"
-    return json.dumps(payload)
 
 
 def _statuses(session_factory) -> dict[str, tuple[str, int, str | None]]:
@@ -28,7 +22,7 @@ def _statuses(session_factory) -> dict[str, tuple[str, int, str | None]]:
 
 def test_batch_applies_each_event_once_and_dedupes_within_the_batch(session_factory, settings):
     # Given a batch with five events, one of them delivered twice, and an unsynced type
-    deliveries = [Delivery(f"msg_b{i}", 1700000000, _user_created(i)) for i in range(5)]
+    deliveries = [Delivery(f"msg_b{i}", 1700000000, json.dumps(user_created(f"user_batch_{i}"))) for i in range(5)]
     deliveries.insert(2, deliveries[0])
     deliveries.append(Delivery("msg_session", 1700000000, json.dumps(load_payload("session.created"))))
 
@@ -66,14 +60,14 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
         session.execute(text("CREATE TRIGGER reject_x BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION reject_x()"))
     try:
         deliveries = [
-            Delivery("msg_ok1", 1700000000, _user_created(1)),
+            Delivery("msg_ok1", 1700000000, json.dumps(user_created("user_batch_1"))),
             Delivery("msg_not_json", 1700000000, "{not json"),
             Delivery("msg_nul_id", 1700000000, '{"type": "user.created", "data": {"id": "user_\\u0000x"}}'),
             Delivery("msg_nul_type", 1700000000, '{"type": "user.\\u0000", "data": {"id": "user_1"}}'),
             Delivery("msg_deep", 1700000000, '{"type": "user.created", "data": ' + "[" * 100_000 + "]" * 100_000 + "}"),
             Delivery("msg_no_id", 1700000000, json.dumps({"type": "user.created", "data": {}})),
             Delivery("msg_trigger", 1700000000, json.dumps(too_long)),
-            Delivery("msg_ok2", 1700000000, _user_created(2)),
+            Delivery("msg_ok2", 1700000000, json.dumps(user_created("user_batch_2"))),
         ]
 
         # When the batch is applied
@@ -101,7 +95,9 @@ def test_a_poison_event_does_not_cost_the_rest_of_its_batch(session_factory, set
 def test_a_paused_batch_is_held_pending(session_factory, settings):
     with session_factory.begin() as session:
         set_paused(session, True)
-    results = process_batch(session_factory, [Delivery("msg_held", 1700000000, _user_created(7))], settings=settings)
+    results = process_batch(
+        session_factory, [Delivery("msg_held", 1700000000, json.dumps(user_created("user_batch_7")))], settings=settings
+    )
     assert results == {"msg_held": "pending"}
     assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
     with session_factory() as session:
@@ -131,7 +127,7 @@ def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_fac
             session_factory,
             [
                 Delivery("msg_refused", 1700000000, json.dumps(refused)),
-                Delivery("msg_fine", 1700000000, _user_created(3)),
+                Delivery("msg_fine", 1700000000, json.dumps(user_created("user_batch_3"))),
             ],
             settings=settings,
         )

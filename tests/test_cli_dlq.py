@@ -14,19 +14,13 @@ from sqlalchemy import select
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import TESTER, audit_rows, run_cli, statuses, wait_until_final
+from tests.support.cli import TESTER, one_line_error, run_cli
+from tests.support.ledger import add_event, audit_rows, statuses, wait_until_final
 from tests.support.processes import free_port
 from tests.support.signing import load_payload, post_event
 from worker.ops import dead_letters
 from worker.ops.dead_letters import DeadFilter, OperationError, UnknownEvent
 from worker.ops.inputs import parse_since
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("clerk-sync: ")
-    return lines[0]
 
 
 def test_dead_events_are_listed_shown_replayed_and_discarded(
@@ -172,15 +166,6 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     ]
 
 
-def add_event(session, svix_id: str, **fields: Any) -> WebhookEvent:
-    """A ledger row as the worker would have left it."""
-    payload = fields.pop("payload", {"type": fields.get("event_type", "user.created"), "data": {"id": "user_x"}})
-    row = WebhookEvent(svix_id=svix_id, payload=payload, **{"status": "dead", "attempts": 8, **fields})
-    session.add(row)
-    session.flush()
-    return row
-
-
 def test_dead_letter_filters(session_factory):
     # Given dead events of several types, ages, errors and entities, and some not dead
     now = dt.datetime.now(dt.UTC)
@@ -188,14 +173,14 @@ def test_dead_letter_filters(session_factory):
     member_id = membership["data"]["public_user_data"]["user_id"]
     org_id = membership["data"]["organization"]["id"]
     with session_factory.begin() as session:
-        add_event(session, "msg_old", event_type="user.updated", received_at=now - dt.timedelta(days=3),
+        add_event(session, "msg_old", "dead", event_type="user.updated", received_at=now - dt.timedelta(days=3),
                   last_error="OperationalError: timeout", entity_id="user_a")  # fmt: skip
-        add_event(session, "msg_mem", event_type="organizationMembership.created", payload=membership,
+        add_event(session, "msg_mem", "dead", event_type="organizationMembership.created", payload=membership,
                   received_at=now - dt.timedelta(hours=5), last_error="DataError: bad value",
                   entity_id=membership["data"]["id"], user_clerk_id=member_id, organization_clerk_id=org_id)  # fmt: skip
-        add_event(session, "msg_new", event_type="user.created", received_at=now - dt.timedelta(minutes=5),
+        add_event(session, "msg_new", "dead", event_type="user.created", received_at=now - dt.timedelta(minutes=5),
                   last_error="users_guard: user_b is ON HOLD", entity_id=member_id)  # fmt: skip
-        add_event(session, "msg_done", status="processed", event_type="user.created", entity_id=member_id)
+        add_event(session, "msg_done", "processed", event_type="user.created", entity_id=member_id)
 
     def ids(**filters: Any) -> list[str]:
         with session_factory() as session:
@@ -236,11 +221,13 @@ def test_parse_since_accepts_durations_and_iso_and_rejects_the_rest():
 def test_replay_and_discard_act_only_on_named_dead_events(session_factory, settings, redis_client):
     # Given two dead events, a processed one, and a dead one whose payload was scrubbed
     with session_factory.begin() as session:
-        add_event(session, "msg_a", received_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2),
+        add_event(session, "msg_a", "dead", received_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2),
                   errors=[{"at": "t", "error": "e1"}])  # fmt: skip
-        add_event(session, "msg_b")
-        add_event(session, "msg_ok", status="processed", attempts=1)
-        add_event(session, "msg_scrubbed", payload={"type": "user.created", "scrubbed": True, "data": {"id": "u"}})
+        add_event(session, "msg_b", "dead")
+        add_event(session, "msg_ok", "processed", attempts=1)
+        add_event(
+            session, "msg_scrubbed", "dead", payload={"type": "user.created", "scrubbed": True, "data": {"id": "u"}}
+        )
     app = EventPublisher(settings)
     try:
         # When a replay names a processed event or an unknown one, nothing happens
@@ -281,7 +268,7 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
 def test_replay_without_redis_fails_and_leaves_events_dead(session_factory, base_env, tmp_path):
     # Given a dead event and a Redis URL nothing listens on
     with session_factory.begin() as session:
-        add_event(session, "msg_stuck")
+        add_event(session, "msg_stuck", "dead")
     env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
 
     # When it is replayed

@@ -6,7 +6,6 @@ unknown ids, control characters in stored data, and ``--all`` asking before it a
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import pty
 import select as io_select
@@ -16,35 +15,15 @@ import pytest
 
 from devkit.services import bin_path
 from shared.config import load_settings
-from shared.models import WebhookEvent
 from shared.passwords import check_password
-from tests.support.cli import audit_rows, run_cli, statuses
+from tests.support.cli import one_line_error, run_cli
+from tests.support.ledger import add_event, audit_rows, statuses
 from worker.ops import status
 from worker.pipeline import ledger
 
 # What a payload would send to take over a terminal: clear screen, set the title, 8-bit CSI, bidi override.
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202eevil"
 TERMINAL_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e")
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("clerk-sync: ")
-    return lines[0]
-
-
-def dead_event(session, svix_id: str, **fields) -> None:
-    values = {
-        "status": "dead",
-        "attempts": 8,
-        "event_type": "user.created",
-        "entity_id": "user_a",
-        "payload": {"type": "user.created", "data": {"id": "user_a"}},
-        "received_at": dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5),
-        **fields,
-    }
-    session.add(WebhookEvent(svix_id=svix_id, **values))
 
 
 @pytest.mark.parametrize(
@@ -84,7 +63,7 @@ def test_argument_errors_exit_2_with_one_line(argv, base_env, tmp_path):
 def test_unknown_ids_exit_2_and_change_nothing(session_factory, base_env, tmp_path):
     # Given one dead event
     with session_factory.begin() as session:
-        dead_event(session, "msg_known")
+        add_event(session, "msg_known", "dead")
 
     # When an operator names events that do not exist, alone or with a real one
     for argv in (
@@ -106,15 +85,16 @@ def test_unknown_ids_exit_2_and_change_nothing(session_factory, base_env, tmp_pa
 def test_control_characters_from_the_ledger_are_escaped(session_factory, base_env, tmp_path):
     # Given dead events whose stored fields carry terminal escape sequences
     with session_factory.begin() as session:
-        dead_event(
+        add_event(
             session,
             "msg_hostile",
+            "dead",
             event_type=f"user.created{HOSTILE}",
             last_error=f"boom {HOSTILE}",
             errors=[{"at": "2024-01-01T00:00:00+00:00", "error": f"boom {HOSTILE}"}],
             payload={"type": "user.created", "data": {"id": "user_a", "first_name": HOSTILE}},
         )
-        dead_event(session, "msg_raw", payload=None, raw_body=f"not json {HOSTILE}")
+        add_event(session, "msg_raw", "dead", payload=None, raw_body=f"not json {HOSTILE}")
 
     # When an operator lists, shows and follows the entity's timeline
     outputs = [
@@ -163,9 +143,9 @@ def run_on_terminal(env: dict[str, str], argv: list[str], answer: str, cwd) -> t
 def test_bulk_actions_ask_on_a_terminal_and_need_yes_elsewhere(session_factory, base_env, tmp_path):
     # Given three dead events of two types
     with session_factory.begin() as session:
-        dead_event(session, "msg_u1")
-        dead_event(session, "msg_u2")
-        dead_event(session, "msg_o1", event_type="organization.created", entity_id="org_a")
+        add_event(session, "msg_u1", "dead")
+        add_event(session, "msg_u2", "dead")
+        add_event(session, "msg_o1", "dead", event_type="organization.created", entity_id="org_a")
 
     # When discard --all runs without a terminal and without --yes, with or without filters
     for argv in (["dlq", "discard", "--all"], ["dlq", "replay", "--all", "--type", "user.created"]):

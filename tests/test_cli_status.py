@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-from typing import Any
 
-from devkit.services import bin_path
-from shared.models import WebhookEvent
 from shared.publish import EventPublisher
+from tests.support.cli import run_cli
+from tests.support.ledger import add_event
 from tests.support.pipeline import deliver_one
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
 from worker.pipeline import ledger
 from worker.pipeline.ledger import Delivery
-
-
-def clerk_sync(env: dict[str, str], *args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [bin_path("clerk-sync"), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def add_event(session, svix_id: str, status: str, *, age: dt.timedelta = dt.timedelta(0)) -> None:
-    session.add(
-        WebhookEvent(
-            svix_id=svix_id,
-            status=status,
-            event_type="user.updated",
-            payload={"type": "user.updated", "data": {"id": "user_s"}},
-            received_at=dt.datetime.now(dt.UTC) - age,
-        )
-    )
 
 
 def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, settings, redis_client, base_env, tmp_path):
@@ -56,7 +36,7 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
     redis_client.hset("unacked", "tag-2", json.dumps([{"body": ""}, "", "some-other-queue"]))
 
     # When an operator asks for the status as JSON
-    result = clerk_sync(base_env, "status", "--json", cwd=tmp_path)
+    result = run_cli(base_env, "status", "--json", cwd=tmp_path)
 
     # Then every count, the oldest age and the queue depth are what was set up
     assert result.returncode == 0, result.stderr
@@ -76,7 +56,7 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
     # And the table for people says the same, and shows a pause
     with session_factory.begin() as session:
         ledger.set_paused(session, True)
-    table = clerk_sync(base_env, "status", cwd=tmp_path)
+    table = run_cli(base_env, "status", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert "paused:             yes" in lines
@@ -98,8 +78,8 @@ def test_status_without_redis_prints_the_database_part_and_exits_1(session_facto
     env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
 
     # When status is asked for, as JSON and as a table
-    as_json = clerk_sync(env, "status", "--json", cwd=tmp_path)
-    as_table = clerk_sync(env, "status", cwd=tmp_path)
+    as_json = run_cli(env, "status", "--json", cwd=tmp_path)
+    as_table = run_cli(env, "status", cwd=tmp_path)
 
     # Then the counts are there, the queue is reported unavailable, and both exit 1
     assert as_json.returncode == 1 and as_table.returncode == 1
@@ -132,7 +112,7 @@ def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, s
         deliver_one(session_factory, delivery, settings=settings)
 
     # When the timeline of the user is asked for
-    result = clerk_sync(base_env, "events", "--entity", user_id, "--json", cwd=tmp_path)
+    result = run_cli(base_env, "events", "--entity", user_id, "--json", cwd=tmp_path)
 
     # Then it holds every event about the user, in Clerk's order, with status and error
     assert result.returncode == 0, result.stderr
@@ -148,11 +128,11 @@ def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, s
     assert "timestamp" in timeline[3]["last_error"]
 
     # And the table for people lists them in the same order
-    table = clerk_sync(base_env, "events", "--entity", user_id, cwd=tmp_path)
+    table = run_cli(base_env, "events", "--entity", user_id, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.splitlines()[1:]
     assert [next(word for word in row.split() if word.startswith("msg_")) for row in rows] == [
         event["svix_id"] for event in timeline
     ]
-    nobody = clerk_sync(base_env, "events", "--entity", "user_nobody", cwd=tmp_path)
+    nobody = run_cli(base_env, "events", "--entity", "user_nobody", cwd=tmp_path)
     assert (nobody.returncode, nobody.stdout.strip()) == (0, "no events about user_nobody")

@@ -14,8 +14,8 @@ import requests
 
 from devkit.waiting import wait_for
 from shared.models import WebhookEvent
-from tests.support.cli import audit_rows
 from tests.support.console import OPERATOR, PASSWORD, console_env
+from tests.support.ledger import audit_rows
 from tests.support.processes import free_port
 
 PAGES = ("/", "/dead", "/events/msg_x", "/entities?q=user_a", "/audit", "/dead/discard-all")

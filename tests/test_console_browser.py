@@ -20,8 +20,8 @@ from sqlalchemy import select
 from devkit.services import ROOT
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
-from tests.support.cli import audit_rows, statuses, wait_until_final
 from tests.support.console import OPERATOR, PASSWORD, browser_page, console_env
+from tests.support.ledger import audit_rows, statuses, wait_until_final
 from tests.support.signing import load_payload, post_event
 
 
@@ -50,7 +50,6 @@ def dead_ids_listed(page) -> list[str]:
     return page.locator("#dead-list tbody tr td:first-child").all_inner_texts()
 
 
-@pytest.mark.e2e
 def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_factory, blocking_trigger, shots):
     # Given an ingress, a worker with one attempt per event, the console, and a trigger holding one user
     user_created = load_payload("user.created")

@@ -12,15 +12,12 @@ import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from sqlalchemy import func, select, text
 
 from devkit.history import Event, random_history, reference_tables, snapshot
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from tests.support.signing import load_payload, post_event
-
-pytestmark = pytest.mark.e2e
 
 
 def _post_all(url: str, events: list[Event]) -> None:

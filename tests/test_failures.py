@@ -7,14 +7,12 @@ holds on the users table while the worker's lock_timeout trips.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import pytest
 import requests
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
@@ -24,13 +22,11 @@ from devkit.waiting import wait_for
 from shared.db import make_engine
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import statuses
+from tests.support.ledger import ledger_row, statuses
 from tests.support.processes import free_port
 from tests.support.proxy import TcpProxy
-from tests.support.signing import load_payload, new_svix_id, post_event
+from tests.support.signing import load_payload, new_svix_id, post_event, user_created
 from worker.pipeline.errors import Failure, classify
-
-pytestmark = pytest.mark.e2e
 
 
 def via_proxy(url: str, proxy: TcpProxy) -> str:
@@ -39,12 +35,6 @@ def via_proxy(url: str, proxy: TcpProxy) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     host = f"127.0.0.1:{proxy.port}"
     return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
-
-
-def user_created(tag: str, index: int) -> dict:
-    payload = copy.deepcopy(load_payload("user.created"))
-    payload["data"]["id"] = f"user_{tag}_{index}"
-    return payload
 
 
 def error_of(statement) -> BaseException:  # type: ignore[no-untyped-def]
@@ -141,7 +131,10 @@ def test_postgres_outage_drains_without_dead_events_or_spent_budget(processes, s
 
         def send(index: int) -> None:
             svix_id = f"msg_pg_outage_{index}"
-            assert post_event(web.url, user_created("pgout", index), svix_id=svix_id, session=http).status_code == 200
+            assert (
+                post_event(web.url, user_created(f"user_pgout_{index}"), svix_id=svix_id, session=http).status_code
+                == 200
+            )
             sent.append(svix_id)
 
         # When 15 events arrive, then Postgres becomes unreachable for 20 s (four soft time limits)
@@ -203,7 +196,7 @@ def test_redis_outage_at_ingress_loses_no_event(processes, session_factory, redi
         web = processes.start_web(REDIS_URL=via_proxy(redis_url, proxy))
         processes.start_worker()
         http = requests.Session()
-        payloads = {f"msg_redis_outage_{i}": user_created("redisout", i) for i in range(30)}
+        payloads = {f"msg_redis_outage_{i}": user_created(f"user_redisout_{i}") for i in range(30)}
         answers: dict[str, int] = {}
 
         def send(svix_id: str) -> int:
@@ -263,15 +256,10 @@ def _start_retrying_worker(processes, *, max_attempts: int) -> None:
 def _enqueue_user_created(settings, svix_id: str) -> None:
     publisher = EventPublisher(settings)
     try:
-        body = json.dumps(user_created("locked", 1))
+        body = json.dumps(user_created("user_locked_1"))
         publisher.publish(svix_id=svix_id, svix_timestamp=int(time.time()), body=body)
     finally:
         publisher.close()
-
-
-def _event(session_factory, svix_id: str) -> WebhookEvent | None:
-    with session_factory() as session:
-        return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
 
 
 def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
@@ -287,7 +275,7 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
         failed = wait_for(
-            lambda: (event := _event(session_factory, svix_id)) and event.status == "failed" and event,
+            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "failed" and event,
             timeout=90,
             interval=0.05,
             what="first attempt failed on the lock",
@@ -300,7 +288,7 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
     assert failed.attempts == 1
     assert failed.last_error == "LockNotAvailable (55P03)"
     done = wait_for(
-        lambda: (event := _event(session_factory, svix_id)) and event.status != "failed" and event,
+        lambda: (event := ledger_row(session_factory, svix_id)) and event.status != "failed" and event,
         timeout=90,
         what="retried after the lock was released",
     )
@@ -323,7 +311,7 @@ def test_transient_failure_ends_dead_after_the_budget(processes, session_factory
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
         dead = wait_for(
-            lambda: (event := _event(session_factory, svix_id)) and event.status == "dead" and event,
+            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "dead" and event,
             timeout=120,
             what="event dead after its budget",
         )
@@ -357,7 +345,7 @@ def test_redis_outage_for_every_process_drains_without_an_operator(processes, se
             """Post as Svix does: a 503 is retried until a 2xx."""
             svix_id = f"msg_redis_all_{index}"
             while time.monotonic() < deadline:
-                response = post_event(web.url, user_created("redisall", index), svix_id=svix_id, session=http)
+                response = post_event(web.url, user_created(f"user_redisall_{index}"), svix_id=svix_id, session=http)
                 if response.status_code == 200:
                     accepted.append(svix_id)
                     return
@@ -371,7 +359,7 @@ def test_redis_outage_for_every_process_drains_without_an_operator(processes, se
         proxy.cut()
         cut_at = time.monotonic()
         answers = [
-            post_event(web.url, user_created("redisall", 100 + i), svix_id=f"msg_redis_cut_{i}", session=http)
+            post_event(web.url, user_created(f"user_redisall_{100 + i}"), svix_id=f"msg_redis_cut_{i}", session=http)
             for i in range(5)
         ]
         assert {response.status_code for response in answers} == {503}

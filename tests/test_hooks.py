@@ -19,8 +19,9 @@ from devkit.services import ROOT
 from devkit.waiting import wait_for
 from shared.config import Settings
 from shared.publish import EventPublisher
-from tests.support.cli import run_cli, statuses, wait_until_final
+from tests.support.cli import run_cli
 from tests.support.hooks import APP_TABLES, WELCOME, user_event
+from tests.support.ledger import ledger_row, statuses, wait_until_final
 from tests.support.processes import ProcessManager
 from tests.support.signing import load_payload
 
@@ -58,12 +59,6 @@ def publish(settings: Settings, *events: tuple[str, str]) -> None:
 
 def rows(conn: psycopg.Connection[Any], query: str) -> list[tuple[Any, ...]]:
     return conn.execute(query).fetchall()
-
-
-def ledger_row(conn: psycopg.Connection[Any], svix_id: str) -> tuple[Any, ...]:
-    return conn.execute(
-        "SELECT status, attempts, last_error, errors FROM webhook_events WHERE svix_id = %s", (svix_id,)
-    ).fetchone()
 
 
 def entry_point_dir(tmp_path: Path, module: str) -> Path:
@@ -116,7 +111,7 @@ def test_hooks_run_once_per_distinct_applied_event_whatever_the_order(
         "msg_hk_session": "ignored",
         "msg_hk_elsewhere": "ignored",
     }
-    assert ledger_row(app_db, "msg_hk_created")[2] == "older than what the tables hold"
+    assert ledger_row(session_factory, "msg_hk_created").last_error == "older than what the tables hold"
     # And each hook ran once per distinct event: one welcome mail, to the primary address the
     # update wrote (the hook reads the row after the sync applied the event)
     assert rows(app_db, "SELECT kind, user_clerk_id, email FROM outbox") == [("welcome", user, "john.doe@example.com")]
@@ -150,9 +145,9 @@ def test_a_failing_hook_fails_its_own_event_only_and_a_replay_runs_it_once(
     assert sorted(rows(app_db, "SELECT user_clerk_id FROM outbox")) == [("user_hooks_first",), ("user_hooks_last",)]
     assert sorted(rows(app_db, "SELECT entity_id FROM hook_calls")) == [("user_hooks_first",), ("user_hooks_last",)]
     # And the failing event was retried, then dead with the hook named by its class only
-    status, attempts, last_error, errors = ledger_row(app_db, "msg_hk_1")
-    assert (status, attempts, last_error) == ("dead", 2, HOOK_FAILED)
-    assert [entry["error"] for entry in errors] == [HOOK_FAILED, HOOK_FAILED]
+    failed = ledger_row(session_factory, "msg_hk_1")
+    assert (failed.status, failed.attempts, failed.last_error) == ("dead", 2, HOOK_FAILED)
+    assert [entry["error"] for entry in failed.errors] == [HOOK_FAILED, HOOK_FAILED]
     assert "no welcome template" not in worker.log()
     # And nothing of it was committed: neither its sync change nor the hook's writes
     assert rows(app_db, "SELECT clerk_id FROM users ORDER BY clerk_id") == [("user_hooks_first",), ("user_hooks_last",)]

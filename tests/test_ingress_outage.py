@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from devkit.waiting import wait_for
+from tests.support.broker import queued_ids
 from tests.support.proxy import TcpProxy
 from tests.support.signing import load_payload, post_event
 
@@ -43,10 +44,6 @@ def blackhole() -> Iterator[int]:
         yield int(server.getsockname()[1])
     finally:
         server.close()
-
-
-def queued_ids(redis_client, queue: str) -> list[str]:
-    return [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange(queue, 0, -1)]
 
 
 def timed_post(url: str, svix_id: str) -> tuple[requests.Response, float]:

@@ -18,17 +18,13 @@ from devkit.history import snapshot
 from devkit.waiting import wait_for
 from shared import metrics
 from shared.models import User, WebhookEvent
+from tests.support.ledger import ledger_row
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
 
 USER_ID = "user_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
-
-
-def row_of(session_factory, svix_id: str) -> WebhookEvent:  # type: ignore[no-untyped-def]
-    with session_factory() as session:
-        return session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id)).one()
 
 
 def sha256(body: str) -> str:
@@ -61,7 +57,7 @@ def test_an_unsynced_type_is_recorded_ignored_without_its_payload(session_factor
     assert deliver_one(session_factory, Delivery("msg_email", 1716883200, body), settings=settings) == "ignored"
 
     # Then its row keeps the type, the body's hash and the times, and nothing of the body
-    row = row_of(session_factory, "msg_email")
+    row = ledger_row(session_factory, "msg_email")
     assert (row.event_type, row.status, row.attempts) == ("email.created", "ignored", 1)
     assert row.payload is None and row.raw_body is None
     assert row.body_sha256 == sha256(body)
@@ -97,7 +93,7 @@ def test_an_invalid_event_is_dead_at_once_and_touches_no_synced_row(session_fact
 
     # Then each is dead after one attempt, naming the field, and no synced row changed
     assert results == {f"msg_bad_{n}": "dead" for n in range(4)}
-    reasons = [row_of(session_factory, f"msg_bad_{n}").last_error for n in range(4)]
+    reasons = [ledger_row(session_factory, f"msg_bad_{n}").last_error for n in range(4)]
     assert reasons == [
         "invalid_payload: timestamp: expected int, got str",
         "invalid_payload: data.organization is missing",
@@ -105,7 +101,7 @@ def test_an_invalid_event_is_dead_at_once_and_touches_no_synced_row(session_fact
         "invalid_payload: data.updated_at: expected int, got float",
     ]
     for n in range(4):
-        row = row_of(session_factory, f"msg_bad_{n}")
+        row = ledger_row(session_factory, f"msg_bad_{n}")
         assert (row.attempts, row.next_attempt_at, len(row.errors)) == (1, None, 1)
         assert row.payload is not None  # kept for the operator
     with session_factory() as session:
@@ -126,7 +122,7 @@ def test_a_redelivery_with_another_body_is_never_applied(session_factory, settin
     assert status == "processed"
 
     # Then the row is unchanged, the conflict recorded and counted, and the table still holds the first body
-    row = row_of(session_factory, "msg_same")
+    row = ledger_row(session_factory, "msg_same")
     assert row.body_sha256 == sha256(first)
     assert [entry["body_sha256"] for entry in row.conflicts] == [sha256(json.dumps(forged))]
     assert row.payload == json.loads(first) and row.attempts == 1
@@ -152,7 +148,7 @@ def test_after_a_failed_attempt_the_stored_body_is_applied_not_the_redelivered_o
 
     # Then the body first received is the one applied and kept
     assert status == "processed"
-    row = row_of(session_factory, "msg_retry")
+    row = ledger_row(session_factory, "msg_retry")
     assert row.payload == json.loads(first) and len(row.conflicts) == 1
     with session_factory() as session:
         assert session.scalars(select(User.first_name)).one() == "John"
@@ -163,12 +159,12 @@ def test_our_own_re_enqueue_of_the_stored_body_is_not_a_conflict(session_factory
     first = json.dumps(load_payload("user.updated"), indent=2)
     with trigger_on_users(database_url, "RAISE EXCEPTION 'not now';"):
         assert deliver_one(session_factory, Delivery("msg_swept", None, first), settings=settings) == "failed"
-    again = json.dumps(row_of(session_factory, "msg_swept").payload, separators=(",", ":"))
+    again = json.dumps(ledger_row(session_factory, "msg_swept").payload, separators=(",", ":"))
     assert sha256(again) != sha256(first)
 
     # When it comes back, Then it is applied and no conflict is recorded
     assert deliver_one(session_factory, Delivery("msg_swept", None, again), settings=settings) == "processed"
-    assert row_of(session_factory, "msg_swept").conflicts == []
+    assert ledger_row(session_factory, "msg_swept").conflicts == []
 
 
 def test_a_deadlock_met_again_and_again_spends_no_budget(session_factory, settings, database_url):
@@ -178,7 +174,7 @@ def test_a_deadlock_met_again_and_again_spends_no_budget(session_factory, settin
         status = deliver_one(session_factory, Delivery("msg_deadlock", None, body), settings=settings)
 
     # Then the event waits for its retry with its whole budget left
-    row = row_of(session_factory, "msg_deadlock")
+    row = ledger_row(session_factory, "msg_deadlock")
     assert (status, row.status, row.attempts) == ("failed", "failed", 0)
     assert row.next_attempt_at is not None and row.last_error == "DeadlockDetected (40P01)"
 
@@ -203,7 +199,7 @@ def test_the_error_of_a_refused_write_names_no_value(session_factory, settings, 
             conn.execute("DROP INDEX IF EXISTS test_unique_email")
 
     # Then it is dead, and its error names the constraint, not the address
-    row = row_of(session_factory, "msg_clash")
+    row = ledger_row(session_factory, "msg_clash")
     assert status == "dead"
     assert row.last_error == "UniqueViolation (23505) constraint test_unique_email table users"
     assert "@" not in json.dumps(row.errors)

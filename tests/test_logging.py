@@ -34,7 +34,6 @@ def emails_of(payload: dict[str, Any]) -> list[str]:
     return [address["email_address"] for address in payload["data"].get("email_addresses", [])]
 
 
-@pytest.mark.e2e
 def test_process_logs_are_json_with_event_context_and_no_secrets(processes, session_factory):
     # Given web and worker logging JSON at DEBUG, the most talkative level
     web = processes.start_web(LOG_FORMAT="json", LOG_LEVEL="DEBUG")
@@ -85,7 +84,6 @@ def test_process_logs_are_json_with_event_context_and_no_secrets(processes, sess
             assert email not in line, line
 
 
-@pytest.mark.e2e
 def test_a_database_error_on_an_event_logs_no_value_of_it(processes, session_factory, database_url):
     # Given a worker at DEBUG, an application's unique index on users.email and a trigger that
     # mentions the email in its own error message, and a user holding the address
@@ -133,7 +131,6 @@ def test_a_database_error_on_an_event_logs_no_value_of_it(processes, session_fac
         assert all(email not in (row.last_error or "") for row in session.scalars(select(WebhookEvent)))
 
 
-@pytest.mark.e2e
 def test_beat_logs_json_without_a_line_per_routine_send(processes, settings, redis_client):
     # Given beat as the Procfile starts it, sweeping every second, and no worker to take the sweeps
     beat = processes.start_beat(RECOVERY_SECONDS="24")

@@ -7,7 +7,6 @@ points count exactly those.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections import Counter
 from dataclasses import replace
@@ -23,10 +22,8 @@ from devkit.waiting import wait_for
 from shared import metrics
 from shared.models import WebhookEvent
 from tests.support.processes import free_port
-from tests.support.signing import OTHER_SECRET, load_payload, post_event
+from tests.support.signing import OTHER_SECRET, load_payload, post_event, user_created
 from worker.metrics_server import ScrapeTimeCollector
-
-pytestmark = pytest.mark.e2e
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -50,12 +47,6 @@ def total(samples: Samples, name: str) -> float:
     return sum(v for (sample, _), v in samples.items() if sample == name)
 
 
-def user_created(index: int) -> dict:
-    payload = copy.deepcopy(load_payload("user.created"))
-    payload["data"]["id"] = f"user_metrics_{index}"
-    return payload
-
-
 def test_scrape_points_count_what_happened(processes, session_factory, tmp_path):
     # Given an ingress and a worker, each with its own multiprocess directory
     web = processes.start_web(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "web-metrics"))
@@ -67,7 +58,7 @@ def test_scrape_points_count_what_happened(processes, session_factory, tmp_path)
     good, forged = 5, 3
     http = requests.Session()
     for index in range(good):
-        assert post_event(web.url, user_created(index), session=http).status_code == 200
+        assert post_event(web.url, user_created(f"user_metrics_{index}"), session=http).status_code == 200
     assert post_event(web.url, load_payload("session.created"), session=http).status_code == 200
     for _ in range(forged):
         assert post_event(web.url, load_payload("user.updated"), secret=OTHER_SECRET, session=http).status_code == 401

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
-from typing import Any
 
 from sqlalchemy import select
 
 from devkit.waiting import wait_for
 from shared.models import Organization, User, WebhookEvent
 from shared.publish import EventPublisher
-from tests.support.cli import TESTER, audit_rows, run_cli, statuses
+from tests.support.broker import queued_ids
+from tests.support.cli import TESTER, run_cli
+from tests.support.ledger import add_event, audit_rows, statuses
 from tests.support.signing import load_payload, post_event
 from worker.ops import control
 from worker.pipeline import ledger
 from worker.recovery import sweeper
-
-
-def queued_ids(redis_client, queue: str) -> list[str]:
-    """Task ids waiting in the queue, oldest first (kombu LPUSHes, workers BRPOP)."""
-    return [json.loads(raw)["headers"]["id"] for raw in reversed(redis_client.lrange(queue, 0, -1))]
 
 
 def test_pause_holds_events_and_resume_applies_them_in_arrival_order(processes, session_factory, base_env, tmp_path):
@@ -114,17 +109,6 @@ def test_beat_re_enqueues_events_whose_messages_were_lost(processes, session_fac
     with session_factory() as session:
         assert session.scalars(select(Organization.clerk_id)).all() == [organization["data"]["id"]]
         assert len(session.scalars(select(User)).all()) == 1
-
-
-def add_event(session, svix_id: str, status: str, **fields: Any) -> None:
-    now = dt.datetime.now(dt.UTC)
-    defaults: dict[str, Any] = {
-        "event_type": "user.created",
-        "payload": {"type": "user.created", "data": {"id": f"user_{svix_id}"}},
-        "received_at": now,
-        "updated_at": now,
-    }
-    session.add(WebhookEvent(svix_id=svix_id, status=status, **{**defaults, **fields}))
 
 
 def test_sweep_enqueues_due_failed_and_stale_pending_only(session_factory, settings, redis_client):

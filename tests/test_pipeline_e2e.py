@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
-import pytest
 import requests
 from sqlalchemy import func, select
 
 from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
 from shared.receipts import receipt_keys
+from tests.support.ledger import ledger_rows
 from tests.support.signing import load_payload, post_event
 
 
@@ -84,11 +84,6 @@ def mixed_event(index: int) -> tuple[str, dict[str, Any]]:
     return f"msg_e2e_{index:04d}", payload
 
 
-def ledger_rows(session_factory) -> list[WebhookEvent]:
-    with session_factory() as session:
-        return list(session.scalars(select(WebhookEvent)))
-
-
 def post_all(url: str, deliveries: list[tuple[str, dict[str, Any]]], *, threads: int = 8) -> list[int]:
     """POST every delivery from ``threads`` threads, each with its own keep-alive session."""
     local = threading.local()
@@ -103,7 +98,6 @@ def post_all(url: str, deliveries: list[tuple[str, dict[str, Any]]], *, threads:
         return list(pool.map(send, deliveries))
 
 
-@pytest.mark.e2e
 def test_concurrent_duplicated_deliveries_give_one_row_each(processes, session_factory):
     # Given a running ingress and two worker processes competing for the queue
     web = processes.start_web()
@@ -154,7 +148,6 @@ def test_concurrent_duplicated_deliveries_give_one_row_each(processes, session_f
 RECOVERY = {"RECOVERY_SECONDS": "24"}
 
 
-@pytest.mark.e2e
 def test_events_held_by_a_killed_worker_are_applied_by_the_next(processes, session_factory, redis_client):
     # Given 300 events accepted by the ingress while no worker runs (several batches), and beat
     queue = processes.env["CLERK_SYNC_QUEUE"]
@@ -243,7 +236,6 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     assert len(restored) == 1 and '"count": 4' in restored[0], worker.log()[-3000:]
 
 
-@pytest.mark.e2e
 def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
     processes, session_factory, redis_client, database_url
 ):

@@ -13,13 +13,12 @@ import json
 
 import pytest
 import redis
-from sqlalchemy import select
 
 from devkit.waiting import wait_for
 from shared.config import load_settings
-from shared.models import WebhookEvent
 from shared.publish import PROCESS_EVENT_TASK, EventPublisher, QueueUnavailable
 from shared.receipts import receipt_keys
+from tests.support.ledger import statuses
 from tests.support.signing import load_payload
 from worker.celery_app import app as celery_app
 
@@ -117,11 +116,11 @@ def test_a_real_worker_applies_a_templated_message(settings, processes, session_
     # When a Celery worker runs, then it applies the event as it would one from send_task
     processes.start_worker()
 
-    def status() -> str | None:
-        with session_factory() as session:
-            return session.scalar(select(WebhookEvent.status).where(WebhookEvent.svix_id == "msg_templated"))
-
-    assert wait_for(lambda: status() == "processed", timeout=60, what="templated event processed")
+    assert wait_for(
+        lambda: statuses(session_factory).get("msg_templated") == "processed",
+        timeout=60,
+        what="templated event processed",
+    )
 
 
 def test_fast_publisher_raises_when_redis_is_unreachable():

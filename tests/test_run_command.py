@@ -158,7 +158,6 @@ def user_email(database_url: str) -> str | None:
     return row[0] if row else None
 
 
-@pytest.mark.e2e
 def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir, launched):
     # Given a machine where nothing answers on the default ports
     env = bare_machine_env()

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
-from devkit.services import bin_path
 from devkit.waiting import wait_for
 from shared.models import User
+from tests.support.cli import run_cli
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
-
-
-def clerk_sync(base_env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [bin_path("clerk-sync"), *args], cwd=cwd, env=base_env, capture_output=True, text=True, timeout=60
-    )
 
 
 def user_email(session_factory, clerk_id: str) -> str | None:  # type: ignore[no-untyped-def]
@@ -27,14 +18,13 @@ def user_email(session_factory, clerk_id: str) -> str | None:  # type: ignore[no
         return session.scalar(select(User.email).where(User.clerk_id == clerk_id))
 
 
-@pytest.mark.e2e
 def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp_path):
     # Given a running ingress and worker
     web = processes.start_web()
     processes.start_worker()
 
     # When the built-in user.created sample is sent
-    sample = clerk_sync(base_env, tmp_path, "send", "user.created", "--url", web.url)
+    sample = run_cli(base_env, "send", "user.created", "--url", web.url, cwd=tmp_path)
 
     # Then it is accepted and the user lands in the table
     assert sample.returncode == 0, sample.stderr
@@ -50,7 +40,7 @@ def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp
     payload["data"]["id"] = "user_from_file"
     event_file = tmp_path / "my-event.json"
     event_file.write_text(json.dumps(payload))
-    sent = clerk_sync(base_env, tmp_path, "send", str(event_file), "--url", web.url)
+    sent = run_cli(base_env, "send", str(event_file), "--url", web.url, cwd=tmp_path)
 
     # Then that user lands too
     assert sent.returncode == 0, sent.stderr
@@ -62,7 +52,7 @@ def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp
 
 
 def test_unknown_type_is_a_usage_error(base_env, tmp_path):
-    result = clerk_sync(base_env, tmp_path, "send", "user.exploded", "--url", "http://127.0.0.1:1")
+    result = run_cli(base_env, "send", "user.exploded", "--url", "http://127.0.0.1:1", cwd=tmp_path)
 
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
@@ -72,7 +62,7 @@ def test_unknown_type_is_a_usage_error(base_env, tmp_path):
 def test_unreachable_url_fails_in_one_line(base_env, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"
 
-    result = clerk_sync(base_env, tmp_path, "send", "user.created", "--url", url)
+    result = run_cli(base_env, "send", "user.created", "--url", url, cwd=tmp_path)
 
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1

@@ -22,6 +22,7 @@ import requests
 
 from devkit.services import ROOT
 from devkit.waiting import wait_for
+from tests.support.broker import queued_ids
 from tests.support.processes import free_port, web_argv
 from tests.support.rawhttp import Answer, closed_by_server, connect, read_answer, request_bytes
 from tests.support.signing import load_payload, new_svix_id, post_event, signed_headers
@@ -36,10 +37,6 @@ def signed_request(payload: str = "user.created", **header_overrides: str) -> tu
     body = json.dumps(load_payload(payload)).encode()
     headers = {**signed_headers(body, svix_id=svix_id), "Content-Length": str(len(body)), **header_overrides}
     return svix_id, body, headers
-
-
-def queued_ids(redis_client, queue: str) -> list[str]:
-    return [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange(queue, 0, -1)]
 
 
 def exchange(sock: socket.socket, headers: dict[str, str], body: bytes) -> Answer:

@@ -13,8 +13,9 @@ pool without closing it (``os.register_at_fork``): the socket stays the parent's
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -34,6 +35,7 @@ log = structlog.get_logger("clerk_sync.metrics")
 # kombu's Redis transport keeps a priority level's messages under "<queue>\x06\x16<n>".
 _PRIORITY_SEPARATOR = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
+_REDIS_ERRORS = (redis.RedisError, OSError)
 
 _WAITING_SQL = text(
     """
@@ -82,62 +84,72 @@ class ScrapeTimeCollector(Collector):
             log.info(f"metrics_{store}_available")
 
     def collect(self) -> Iterator[Any]:
-        yield from self._database()
-        yield from self._broker()
+        yield from self._store("database", "Postgres", self._read_database, _database_metrics, errors=(Exception,))
+        yield from self._store("broker", "Redis", self._read_broker, self._broker_metrics, errors=_REDIS_ERRORS)
 
-    def _database(self) -> Iterator[Any]:
-        up = GaugeMetricFamily(f"{metrics.PREFIX}_database_up", "1 if the worker's scrape reached Postgres.")
-        dead = GaugeMetricFamily(
-            f"{metrics.PREFIX}_dead_letter_events", "Events in status dead, waiting for an operator."
-        )
-        waiting = GaugeMetricFamily(
-            f"{metrics.PREFIX}_events_waiting", "Events recorded but not final, by status.", labels=["status"]
-        )
-        oldest = GaugeMetricFamily(
-            f"{metrics.PREFIX}_oldest_unprocessed_age_seconds",
-            "Age of the oldest pending or failed event (0 when there is none).",
-        )
+    def _store(
+        self,
+        store: str,
+        server: str,
+        read: Callable[[], Any],
+        report: Callable[[Any], Iterator[Any]],
+        *,
+        errors: tuple[type[BaseException], ...],
+    ) -> Iterator[Any]:
+        """The store's ``*_up`` gauge, then what ``report`` makes of ``read``'s answer (nothing if it failed)."""
+        up = GaugeMetricFamily(f"{metrics.PREFIX}_{store}_up", f"1 if the worker's scrape reached {server}.")
         try:
-            with self.engine.connect() as conn:
-                rows = {row.status: row for row in conn.execute(_WAITING_SQL)}
-                now = conn.execute(text("SELECT now()")).scalar_one()
-        except Exception as exc:  # any database failure: report it as a gauge, keep serving
-            self._down("database", exc)
+            answer = read()
+        except errors as exc:  # report it as a gauge, keep serving
+            self._down(store, exc)
             up.add_metric([], 0)
             yield up
             return
-        self._up("database")
+        self._up(store)
         up.add_metric([], 1)
-        dead.add_metric([], rows["dead"].n if "dead" in rows else 0)
-        ages = [(now - rows[s].oldest).total_seconds() for s in ("pending", "failed") if s in rows]
-        for status in ("pending", "failed"):
-            waiting.add_metric([status], rows[status].n if status in rows else 0)
-        oldest.add_metric([], max([0.0, *ages]))
-        yield from (up, dead, waiting, oldest)
+        yield up
+        yield from report(answer)
 
-    def _broker(self) -> Iterator[Any]:
-        up = GaugeMetricFamily(f"{metrics.PREFIX}_broker_up", "1 if the worker's scrape reached Redis.")
+    def _read_database(self) -> tuple[dict[str, Any], dt.datetime]:
+        with self.engine.connect() as conn:
+            rows = {row.status: row for row in conn.execute(_WAITING_SQL)}
+            now = conn.execute(text("SELECT now()")).scalar_one()
+        return rows, now
+
+    def _read_broker(self) -> list[int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.llen(queue)
+            for step in _PRIORITY_STEPS:
+                pipe.llen(f"{queue}{_PRIORITY_SEPARATOR}{step}")
+        return list(pipe.execute())
+
+    def _broker_metrics(self, lengths: list[int]) -> Iterator[Any]:
         depth = GaugeMetricFamily(
             f"{metrics.PREFIX}_queue_depth", "Messages waiting in the Redis queue (LLEN).", labels=["queue"]
         )
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for queue in self.queues:
-                pipe.llen(queue)
-                for step in _PRIORITY_STEPS:
-                    pipe.llen(f"{queue}{_PRIORITY_SEPARATOR}{step}")
-            lengths = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            self._down("broker", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        self._up("broker")
-        up.add_metric([], 1)
         per_queue = 1 + len(_PRIORITY_STEPS)
         for index, queue in enumerate(self.queues):
             depth.add_metric([queue], sum(lengths[index * per_queue : (index + 1) * per_queue]))
-        yield from (up, depth)
+        yield depth
+
+
+def _database_metrics(answer: tuple[dict[str, Any], dt.datetime]) -> Iterator[Any]:
+    rows, now = answer
+    dead = GaugeMetricFamily(f"{metrics.PREFIX}_dead_letter_events", "Events in status dead, waiting for an operator.")
+    waiting = GaugeMetricFamily(
+        f"{metrics.PREFIX}_events_waiting", "Events recorded but not final, by status.", labels=["status"]
+    )
+    oldest = GaugeMetricFamily(
+        f"{metrics.PREFIX}_oldest_unprocessed_age_seconds",
+        "Age of the oldest pending or failed event (0 when there is none).",
+    )
+    dead.add_metric([], rows["dead"].n if "dead" in rows else 0)
+    ages = [(now - rows[s].oldest).total_seconds() for s in ("pending", "failed") if s in rows]
+    for status in ("pending", "failed"):
+        waiting.add_metric([status], rows[status].n if status in rows else 0)
+    oldest.add_metric([], max([0.0, *ages]))
+    yield from (dead, waiting, oldest)
 
 
 def start(settings: Settings) -> bool:

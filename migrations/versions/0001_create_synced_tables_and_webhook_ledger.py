@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-26 12:49:37.545083
 
 """
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
@@ -16,6 +16,30 @@ revision: str = '0001'
 down_revision: Union[str, Sequence[str], None] = None
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
+
+
+def _synced_columns(table: str) -> list[Any]:
+    """What every synced table ends with (shared.models.SyncedMixin as of this revision)."""
+    return [
+        sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
+        sa.Column('clerk_id', sa.String(length=64), nullable=False),
+        sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
+        sa.Column('clerk_updated_at', sa.BigInteger(), nullable=True),
+        sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f(f'pk_{table}')),
+        sa.UniqueConstraint('clerk_id', name=op.f(f'uq_{table}_clerk_id')),
+    ]
+
+
+def _account_columns() -> list[Any]:
+    """What users and organizations both have (shared.models.AccountMixin as of this revision)."""
+    return [
+        sa.Column('image_url', sa.Text(), nullable=True),
+        sa.Column('public_metadata', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
+        sa.Column('plan', sa.Text(), server_default=sa.text("'free'"), nullable=False),
+    ]
 
 
 def upgrade() -> None:
@@ -31,51 +55,23 @@ def upgrade() -> None:
     sa.Column('organization_clerk_id', sa.String(length=64), nullable=True),
     sa.Column('user_clerk_id', sa.String(length=64), nullable=True),
     sa.Column('role', sa.Text(), nullable=True),
-    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
-    sa.Column('clerk_id', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('clerk_updated_at', sa.BigInteger(), nullable=True),
-    sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_organization_memberships')),
-    sa.UniqueConstraint('clerk_id', name=op.f('uq_organization_memberships_clerk_id'))
+    *_synced_columns('organization_memberships')
     )
     op.create_index('ix_memberships_organization', 'organization_memberships', ['organization_clerk_id'], unique=False)
     op.create_index('ix_memberships_user', 'organization_memberships', ['user_clerk_id'], unique=False)
     op.create_table('organizations',
     sa.Column('name', sa.Text(), nullable=True),
     sa.Column('slug', sa.Text(), nullable=True),
-    sa.Column('image_url', sa.Text(), nullable=True),
-    sa.Column('public_metadata', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
-    sa.Column('plan', sa.Text(), server_default=sa.text("'free'"), nullable=False),
-    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
-    sa.Column('clerk_id', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('clerk_updated_at', sa.BigInteger(), nullable=True),
-    sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_organizations')),
-    sa.UniqueConstraint('clerk_id', name=op.f('uq_organizations_clerk_id'))
+    *_account_columns(),
+    *_synced_columns('organizations')
     )
     op.create_table('users',
     sa.Column('email', sa.Text(), nullable=True),
     sa.Column('first_name', sa.Text(), nullable=True),
     sa.Column('last_name', sa.Text(), nullable=True),
     sa.Column('username', sa.Text(), nullable=True),
-    sa.Column('image_url', sa.Text(), nullable=True),
-    sa.Column('public_metadata', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'{}'::jsonb"), nullable=False),
-    sa.Column('plan', sa.Text(), server_default=sa.text("'free'"), nullable=False),
-    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
-    sa.Column('clerk_id', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('clerk_updated_at', sa.BigInteger(), nullable=True),
-    sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
-    sa.UniqueConstraint('clerk_id', name=op.f('uq_users_clerk_id'))
+    *_account_columns(),
+    *_synced_columns('users')
     )
     op.create_table('webhook_events',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),

@@ -1,16 +1,11 @@
-"""Run the installed `clerk-sync` console script as an operator would, and read the ledger."""
+"""Run the installed `clerk-sync` console script as an operator would, and read its one-line errors."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import select
 
 from devkit.services import bin_path
-from devkit.waiting import wait_for
-from shared.models import FINAL_STATUSES, OperatorAction, WebhookEvent
 from worker.ops.audit import Actor
 
 # The operator of changes a test makes through worker.ops directly.
@@ -30,24 +25,9 @@ def run_cli(
     )
 
 
-def statuses(session_factory: Any) -> dict[str, str]:
-    """svix_id -> status of every `webhook_events` row."""
-    with session_factory() as session:
-        return dict(session.execute(select(WebhookEvent.svix_id, WebhookEvent.status)).all())
-
-
-def audit_rows(session_factory: Any) -> list[OperatorAction]:
-    """Every `operator_actions` row, oldest first."""
-    with session_factory() as session:
-        return list(session.scalars(select(OperatorAction).order_by(OperatorAction.id)))
-
-
-def wait_until_final(session_factory: Any, count: int, *, timeout: float = 90) -> dict[str, str]:
-    """Wait until the ledger holds ``count`` events, all in a final status; returns their statuses."""
-
-    def done() -> dict[str, str] | None:
-        seen = statuses(session_factory)
-        return seen if len(seen) == count and set(seen.values()) <= set(FINAL_STATUSES) else None
-
-    result: dict[str, str] = wait_for(done, timeout=timeout, what=f"{count} events final")
-    return result
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The CLI's error: exactly one line on stderr, `clerk-sync: ...` (asserted); returns it."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("clerk-sync: ")
+    return lines[0]

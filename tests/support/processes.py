@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,9 +142,20 @@ class ProcessManager:
         env = {"LOG_LEVEL": "INFO", **self.env, "CELERY_BEAT_SCHEDULE": str(schedule), **env_overrides}
         return self._spawn("beat", ["sh", "-c", procfile_command("beat")], env)
 
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+    def stop_all(self, timeout: float = 20.0) -> None:
+        """SIGTERM every process at once and wait for them together (a teardown costs the slowest
+        stop, not the sum of them); SIGKILL whatever outlives ``timeout``."""
+        running = [proc for proc in reversed(self.procs) if not proc.stopped]
+        for proc in running:
+            proc.stopped = True
+            proc.kill(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            try:
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill(signal.SIGKILL)
+                proc.popen.wait(timeout=10)
 
 
 def _healthy(proc: Proc, path: str = "/healthz") -> bool:

@@ -63,3 +63,10 @@ def post_event(
     headers = signed_headers(body, svix_id=svix_id, **sign_options)
     http = session or requests
     return http.post(f"{base_url}/webhooks/clerk", data=body.encode(), headers=headers, timeout=timeout)
+
+
+def user_created(user_id: str) -> dict[str, Any]:
+    """The `user.created` sample, for the user ``user_id`` (many distinct users from one sample)."""
+    payload = load_payload("user.created")
+    payload["data"]["id"] = user_id
+    return payload

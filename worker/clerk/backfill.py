@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,8 @@ log = structlog.get_logger("clerk_sync.backfill")
 # Resource names in the order they are backfilled: parents before children.
 RESOURCE_NAMES = tuple(resource.name for resource in RESOURCES)
 PER_ORGANIZATION = "per_organization"
+# One page of a listing: its offset, how many it listed (a short page is the last), the objects to apply.
+_Page = tuple[int, int, list[dict[str, Any]]]
 
 
 @dataclass
@@ -176,7 +178,8 @@ def backfill_resource(
         mode = PER_ORGANIZATION
     if mode != PER_ORGANIZATION:
         try:
-            _backfill_list(factory, client, result, settings=settings, page_size=page_size, on_page=on_page)
+            pages = _list_pages(client, result, page_size=page_size)
+            _apply_pages(factory, result, pages, mode=None, settings=settings, page_size=page_size, on_page=on_page)
             return result
         except ClerkNotFound:
             if kind.api_per_organization_path is None:
@@ -185,45 +188,22 @@ def backfill_resource(
             # Its offsets count organizations, so start over (re-applying is harmless).
             log.info("backfill_per_organization", resource=resource)
             result.offset = result.resumed_from = 0
-    _backfill_per_organization(factory, client, result, settings=settings, page_size=page_size, on_page=on_page)
+    pages = _per_organization_pages(client, result, page_size=page_size)
+    _apply_pages(factory, result, pages, mode=PER_ORGANIZATION, settings=settings, page_size=page_size, on_page=on_page)
     return result
 
 
-def _backfill_list(
-    factory: sessionmaker[Session],
-    client: ClerkClient,
-    result: ResourceResult,
-    *,
-    settings: Settings,
-    page_size: int,
-    on_page: ProgressCallback | None,
-) -> None:
+def _list_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) -> Iterator[_Page]:
+    """The resource's instance-wide list, from the saved offset."""
     path = BY_NAME[result.resource].api_list_path
     assert path is not None
     for offset, page in client.iter_pages(path, limit=page_size, offset=result.offset):
         if page.total_count is not None:
             result.total = page.total_count
-        _apply_page(
-            factory,
-            result,
-            page.items,
-            next_offset=offset + len(page.items),
-            done=len(page.items) < page_size,
-            mode=None,
-            settings=settings,
-            on_page=on_page,
-        )
+        yield offset, len(page.items), page.items
 
 
-def _backfill_per_organization(
-    factory: sessionmaker[Session],
-    client: ClerkClient,
-    result: ResourceResult,
-    *,
-    settings: Settings,
-    page_size: int,
-    on_page: ProgressCallback | None,
-) -> None:
+def _per_organization_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) -> Iterator[_Page]:
     """Organization by organization (invitations and domains; memberships when the instance-wide list
     is missing); the offset counts organizations."""
     kind = BY_NAME[result.resource]
@@ -236,13 +216,28 @@ def _backfill_per_organization(
             if isinstance(organization.get("id"), str) and organization["id"].startswith(ORGANIZATIONS.id_prefix)
             for item in client.list_of_organization(kind, organization["id"], limit=page_size)
         ]
+        yield offset, len(page.items), items
+
+
+def _apply_pages(
+    factory: sessionmaker[Session],
+    result: ResourceResult,
+    pages: Iterator[_Page],
+    *,
+    mode: str | None,
+    settings: Settings,
+    page_size: int,
+    on_page: ProgressCallback | None,
+) -> None:
+    """Apply each page and save the offset after it; a short page is the last."""
+    for offset, listed, items in pages:
         _apply_page(
             factory,
             result,
             items,
-            next_offset=offset + len(page.items),
-            done=len(page.items) < page_size,
-            mode=PER_ORGANIZATION,
+            next_offset=offset + listed,
+            done=listed < page_size,
+            mode=mode,
             settings=settings,
             on_page=on_page,
         )

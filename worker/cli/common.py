@@ -128,6 +128,22 @@ def publisher(settings: Settings) -> EventPublisher:
     return EventPublisher(settings, timeout=5.0)
 
 
+def add_command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    *,
+    help: str,
+    handler: Callable[..., int],
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """A sub-command that runs ``handler``, with the arguments ``arguments`` adds."""
+    parser = subparsers.add_parser(name, help=help)
+    if arguments is not None:
+        arguments(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def add_operator_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--operator",

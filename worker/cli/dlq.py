@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from worker.cli.common import (
     CliError,
     actor,
+    add_command,
     add_operator_flag,
     confirm,
     print_table,
@@ -49,13 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.add_argument("--json", action="store_true", help="one JSON object")
     show.set_defaults(handler=run_show)
 
-    replay = commands.add_parser("replay", help="give dead events a new retry budget and enqueue them again")
-    _add_selection(replay)
-    replay.set_defaults(handler=run_replay)
-
-    discard = commands.add_parser("discard", help="delete dead events that will never be applied")
-    _add_selection(discard)
-    discard.set_defaults(handler=run_discard)
+    replay_help = "give dead events a new retry budget and enqueue them again"
+    add_command(commands, "replay", help=replay_help, handler=run_replay, arguments=_add_selection)
+    discard_help = "delete dead events that will never be applied"
+    add_command(commands, "discard", help=discard_help, handler=run_discard, arguments=_add_selection)
 
 
 def _add_filters(parser: argparse.ArgumentParser, *, limit_default: int | None) -> None:
@@ -238,57 +236,53 @@ def _fail(exc: Exception) -> CliError:
 
 
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.publish import QueueUnavailable
     from worker.ops import dead_letters
 
-    prepared = _prepare(args, settings, "replay")
-    if prepared is None:
-        return 0
-    svix_ids, filters = prepared
     app = publisher(settings)
-    who = actor(args)
-    progress = dead_letters.Result()
 
-    def replay(session: Session, batch: Sequence[str]) -> Result:
-        return dead_letters.replay(session, app, batch, actor=who, selection=filters, skip_not_dead=args.all)
+    def replay(session: Session, svix_ids: Sequence[str], **options: Any) -> Result:
+        return dead_letters.replay(session, app, svix_ids, **options)
 
     try:
-        dead_letters.in_batches(lambda: transaction(settings), svix_ids, replay, progress=progress)
-    except dead_letters.OperationError as exc:
-        raise _fail(exc) from None
-    except QueueUnavailable as exc:
-        raise CliError(
-            f"the queue is unavailable ({exc}); replayed {len(progress.done)} of {len(svix_ids)}, "
-            "the rest are still dead"
-        ) from None
+        return _act_in_batches(args, settings, "replay", "replayed", replay)
     finally:
         app.close()
-    for skipped in progress.skipped:
-        print(f"skipped {printable(skipped)}: no longer dead")
-    _print_ids(f"replayed {len(progress.done)} event(s):", progress.done)
-    return 0
 
 
 def run_discard(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops import dead_letters
 
-    prepared = _prepare(args, settings, "discard")
+    return _act_in_batches(args, settings, "discard", "discarded", dead_letters.discard)
+
+
+def _act_in_batches(
+    args: argparse.Namespace, settings: Settings, verb: str, done: str, operation: Callable[..., Result]
+) -> int:
+    """``operation`` on the selected dead events, a transaction a batch; what is done stays done on a failure."""
+    from shared.publish import QueueUnavailable
+    from worker.ops import dead_letters
+
+    prepared = _prepare(args, settings, verb)
     if prepared is None:
         return 0
     svix_ids, filters = prepared
     who = actor(args)
     progress = dead_letters.Result()
 
-    def discard(session: Session, batch: Sequence[str]) -> Result:
-        return dead_letters.discard(session, batch, actor=who, selection=filters, skip_not_dead=args.all)
+    def step(session: Session, batch: Sequence[str]) -> Result:
+        return operation(session, batch, actor=who, selection=filters, skip_not_dead=args.all)
 
     try:
-        dead_letters.in_batches(lambda: transaction(settings), svix_ids, discard, progress=progress)
+        dead_letters.in_batches(lambda: transaction(settings), svix_ids, step, progress=progress)
     except dead_letters.OperationError as exc:
         raise _fail(exc) from None
+    except QueueUnavailable as exc:
+        raise CliError(
+            f"the queue is unavailable ({exc}); {done} {len(progress.done)} of {len(svix_ids)}, the rest are still dead"
+        ) from None
     for skipped in progress.skipped:
         print(f"skipped {printable(skipped)}: no longer dead")
-    _print_ids(f"discarded {len(progress.done)} event(s):", progress.done)
+    _print_ids(f"{done} {len(progress.done)} event(s):", progress.done)
     return 0
 
 

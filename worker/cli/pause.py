@@ -11,19 +11,27 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from worker.cli.common import CliError, actor, add_operator_flag, publisher, transaction
+from worker.cli.common import CliError, actor, add_command, add_operator_flag, publisher, transaction
 
 if TYPE_CHECKING:
     from shared.config import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pause = subparsers.add_parser("pause", help="hold applying events (the ingress keeps accepting them)")
-    add_operator_flag(pause)
-    pause.set_defaults(handler=run_pause)
-    resume = subparsers.add_parser("resume", help="apply events again, starting with those held while paused")
-    add_operator_flag(resume)
-    resume.set_defaults(handler=run_resume)
+    add_command(
+        subparsers,
+        "pause",
+        help="hold applying events (the ingress keeps accepting them)",
+        handler=run_pause,
+        arguments=add_operator_flag,
+    )
+    add_command(
+        subparsers,
+        "resume",
+        help="apply events again, starting with those held while paused",
+        handler=run_resume,
+        arguments=add_operator_flag,
+    )
 
 
 def run_pause(args: argparse.Namespace, settings: Settings) -> int:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import uuid
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from worker.cli.common import CliError
@@ -27,8 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=run)
 
 
+def _samples() -> Any:
+    # importlib.resources (and uuid, below) only when a command needs them: start-up stays short.
+    from importlib import resources
+
+    return resources.files("worker.cli") / "samples"
+
+
 def sample_types() -> list[str]:
-    folder = resources.files("worker.cli") / "samples"
+    folder = _samples()
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -38,7 +43,7 @@ def load_event(spec: str) -> str:
     if path.is_file():
         return path.read_text()
     if spec in sample_types():
-        return (resources.files("worker.cli") / "samples" / f"{spec}.json").read_text()
+        return (_samples() / f"{spec}.json").read_text()
     raise CliError(f"{spec!r} is neither a file nor a sample type ({', '.join(sample_types())})", exit_code=2)
 
 
@@ -50,6 +55,8 @@ def webhook_url(url: str) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import uuid
+
     import requests
     from svix.webhooks import Webhook
 

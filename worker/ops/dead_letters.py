@@ -105,25 +105,19 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What operators see of a ledger row (every column but the stored body), in this order; times in ISO 8601.
+SUMMARY_COLUMNS = (
+    "svix_id", "event_type", "status", "entity_id", "attempts", "last_error", "errors", "body_sha256",
+    "conflicts", "svix_timestamp", "received_at", "processed_at", "next_attempt_at", "updated_at",
+)  # fmt: skip
+# Redeliveries of this svix-id with another body, never applied: named for what they are.
+SUMMARY_NAMES = {"conflicts": "conflicting_redeliveries"}
+
+
 def summary(row: WebhookEvent) -> dict[str, Any]:
     """Every field of the row except the stored body, ready for JSON."""
-    return {
-        "svix_id": row.svix_id,
-        "event_type": row.event_type,
-        "status": row.status,
-        "entity_id": row.entity_id,
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "errors": row.errors,
-        "body_sha256": row.body_sha256,
-        # Redeliveries of this svix-id with another body, never applied.
-        "conflicting_redeliveries": row.conflicts,
-        "svix_timestamp": row.svix_timestamp,
-        "received_at": _iso(row.received_at),
-        "processed_at": _iso(row.processed_at),
-        "next_attempt_at": _iso(row.next_attempt_at),
-        "updated_at": _iso(row.updated_at),
-    }
+    values = ((SUMMARY_NAMES.get(column, column), getattr(row, column)) for column in SUMMARY_COLUMNS)
+    return {name: _iso(value) if isinstance(value, dt.datetime) else value for name, value in values}
 
 
 def detail(row: WebhookEvent) -> dict[str, Any]:
@@ -131,18 +125,16 @@ def detail(row: WebhookEvent) -> dict[str, Any]:
     return {**summary(row), "payload": row.payload, "raw_body": row.raw_body}
 
 
-def _lock_named(session: Session, svix_ids: Sequence[str]) -> list[WebhookEvent]:
-    rows = session.scalars(
-        select(WebhookEvent)
-        .where(WebhookEvent.svix_id.in_(list(svix_ids)))
-        .order_by(WebhookEvent.received_at, WebhookEvent.id)
-        .with_for_update()
+def _lock_dead(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool) -> list[WebhookEvent]:
+    """The named rows that are dead, locked, oldest first; an OperationError for any other unless skipping."""
+    rows = list(
+        session.scalars(
+            select(WebhookEvent)
+            .where(WebhookEvent.svix_id.in_(list(svix_ids)))
+            .order_by(WebhookEvent.received_at, WebhookEvent.id)
+            .with_for_update()
+        )
     )
-    return list(rows)
-
-
-def _check_dead(rows: list[WebhookEvent], svix_ids: Sequence[str], *, skip_not_dead: bool) -> list[WebhookEvent]:
-    """The dead rows among those named; an OperationError for any other unless skipping."""
     found = {row.svix_id for row in rows}
     missing = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in found]
     if missing and not skip_not_dead:
@@ -188,8 +180,7 @@ def replay(
     ``errors`` history is kept, with a note of the replay appended. ``selection`` is the
     filter the ids came from (None when they were named), kept in the audit row.
     """
-    rows = _lock_named(session, svix_ids)
-    dead = _check_dead(rows, svix_ids, skip_not_dead=skip_not_dead)
+    dead = _lock_dead(session, svix_ids, skip_not_dead=skip_not_dead)
     bodies = {row.svix_id: sweeper.body_of(row) for row in dead}
     unreplayable = [svix_id for svix_id, body in bodies.items() if body is None]
     if unreplayable:
@@ -232,8 +223,7 @@ def discard(
     Only dead rows are deleted. The svix-id is forgotten with its row, so a later
     redelivery of it by Svix would be processed as a new event.
     """
-    rows = _lock_named(session, svix_ids)
-    dead = _check_dead(rows, svix_ids, skip_not_dead=skip_not_dead)
+    dead = _lock_dead(session, svix_ids, skip_not_dead=skip_not_dead)
     if dead:
         session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
     done = {row.svix_id for row in dead}
