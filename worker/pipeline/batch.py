@@ -150,7 +150,12 @@ def _apply_in(session: Session, entries: list[Entry], *, settings: Settings) -> 
             finished[entry.svix_id] = (EventStatus.IGNORED, reason)
         else:
             applying.append((entry, HANDLERS[event.type](event)))
-    results = apply_changes(session, [c for _, c in applying], scrub_pii=settings.deleted_user_pii == "scrub")
+    results = apply_changes(
+        session,
+        [c for _, c in applying],
+        scrub_pii=settings.deleted_user_pii == "scrub",
+        sync_private_metadata=settings.sync_private_metadata,
+    )
     # The application's hooks, in this transaction: one that raises fails the batch, which then splits.
     hooks.run(session, [(e.svix_id, e.event) for e, _ in applying if e.event is not None], settings=settings)
     for (entry, _), applied in zip(applying, results, strict=True):
