@@ -19,6 +19,7 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -80,6 +81,8 @@ class HistoryBuilder:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)  # live users' current data
     orgs: dict[str, dict[str, Any]] = field(default_factory=dict)
     memberships: dict[str, _Membership] = field(default_factory=dict)  # active ones
+    invitations: dict[str, dict[str, Any]] = field(default_factory=dict)  # pending ones
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)  # live ones
     deleted_users: set[str] = field(default_factory=set)
     deleted_orgs: set[str] = field(default_factory=set)
     _counter: int = 0
@@ -133,12 +136,20 @@ class HistoryBuilder:
         ]
         rng.shuffle(addresses)
         primary = rng.choice(addresses)["id"] if addresses else None
+        phones = [{"id": f"idn_phone_{tag}-{n}", "phone_number": f"+1555555{at % 10000:04d}{n}"} for n in range(2)]
         return {
             "object": "user",
             "id": clerk_id,
             "primary_email_address_id": primary,
             "email_addresses": addresses,
-            "phone_numbers": [] if addresses else [{"id": f"idn_phone_{tag}", "phone_number": "+15555550100"}],
+            "primary_phone_number_id": rng.choice([None, phones[0]["id"], phones[1]["id"]]),
+            "phone_numbers": phones,
+            "external_id": rng.choice([None, f"ext-{tag}"]),
+            "banned": rng.random() < 0.2,
+            "locked": rng.random() < 0.1,
+            "last_sign_in_at": rng.choice([None, _clerk_time(at - STEP_MS, rng)]),
+            "last_active_at": _clerk_time(at, rng),
+            "unsafe_metadata": rng.choice([{}, {"theme": tag}]),
             "first_name": rng.choice([None, f"First {tag}"]),
             "last_name": f"Last {tag}",
             "username": rng.choice([None, f"user{tag}"]),
@@ -174,6 +185,9 @@ class HistoryBuilder:
             "image_url": self.rng.choice([None, f"https://img.example.com/{tag}"]),
             "public_metadata": self.rng.choice([{}, {"plan_hint": tag}]),
             "members_count": self.rng.randint(0, 9),
+            "max_allowed_memberships": self.rng.choice([5, 10, 0]),
+            "created_by": self.rng.choice([None, *sorted(self.users)[:1]]),
+            "private_metadata": {"internal": tag},
             "created_at": created_at,
             "updated_at": _clerk_time(at, self.rng),
         }
@@ -189,6 +203,11 @@ class HistoryBuilder:
         self.deleted_orgs.add(clerk_id)
         for membership_id in [m.clerk_id for m in self.memberships.values() if m.org_id == clerk_id]:
             del self.memberships[membership_id]
+        # Its invitations and domains go with it, without events of their own.
+        for invitation_id in [i for i, data in self.invitations.items() if data["organization_id"] == clerk_id]:
+            del self.invitations[invitation_id]
+        for domain_id in [d for d, data in self.domains.items() if data["organization_id"] == clerk_id]:
+            del self.domains[domain_id]
         data = {"object": "organization", "id": clerk_id, "slug": slug, "deleted": True}
         return self._emit("organization.deleted", data, self._tick())
 
@@ -199,7 +218,9 @@ class HistoryBuilder:
             "object": "organization_membership",
             "id": clerk_id,
             "role": role,
-            "permissions": ["org:sys_profile:read"],
+            "permissions": ["org:sys_profile:read"] + (["org:sys_memberships:manage"] if role == "org:admin" else []),
+            "public_metadata": self.rng.choice([{}, {"seat": at}]),
+            "private_metadata": {"note": at},
             "organization": {"object": "organization", "id": org_id, "name": self.orgs[org_id]["name"]},
             "public_user_data": {
                 "user_id": user_id,
@@ -234,6 +255,71 @@ class HistoryBuilder:
         data = copy.deepcopy(membership.first_data if self.rng.random() < 0.5 else membership.data)
         return self._emit("organizationMembership.deleted", data, self._tick())
 
+    # Invitations (never deleted: pending, then accepted or revoked) and domains
+
+    def invite(self, org_id: str) -> Event:
+        clerk_id = self._next_id("orginv")
+        at = self._tick()
+        data = {
+            "object": "organization_invitation",
+            "id": clerk_id,
+            # Never one of a user's addresses: which addresses a scrub matches depends on delivery order.
+            "email_address": f"invitee-{clerk_id}@example.net",
+            "role": self.rng.choice(["org:member", "org:admin"]),
+            "organization_id": org_id,
+            "status": "pending",
+            "public_metadata": {},
+            "private_metadata": {"invited_by": "history"},
+            "url": None,
+            "expires_at": at + 7 * 86_400_000,
+            "created_at": at,
+            "updated_at": _clerk_time(at, self.rng),
+        }
+        self.invitations[clerk_id] = data
+        return self._emit("organizationInvitation.created", data, at)
+
+    def settle_invitation(self, invitation_id: str, *, accepted_by: str | None) -> Event:
+        """Accepted by a live user, or revoked (``accepted_by`` None); either is final."""
+        data = copy.deepcopy(self.invitations.pop(invitation_id))
+        at = self._tick()
+        data.update(status="accepted" if accepted_by else "revoked", updated_at=_clerk_time(at, self.rng))
+        if accepted_by:
+            data["user_id"] = accepted_by
+        return self._emit(f"organizationInvitation.{data['status']}", data, at)
+
+    def add_domain(self, org_id: str) -> Event:
+        clerk_id = self._next_id("orgdmn")
+        at = self._tick()
+        data = {
+            "object": "organization_domain",
+            "id": clerk_id,
+            "organization_id": org_id,
+            "name": f"{clerk_id}.example.com".lower(),
+            "enrollment_mode": "automatic_invitation",
+            "affiliation_email_address": None,
+            "verification": None,
+            "created_at": at,
+            "updated_at": _clerk_time(at, self.rng),
+        }
+        self.domains[clerk_id] = data
+        return self._emit("organizationDomain.created", data, at)
+
+    def update_domain(self, domain_id: str) -> Event:
+        data = copy.deepcopy(self.domains[domain_id])
+        at = self._tick()
+        data.update(
+            enrollment_mode=self.rng.choice(["automatic_invitation", "automatic_suggestion", "manual_invitation"]),
+            verification=self.rng.choice([None, {"status": "verified", "strategy": "email_code", "attempts": 1}]),
+            updated_at=_clerk_time(at, self.rng),
+        )
+        self.domains[domain_id] = data
+        return self._emit("organizationDomain.updated", data, at)
+
+    def delete_domain(self, domain_id: str) -> Event:
+        del self.domains[domain_id]
+        data = {"object": "organization_domain", "id": domain_id, "deleted": True}
+        return self._emit("organizationDomain.deleted", data, self._tick())
+
     def active_pairs(self) -> set[tuple[str, str]]:
         return {(m.user_id, m.org_id) for m in self.memberships.values()}
 
@@ -242,7 +328,8 @@ class HistoryBuilder:
     def step(self, choice: int, a: int, b: int) -> Event | None:
         """One random but valid operation, chosen by three small integers; None if not possible."""
         users, orgs, memberships = sorted(self.users), sorted(self.orgs), sorted(self.memberships)
-        kind = choice % 9
+        invitations, domains = sorted(self.invitations), sorted(self.domains)
+        kind = choice % 12
         if kind == 0:
             return self.create_user()
         if kind == 1:
@@ -262,13 +349,32 @@ class HistoryBuilder:
             return self.delete_user(users[b % len(users)])
         if kind == 8 and a % 3 == 1 and orgs:
             return self.delete_org(orgs[b % len(orgs)])
+        if kind == 9 and orgs and (a % 2 == 0 or not invitations):
+            return self.invite(orgs[a % len(orgs)])
+        if kind == 9 and invitations:
+            accepted_by = users[b % len(users)] if users and b % 3 else None
+            return self.settle_invitation(invitations[a % len(invitations)], accepted_by=accepted_by)
+        if kind == 10 and orgs and (a % 2 == 0 or not domains):
+            return self.add_domain(orgs[b % len(orgs)])
+        if kind in (10, 11) and domains:
+            domain = domains[b % len(domains)]
+            return self.update_domain(domain) if kind == 10 or a % 3 else self.delete_domain(domain)
         return None
 
 
 def random_history(
-    rng: random.Random, *, users: int, orgs: int, memberships: int, updates: int, deletes: int
+    rng: random.Random,
+    *,
+    users: int,
+    orgs: int,
+    memberships: int,
+    updates: int,
+    deletes: int,
+    invitations: int = 0,
+    domains: int = 0,
 ) -> HistoryBuilder:
-    """A larger history: entities first, then updates, role changes, leaves/rejoins and deletes mixed."""
+    """A larger history: entities first, then updates, role changes, leaves/rejoins, invitations settled
+    or left pending, domains updated or removed, and deletes mixed."""
     history = HistoryBuilder(rng=rng, prefix=uuid.uuid4().hex[:6])
     for _ in range(users):
         history.create_user()
@@ -294,6 +400,20 @@ def random_history(
             history.leave(membership.clerk_id)
             if rng.random() < 0.5:
                 history.join(membership.user_id, membership.org_id)
+    for _ in range(invitations):
+        history.invite(rng.choice(sorted(history.orgs)))
+    for _ in range(domains):
+        history.add_domain(rng.choice(sorted(history.orgs)))
+    for invitation_id in sorted(history.invitations):
+        roll = rng.random()
+        if roll < 0.6:
+            accepted_by = rng.choice(sorted(history.users)) if roll < 0.4 else None
+            history.settle_invitation(invitation_id, accepted_by=accepted_by)
+    for domain_id in sorted(history.domains):
+        if rng.random() < 0.6:
+            history.update_domain(domain_id)
+        if rng.random() < 0.3:
+            history.delete_domain(domain_id)
     for n in range(deletes):
         if n % 3 == 2 and len(history.orgs) > 1:
             history.delete_org(rng.choice(sorted(history.orgs)))
@@ -310,23 +430,68 @@ def _ms(value: Any) -> int:
     return number * 1000 if number < 10**12 else number
 
 
-def _primary_email(data: dict[str, Any]) -> str | None:
-    wanted = data.get("primary_email_address_id")
-    for address in data.get("email_addresses") or []:
-        if address.get("id") == wanted:
-            return address.get("email_address")
+def _primary(data: dict[str, Any], wanted_key: str, list_key: str, value_key: str) -> str | None:
+    wanted = data.get(wanted_key)
+    for item in data.get(list_key) or []:
+        if item.get("id") == wanted:
+            return item.get(value_key)
     return None
+
+
+def _time_ms(value: Any) -> int | None:
+    return None if value is None else _ms(value)
+
+
+def _numbers_as_decimals(value: Any) -> Any:
+    """JSON with every number a Decimal: jsonb keeps a number's value, not its spelling (1e+30)."""
+    if isinstance(value, dict):
+        return {key: _numbers_as_decimals(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_decimals(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Decimal(repr(value))
+    return value
+
+
+def _canonical(tables: Tables) -> Tables:
+    """Every jsonb value with its numbers as Decimals, in the model and in the snapshot alike."""
+    return {
+        table: {
+            clerk_id: {k: _numbers_as_decimals(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+            for clerk_id, row in rows.items()
+        }
+        for table, rows in tables.items()
+    }
+
+
+def _sent(data: dict[str, Any], *, nested: tuple[str, ...] = ()) -> dict[str, Any]:
+    """clerk_data: the object as sent, without private metadata (SYNC_PRIVATE_METADATA is off), its own
+    or that of the objects under ``nested`` (a membership's organization)."""
+    sent = {key: value for key, value in data.items() if key != "private_metadata"}
+    for key in nested:
+        if isinstance(sent.get(key), dict):
+            sent[key] = {k: v for k, v in sent[key].items() if k != "private_metadata"}
+    return sent
 
 
 def _user_row(data: dict[str, Any]) -> dict[str, Any]:
     return {
-        "email": _primary_email(data),
+        "email": _primary(data, "primary_email_address_id", "email_addresses", "email_address"),
         "first_name": data.get("first_name"),
         "last_name": data.get("last_name"),
         "username": data.get("username"),
         # Older shapes name the picture profile_image_url only.
         "image_url": data.get("image_url") or data.get("profile_image_url"),
         "public_metadata": data.get("public_metadata") or {},
+        "external_id": data.get("external_id"),
+        "phone_number": _primary(data, "primary_phone_number_id", "phone_numbers", "phone_number"),
+        "banned": bool(data.get("banned")),
+        "locked": bool(data.get("locked")),
+        "last_sign_in_at": _time_ms(data.get("last_sign_in_at")),
+        "last_active_at": _time_ms(data.get("last_active_at")),
+        "unsafe_metadata": data.get("unsafe_metadata") or {},
+        "private_metadata": None,
+        "clerk_data": _sent(data),
     }
 
 
@@ -336,6 +501,11 @@ def _org_row(data: dict[str, Any]) -> dict[str, Any]:
         "slug": data.get("slug"),
         "image_url": data.get("image_url") or data.get("logo_url"),
         "public_metadata": data.get("public_metadata") or {},
+        "members_count": data.get("members_count"),
+        "max_allowed_memberships": data.get("max_allowed_memberships"),
+        "created_by": data.get("created_by"),
+        "private_metadata": None,
+        "clerk_data": _sent(data),
     }
 
 
@@ -344,21 +514,74 @@ def _membership_row(data: dict[str, Any]) -> dict[str, Any]:
         "organization_clerk_id": (data.get("organization") or {}).get("id"),
         "user_clerk_id": (data.get("public_user_data") or {}).get("user_id"),
         "role": data.get("role"),
+        "permissions": data.get("permissions") or [],
+        "public_metadata": data.get("public_metadata") or {},
+        "private_metadata": None,
+        "clerk_data": _sent(data, nested=("organization",)),
     }
 
 
-_EMPTY = {
-    "users": dict.fromkeys(USER_PII) | {"public_metadata": {}},
-    "organizations": {"name": None, "slug": None, "image_url": None, "public_metadata": {}},
-    "organization_memberships": {"organization_clerk_id": None, "user_clerk_id": None, "role": None},
+def _invitation_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "organization_clerk_id": data.get("organization_id"),
+        "email": data.get("email_address"),
+        "role": data.get("role"),
+        "status": data.get("status"),
+        "user_clerk_id": data.get("user_id"),
+        "expires_at": _time_ms(data.get("expires_at")),
+        "clerk_data": _sent(data),
+    }
+
+
+def _domain_row(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "organization_clerk_id": data.get("organization_id"),
+        "name": data.get("name"),
+        "enrollment_mode": data.get("enrollment_mode"),
+        "verification_status": (data.get("verification") or {}).get("status"),
+        "clerk_data": _sent(data),
+    }
+
+
+_EMPTY: dict[str, dict[str, Any]] = {
+    "users": dict.fromkeys(_user_row({}))
+    | {"banned": False, "locked": False, "public_metadata": {}}
+    | {"unsafe_metadata": {}, "clerk_data": None},
+    "organizations": dict.fromkeys(_org_row({})) | {"public_metadata": {}, "clerk_data": None},
+    "organization_memberships": dict.fromkeys(_membership_row({}))
+    | {"permissions": [], "public_metadata": {}, "clerk_data": None},
+    "organization_invitations": dict.fromkeys(_invitation_row({})),
+    "organization_domains": dict.fromkeys(_domain_row({})),
 }
-_TABLE_OF = {"user": "users", "organization": "organizations", "organizationMembership": "organization_memberships"}
-_ROW_OF = {"users": _user_row, "organizations": _org_row, "organization_memberships": _membership_row}
+_TABLE_OF = {
+    "user": "users",
+    "organization": "organizations",
+    "organizationMembership": "organization_memberships",
+    "organizationInvitation": "organization_invitations",
+    "organizationDomain": "organization_domains",
+}
+_ROW_OF = {
+    "users": _user_row,
+    "organizations": _org_row,
+    "organization_memberships": _membership_row,
+    "organization_invitations": _invitation_row,
+    "organization_domains": _domain_row,
+}
+# Child table -> (parent table, column naming the parent): a parent's delete makes the child inactive.
+_PARENTS = {
+    "organization_memberships": (("users", "user_clerk_id"), ("organizations", "organization_clerk_id")),
+    "organization_invitations": (("organizations", "organization_clerk_id"),),
+    "organization_domains": (("organizations", "organization_clerk_id"),),
+}
+# With scrubbing, a deleted user's columns emptied, and what is emptied in rows naming the user.
+_SCRUBBED_USER = dict.fromkeys((*USER_PII, "external_id", "phone_number", "private_metadata", "clerk_data")) | {
+    "unsafe_metadata": {}
+}
 
 Tables = dict[str, dict[str, dict[str, Any]]]
 
 
-def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
+def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_metadata: bool = False) -> Tables:
     """Apply each distinct event once in Clerk's order: what the tables must hold when drained.
 
     - created/updated: the row takes the event's data if it is newer (by Clerk's
@@ -367,8 +590,11 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
     - a membership delete carries the membership: its data counts like an update,
       so a stale copy (older ``updated_at``) changes no field;
     - deleted_at is the earliest delete: the entity's own, or for a membership its
-      user's or organization's;
-    - with scrubbing, a deleted user's PII columns are empty.
+      user's or organization's, for an invitation or a domain its organization's;
+    - an invitation is never deleted: its status is the newest event's;
+    - private metadata is kept only with ``private_metadata`` (SYNC_PRIVATE_METADATA);
+    - with scrubbing, a deleted user's PII columns are empty, and so are the clerk_data of
+      their memberships and the address and clerk_data of invitations they accepted.
     """
     distinct = {event.svix_id: event for event in events}
     tables: Tables = {name: {} for name in _EMPTY}
@@ -389,30 +615,38 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False) -> Tables:
             if version > versions.get((table, clerk_id), -1):
                 versions[(table, clerk_id)] = version
                 row.update(_ROW_OF[table](data))
+                if private_metadata:  # SYNC_PRIVATE_METADATA on: kept in its column and in clerk_data
+                    row["clerk_data"] = copy.deepcopy(data)
+                    if "private_metadata" in row:
+                        row["private_metadata"] = data.get("private_metadata")
         if action == "deleted":
             deleted_at = _ms(event.payload["timestamp"])
             row["deleted_at"] = deleted_at if row["deleted_at"] is None else min(row["deleted_at"], deleted_at)
-    # A user's or organization's delete makes its memberships inactive, whenever they arrive.
-    for membership in tables["organization_memberships"].values():
-        for parent_table, key in (("users", "user_clerk_id"), ("organizations", "organization_clerk_id")):
-            parent = tables[parent_table].get(membership[key] or "")
-            if parent and parent["deleted_at"] is not None:
-                current = membership["deleted_at"]
-                membership["deleted_at"] = (
-                    parent["deleted_at"] if current is None else min(current, parent["deleted_at"])
-                )
+    # A user's or organization's delete makes its children inactive, whenever they arrive.
+    for child_table, parents in _PARENTS.items():
+        for child in tables[child_table].values():
+            for parent_table, key in parents:
+                parent = tables[parent_table].get(child[key] or "")
+                if parent and parent["deleted_at"] is not None:
+                    current = child["deleted_at"]
+                    child["deleted_at"] = (
+                        parent["deleted_at"] if current is None else min(current, parent["deleted_at"])
+                    )
     if scrub_pii:
-        for user in tables["users"].values():
-            if user["deleted_at"] is not None:
-                user.update(dict.fromkeys(USER_PII))
-    return tables
+        deleted = {clerk_id for clerk_id, user in tables["users"].items() if user["deleted_at"] is not None}
+        for clerk_id in deleted:
+            tables["users"][clerk_id].update(copy.deepcopy(_SCRUBBED_USER))
+        for membership in tables["organization_memberships"].values():
+            if membership["user_clerk_id"] in deleted:
+                membership["clerk_data"] = None
+        for invitation in tables["organization_invitations"].values():
+            if invitation["user_clerk_id"] in deleted:
+                invitation.update(email=None, clerk_data=None)
+    return _canonical(tables)
 
 
-_SNAPSHOT_COLUMNS = {
-    "users": ("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
-    "organizations": ("name", "slug", "image_url", "public_metadata"),
-    "organization_memberships": ("organization_clerk_id", "user_clerk_id", "role"),
-}
+_SNAPSHOT_COLUMNS = {table: tuple(columns) for table, columns in _EMPTY.items()}
+_TIME_COLUMNS = ("last_sign_in_at", "last_active_at", "expires_at")
 
 
 def _to_ms(value: dt.datetime | None) -> int | None:
@@ -425,15 +659,21 @@ def snapshot(session: Session) -> Tables:
     for table, columns in _SNAPSHOT_COLUMNS.items():
         rows = session.execute(text(f"SELECT clerk_id, {', '.join(columns)}, deleted_at FROM {table}"))  # noqa: S608
         tables[table] = {
-            row.clerk_id: {"clerk_id": row.clerk_id, **{c: getattr(row, c) for c in columns}}
+            row.clerk_id: {"clerk_id": row.clerk_id}
+            | {c: _to_ms(getattr(row, c)) if c in _TIME_COLUMNS else getattr(row, c) for c in columns}
             | {"deleted_at": _to_ms(row.deleted_at)}
             for row in rows
         }
-    return tables
+    return _canonical(tables)
 
 
 def truncate_synced_tables(session: Session) -> None:
-    session.execute(text("TRUNCATE webhook_events, users, organizations, organization_memberships, clerk_sync_control"))
+    session.execute(
+        text(
+            "TRUNCATE webhook_events, users, organizations, organization_memberships, organization_invitations,"
+            " organization_domains, clerk_sync_control"
+        )
+    )
 
 
 # Issue 19's realistic traffic: the share of each event type in a Clerk instance's stream.

@@ -34,7 +34,11 @@ def _clerk_id(prefix: str) -> Meta:
 UserId = Annotated[str, _clerk_id("user_")]
 OrganizationId = Annotated[str, _clerk_id("org_")]
 MembershipId = Annotated[str, _clerk_id("orgmem_")]
+InvitationId = Annotated[str, _clerk_id("orginv_")]
+DomainId = Annotated[str, _clerk_id("orgdmn_")]
 Metadata = dict[str, Any]
+# A count, in the range of a Postgres integer.
+Count = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
 
 
 def millis(value: int) -> int:
@@ -55,6 +59,11 @@ class EmailAddress(Struct, frozen=True):
     email_address: str
 
 
+class PhoneNumber(Struct, frozen=True):
+    id: str
+    phone_number: str | None = None
+
+
 class UserData(Struct, frozen=True):
     """A user as ``user.created``/``user.updated`` and ``GET /v1/users`` carry it."""
 
@@ -69,9 +78,18 @@ class UserData(Struct, frozen=True):
     image_url: str | None = None
     profile_image_url: str | None = None
     public_metadata: Metadata | None = None
+    private_metadata: Metadata | None = None
+    unsafe_metadata: Metadata | None = None
+    external_id: str | None = None
+    primary_phone_number_id: str | None = None
+    phone_numbers: list[PhoneNumber] | None = None
+    banned: bool | None = None
+    locked: bool | None = None
+    last_sign_in_at: ClerkTime | None = None
+    last_active_at: ClerkTime | None = None
 
     def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at")
+        check_times(self, "updated_at", "created_at", "last_sign_in_at", "last_active_at")
 
     @property
     def primary_email(self) -> str | None:
@@ -79,6 +97,14 @@ class UserData(Struct, frozen=True):
         for address in self.email_addresses or ():
             if address.id == self.primary_email_address_id:
                 return address.email_address
+        return None
+
+    @property
+    def primary_phone(self) -> str | None:
+        """The number whose id is ``primary_phone_number_id``, like ``primary_email``."""
+        for number in self.phone_numbers or ():
+            if number.id == self.primary_phone_number_id:
+                return number.phone_number
         return None
 
 
@@ -93,6 +119,10 @@ class OrganizationData(Struct, frozen=True):
     image_url: str | None = None
     logo_url: str | None = None
     public_metadata: Metadata | None = None
+    private_metadata: Metadata | None = None
+    members_count: Count | None = None
+    max_allowed_memberships: Count | None = None
+    created_by: str | None = None
 
     def __post_init__(self) -> None:
         check_times(self, "updated_at", "created_at")
@@ -115,9 +145,59 @@ class MembershipData(Struct, frozen=True):
     updated_at: ClerkTime
     created_at: ClerkTime | None = None
     role: str | None = None
+    permissions: list[str] | None = None
+    public_metadata: Metadata | None = None
+    private_metadata: Metadata | None = None
 
     def __post_init__(self) -> None:
         check_times(self, "updated_at", "created_at")
+
+
+class InvitationData(Struct, frozen=True):
+    """An organization invitation: ``organizationInvitation.*`` and ``GET /v1/organizations/{id}/invitations``.
+
+    Clerk sends the whole invitation each time and never deletes one: it ends ``accepted``
+    (``user_id`` then names the new member) or ``revoked``, or expires (``expires_at``) silently.
+    """
+
+    id: InvitationId
+    organization_id: OrganizationId
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+    email_address: str | None = None
+    role: str | None = None
+    status: str | None = None
+    user_id: UserId | None = None
+    expires_at: ClerkTime | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at", "expires_at")
+
+
+class DomainVerification(Struct, frozen=True):
+    status: str | None = None
+
+
+class DomainData(Struct, frozen=True):
+    """An organization domain: ``organizationDomain.created``/``.updated``, ``GET /v1/organizations/{id}/domains``."""
+
+    id: DomainId
+    organization_id: OrganizationId
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+    name: str | None = None
+    enrollment_mode: str | None = None
+    # null until the domain is verified
+    verification: DomainVerification | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, "updated_at", "created_at")
+
+
+class DeletedDomain(Struct, frozen=True):
+    """``organizationDomain.deleted`` carries only the id, like a user's delete."""
+
+    id: DomainId
 
 
 class DeletedUser(Struct, frozen=True):
@@ -139,6 +219,9 @@ class DeletedMembership(Struct, frozen=True):
     updated_at: ClerkTime | None = None
     created_at: ClerkTime | None = None
     role: str | None = None
+    permissions: list[str] | None = None
+    public_metadata: Metadata | None = None
+    private_metadata: Metadata | None = None
 
     def __post_init__(self) -> None:
         check_times(self, "updated_at", "created_at")
@@ -154,4 +237,7 @@ class DeletedMembership(Struct, frozen=True):
             updated_at=self.updated_at,
             created_at=self.created_at,
             role=self.role,
+            permissions=self.permissions,
+            public_metadata=self.public_metadata,
+            private_metadata=self.private_metadata,
         )

@@ -103,6 +103,15 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: must be true or false, got {raw!r}")
+
+
 def _address(name: str, raw: str) -> str:
     """An IP address (IPv6 with or without brackets) or a host name to bind a listening socket to."""
     value = raw.strip().removeprefix("[").removesuffix("]")
@@ -215,6 +224,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Request threads per web worker process; each keeps one Redis connection."),
     Variable("DELETED_USER_PII", "deleted_user_pii", "keep", partial(_choice, choices=("keep", "scrub")),
              "scrub: clear a deleted user's personal data from their row and stored payloads."),
+    Variable("SYNC_PRIVATE_METADATA", "sync_private_metadata", "false", _bool,
+             "true: also keep Clerk's private_metadata (columns and clerk_data); it is private to the backend."),
     Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1),
              "Attempts before an event that keeps failing is dead."),
     Variable("RETRY_BASE_SECONDS", "retry_base_seconds", "30", partial(_float, minimum=0.0),
@@ -271,6 +282,7 @@ class Settings:
     web_concurrency: int
     web_threads: int
     deleted_user_pii: str
+    sync_private_metadata: bool
     max_attempts: int
     retry_base_seconds: float
     stale_pending_seconds: int

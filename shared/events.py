@@ -48,6 +48,9 @@ class _Envelope(Struct, tag_field="type", kw_only=True, frozen=True):
 
     timestamp: ClerkTime
     instance_id: str | None = None
+    # ``data`` exactly as sent, kept as clerk_data: filled in by ``parse``, whatever the body says
+    # (any value under this key is accepted, then replaced).
+    clerk_data: msgspec.Raw = msgspec.Raw(b"null")
 
     def __post_init__(self) -> None:
         check_times(self, "timestamp")
@@ -93,8 +96,8 @@ def _event_struct(event_type: str, data_type: type[Struct]) -> type[_Envelope]:
 
 EVENT_TYPES: dict[str, type[_Envelope]] = {}
 for _type, _resource in BY_EVENT_TYPE.items():
-    _data = _resource.deleted_type if _type == _resource.delete_type else _resource.data_type
-    EVENT_TYPES[_type] = _event_struct(_type, _data)
+    _data = _resource.deleted_type if _type == _resource.delete_type else None
+    EVENT_TYPES[_type] = _event_struct(_type, _data or _resource.data_type)
 
 Event = _Envelope  # every synced event is one of EVENT_TYPES' structs
 SYNCED_TYPES = frozenset(EVENT_TYPES)
@@ -114,8 +117,15 @@ class _Head(Struct):
     data: Any = None
 
 
+class _RawData(Struct):
+    """The body's ``data``, unparsed: a second, cheap pass over a body already validated."""
+
+    data: msgspec.Raw
+
+
 _synced_decoder = msgspec.json.Decoder(Union[tuple(EVENT_TYPES.values())])  # noqa: UP007 - built at run time
 _head_decoder = msgspec.json.Decoder(_Head)
+_raw_data_decoder = msgspec.json.Decoder(_RawData)
 
 
 def parse(body: str | bytes) -> Event | Unsynced:
@@ -130,7 +140,8 @@ def parse(body: str | bytes) -> Event | Unsynced:
             entity_id=_entity_of(head),
         )
     try:
-        return cast(Event, _synced_decoder.decode(body))
+        event = cast(Event, _synced_decoder.decode(body))
+        return msgspec.structs.replace(event, clerk_data=_raw_data_decoder.decode(body).data)
     except msgspec.ValidationError as exc:
         error = exc
     except msgspec.DecodeError:

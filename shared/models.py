@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Index,
@@ -62,13 +63,26 @@ class SyncedMixin:
     # Version of the data held: Clerk's updated_at in milliseconds.
     clerk_updated_at: Mapped[int | None] = mapped_column(BigInteger)
     synced_at: Mapped[dt.datetime] = _now_column()
+    # The object as Clerk last sent it (the data the row holds), without private_metadata unless
+    # SYNC_PRIVATE_METADATA is on; null for a tombstone that never saw data.
+    clerk_data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+def _metadata_column() -> Mapped[dict[str, Any]]:
+    return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+
+
+def _private_metadata_column() -> Mapped[dict[str, Any] | None]:
+    # Written only while SYNC_PRIVATE_METADATA is on; null otherwise.
+    return mapped_column(JSONB)
 
 
 class AccountMixin:
-    """What users and organizations both have: a picture, public metadata, and the application's plan."""
+    """What users and organizations both have: a picture, metadata, and the application's plan."""
 
     image_url: Mapped[str | None] = mapped_column(Text)
-    public_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
+    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
     # Owned by the application: no event ever writes it.
     plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
 
@@ -80,6 +94,14 @@ class User(AccountMixin, SyncedMixin, Base):
     first_name: Mapped[str | None] = mapped_column(Text)
     last_name: Mapped[str | None] = mapped_column(Text)
     username: Mapped[str | None] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(Text)
+    # The primary phone number (primary_phone_number_id), like email.
+    phone_number: Mapped[str | None] = mapped_column(Text)
+    banned: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    locked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_active_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    unsafe_metadata: Mapped[dict[str, Any]] = _metadata_column()
 
 
 class Organization(AccountMixin, SyncedMixin, Base):
@@ -87,6 +109,11 @@ class Organization(AccountMixin, SyncedMixin, Base):
 
     name: Mapped[str | None] = mapped_column(Text)
     slug: Mapped[str | None] = mapped_column(Text)
+    # Clerk's count as of the organization object held (Clerk does not resend it when members change).
+    members_count: Mapped[int | None] = mapped_column(Integer)
+    max_allowed_memberships: Mapped[int | None] = mapped_column(Integer)
+    # The user who created it.
+    created_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class OrganizationMembership(SyncedMixin, Base):
@@ -100,6 +127,49 @@ class OrganizationMembership(SyncedMixin, Base):
     organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
     user_clerk_id: Mapped[str | None] = mapped_column(String(64))
     role: Mapped[str | None] = mapped_column(Text)
+    # The role's permissions, a JSON array of strings ("org:posts:read", ...).
+    permissions: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
+    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
+
+
+class OrganizationInvitation(SyncedMixin, Base):
+    """An invitation to an organization: pending until accepted or revoked (Clerk never deletes one)."""
+
+    __tablename__ = "organization_invitations"
+    __table_args__ = (
+        Index("ix_invitations_organization", "organization_clerk_id"),
+        # The PII scrub finds a deleted user's invitations by address.
+        Index("ix_invitations_email", text("lower(email)")),
+        Index("ix_invitations_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),
+    )
+
+    # No foreign keys: an invitation may arrive before its organization.
+    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    email: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(Text)
+    # pending, accepted, revoked (or expired, which Clerk announces by no event)
+    status: Mapped[str | None] = mapped_column(Text)
+    # The user who accepted it, once the payload names one.
+    user_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OrganizationDomain(SyncedMixin, Base):
+    """A domain an organization claims, for automatic invitations or suggestions once verified."""
+
+    __tablename__ = "organization_domains"
+    __table_args__ = (
+        Index("ix_domains_organization", "organization_clerk_id"),
+        Index("ix_domains_name", "name"),
+    )
+
+    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(Text)
+    # automatic_invitation, automatic_suggestion or manual_invitation
+    enrollment_mode: Mapped[str | None] = mapped_column(Text)
+    # verification.status ("verified", ...); null while Clerk has not verified it
+    verification_status: Mapped[str | None] = mapped_column(Text)
 
 
 class WebhookEvent(Base):

@@ -9,6 +9,7 @@ resource is one entry here (plus its model, its migration and its handler).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,14 +17,30 @@ from typing import Any
 from msgspec import Struct
 
 from shared.clerk_objects import (
+    DeletedDomain,
     DeletedMembership,
     DeletedOrganization,
     DeletedUser,
+    DomainData,
+    InvitationData,
     MembershipData,
     OrganizationData,
     UserData,
+    millis,
 )
-from shared.models import Organization, OrganizationMembership, SyncedMixin, User
+from shared.models import (
+    Organization,
+    OrganizationDomain,
+    OrganizationInvitation,
+    OrganizationMembership,
+    SyncedMixin,
+    User,
+)
+
+# Every synced row also keeps the object as Clerk sent it (``clerk_data``, written with the columns).
+CLERK_DATA = "clerk_data"
+# Held only while SYNC_PRIVATE_METADATA is on: a column of that name, and the key of clerk_data.
+PRIVATE_METADATA = "private_metadata"
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per resource
@@ -33,13 +50,16 @@ class Resource:
     name: str  # as the CLI spells it: --users, backfill "users"
     model: type[SyncedMixin]
     id_prefix: str
-    api_list_path: str
+    # The instance-wide list; None when Clerk lists the resource only per organization.
+    api_list_path: str | None
     # The object as webhooks and the Backend API carry it, and what its delete event carries.
     data_type: type[Struct]
-    deleted_type: type[Struct]
+    deleted_type: type[Struct] | None
     upsert_types: tuple[str, ...]
-    delete_type: str
-    # Columns Clerk owns, written from the object (and compared by reconcile).
+    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
+    delete_type: str | None
+    # Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``).
+    # ``row`` builds them all but clerk_data, which comes from the object as it was sent.
     columns: tuple[str, ...]
     row: Callable[[Any], dict[str, Any]]
     # One object by id ("{id}" filled in), to confirm one is gone; None when Clerk has no such endpoint.
@@ -50,8 +70,19 @@ class Resource:
     # For a child: parent resource name -> the column holding the parent's clerk_id. A parent's
     # delete makes its children inactive, whenever they arrive.
     parent_columns: Mapping[str, str] = field(default_factory=dict)
-    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted.
+    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted (the
+    # user's row, rows naming the user by ``user_column``, invitations addressed to the user).
     pii_columns: tuple[str, ...] = ()
+    # The column naming the user an object belongs to (a member, an invitation's acceptor): the
+    # PII scrub follows it.
+    user_column: str | None = None
+    # Columns Clerk changes without a new updated_at (activity, counters): stored as the newest object
+    # said, but reconcile does not call a difference in them drift.
+    volatile_columns: tuple[str, ...] = ()
+    # Keys of the object holding an object with private metadata of its own (a membership's organization),
+    # removed from clerk_data with the object's own unless SYNC_PRIVATE_METADATA is on. Each must be
+    # validated as an object (or null) by ``data_type``.
+    nested_private: tuple[str, ...] = ()
 
     @property
     def table_name(self) -> str:
@@ -59,16 +90,38 @@ class Resource:
 
     @property
     def event_types(self) -> tuple[str, ...]:
-        return (*self.upsert_types, self.delete_type)
+        return self.upsert_types if self.delete_type is None else (*self.upsert_types, self.delete_type)
+
+    @property
+    def private_columns(self) -> tuple[str, ...]:
+        """Columns written only while SYNC_PRIVATE_METADATA is on."""
+        return tuple(column for column in self.columns if column == PRIVATE_METADATA)
+
+    @property
+    def compared_columns(self) -> tuple[str, ...]:
+        """What reconcile compares: Clerk's fields that change only with a new version."""
+        skipped = {CLERK_DATA, *self.private_columns, *self.volatile_columns}
+        return tuple(column for column in self.columns if column not in skipped)
 
     def parents_of(self, data: Any) -> dict[str, str]:
+        """Parent resource name -> parent clerk_id, read from the object."""
+        return self.parents_in(self.row(data))
+
+    def parents_in(self, values: Mapping[str, Any]) -> dict[str, str]:
         """Parent resource name -> parent clerk_id, read from a row built by ``row``."""
-        values = self.row(data)
         return {parent: values[column] for parent, column in self.parent_columns.items() if values.get(column)}
+
+    def user_in(self, values: Mapping[str, Any]) -> str | None:
+        """The user a row built by ``row`` belongs to (``user_column``), when it names one."""
+        return None if self.user_column is None else values.get(self.user_column)
 
 
 def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     return value if value is not None else {}
+
+
+def _time(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(millis(value) / 1000, tz=dt.UTC)
 
 
 def _user_row(data: UserData) -> dict[str, Any]:
@@ -79,6 +132,14 @@ def _user_row(data: UserData) -> dict[str, Any]:
         "username": data.username,
         "image_url": data.image_url or data.profile_image_url,
         "public_metadata": _metadata(data.public_metadata),
+        "external_id": data.external_id,
+        "phone_number": data.primary_phone,
+        "banned": bool(data.banned),
+        "locked": bool(data.locked),
+        "last_sign_in_at": _time(data.last_sign_in_at),
+        "last_active_at": _time(data.last_active_at),
+        "unsafe_metadata": _metadata(data.unsafe_metadata),
+        PRIVATE_METADATA: data.private_metadata,
     }
 
 
@@ -88,6 +149,10 @@ def _organization_row(data: OrganizationData) -> dict[str, Any]:
         "slug": data.slug,
         "image_url": data.image_url or data.logo_url,
         "public_metadata": _metadata(data.public_metadata),
+        "members_count": data.members_count,
+        "max_allowed_memberships": data.max_allowed_memberships,
+        "created_by": data.created_by,
+        PRIVATE_METADATA: data.private_metadata,
     }
 
 
@@ -96,6 +161,29 @@ def _membership_row(data: MembershipData) -> dict[str, Any]:
         "organization_clerk_id": data.organization.id,
         "user_clerk_id": data.public_user_data.user_id,
         "role": data.role,
+        "permissions": data.permissions if data.permissions is not None else [],
+        "public_metadata": _metadata(data.public_metadata),
+        PRIVATE_METADATA: data.private_metadata,
+    }
+
+
+def _invitation_row(data: InvitationData) -> dict[str, Any]:
+    return {
+        "organization_clerk_id": data.organization_id,
+        "email": data.email_address,
+        "role": data.role,
+        "status": data.status,
+        "user_clerk_id": data.user_id,
+        "expires_at": _time(data.expires_at),
+    }
+
+
+def _domain_row(data: DomainData) -> dict[str, Any]:
+    return {
+        "organization_clerk_id": data.organization_id,
+        "name": data.name,
+        "enrollment_mode": data.enrollment_mode,
+        "verification_status": None if data.verification is None else data.verification.status,
     }
 
 
@@ -110,9 +198,38 @@ USERS = Resource(
     # A user signs up or is created by an admin, the API or an import; then any profile change.
     upsert_types=("user.created", "user.updated"),
     delete_type="user.deleted",
-    columns=("email", "first_name", "last_name", "username", "image_url", "public_metadata"),
+    columns=(
+        "email",
+        "first_name",
+        "last_name",
+        "username",
+        "image_url",
+        "public_metadata",
+        "external_id",
+        "phone_number",
+        "banned",
+        "locked",
+        "last_sign_in_at",
+        "last_active_at",
+        "unsafe_metadata",
+        PRIVATE_METADATA,
+        CLERK_DATA,
+    ),
     row=_user_row,
-    pii_columns=("email", "first_name", "last_name", "username", "image_url"),
+    pii_columns=(
+        "email",
+        "first_name",
+        "last_name",
+        "username",
+        "image_url",
+        "external_id",
+        "phone_number",
+        "unsafe_metadata",
+        PRIVATE_METADATA,
+        CLERK_DATA,
+    ),
+    # Clerk refreshes it as the user comes and goes, without a user.updated.
+    volatile_columns=("last_active_at",),
 )
 ORGANIZATIONS = Resource(
     name="organizations",
@@ -124,8 +241,20 @@ ORGANIZATIONS = Resource(
     deleted_type=DeletedOrganization,
     upsert_types=("organization.created", "organization.updated"),
     delete_type="organization.deleted",
-    columns=("name", "slug", "image_url", "public_metadata"),
+    columns=(
+        "name",
+        "slug",
+        "image_url",
+        "public_metadata",
+        "members_count",
+        "max_allowed_memberships",
+        "created_by",
+        PRIVATE_METADATA,
+        CLERK_DATA,
+    ),
     row=_organization_row,
+    # Members joining and leaving change it without an organization.updated.
+    volatile_columns=("members_count",),
 )
 MEMBERSHIPS = Resource(
     name="memberships",
@@ -139,13 +268,65 @@ MEMBERSHIPS = Resource(
     upsert_types=("organizationMembership.created", "organizationMembership.updated"),
     # The member left or was removed; the event carries the whole membership.
     delete_type="organizationMembership.deleted",
-    columns=("organization_clerk_id", "user_clerk_id", "role"),
+    columns=(
+        "organization_clerk_id",
+        "user_clerk_id",
+        "role",
+        "permissions",
+        "public_metadata",
+        PRIVATE_METADATA,
+        CLERK_DATA,
+    ),
     row=_membership_row,
     parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
+    # clerk_data holds the member's public_user_data: names, image, identifier (an address).
+    pii_columns=(CLERK_DATA,),
+    user_column="user_clerk_id",
+    # data.organization is the whole organization, private metadata included.
+    nested_private=("organization",),
+)
+INVITATIONS = Resource(
+    name="invitations",
+    model=OrganizationInvitation,
+    id_prefix="orginv_",
+    api_list_path=None,
+    api_per_organization_path="/v1/organizations/{organization_id}/invitations",
+    data_type=InvitationData,
+    deleted_type=None,
+    # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
+    # carries the whole invitation, and its status; none deletes it.
+    upsert_types=(
+        "organizationInvitation.created",
+        "organizationInvitation.accepted",
+        "organizationInvitation.revoked",
+    ),
+    delete_type=None,
+    columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at", CLERK_DATA),
+    row=_invitation_row,
+    # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
+    parent_columns={"organizations": "organization_clerk_id"},
+    pii_columns=("email", CLERK_DATA),
+    user_column="user_clerk_id",
+)
+DOMAINS = Resource(
+    name="domains",
+    model=OrganizationDomain,
+    id_prefix="orgdmn_",
+    api_list_path=None,
+    api_per_organization_path="/v1/organizations/{organization_id}/domains",
+    data_type=DomainData,
+    deleted_type=DeletedDomain,
+    # An admin adds a domain; its enrollment mode or verification changes.
+    upsert_types=("organizationDomain.created", "organizationDomain.updated"),
+    # The domain is removed; the event carries only its id.
+    delete_type="organizationDomain.deleted",
+    columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status", CLERK_DATA),
+    row=_domain_row,
+    parent_columns={"organizations": "organization_clerk_id"},
 )
 
 # In lock order.
-RESOURCES: tuple[Resource, ...] = (USERS, ORGANIZATIONS, MEMBERSHIPS)
+RESOURCES: tuple[Resource, ...] = (USERS, ORGANIZATIONS, MEMBERSHIPS, INVITATIONS, DOMAINS)
 BY_NAME: dict[str, Resource] = {resource.name: resource for resource in RESOURCES}
 BY_EVENT_TYPE: dict[str, Resource] = {t: resource for resource in RESOURCES for t in resource.event_types}
 

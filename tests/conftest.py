@@ -37,6 +37,8 @@ SYNCED_TABLES = (
     "users",
     "organizations",
     "organization_memberships",
+    "organization_invitations",
+    "organization_domains",
     "clerk_sync_control",
     "operator_actions",
 )

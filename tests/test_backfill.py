@@ -8,7 +8,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from shared.models import ControlFlag, Organization, OrganizationMembership, User
+from shared.models import (
+    ControlFlag,
+    Organization,
+    OrganizationDomain,
+    OrganizationInvitation,
+    OrganizationMembership,
+    User,
+)
 from tests.support.cli import run_cli
 from tests.support.fake_clerk import (
     SECRET_KEY,
@@ -27,7 +34,7 @@ def snapshot(session_factory) -> dict[str, list[tuple[Any, ...]]]:
     """Every synced row with every column, to show that a second run changes nothing."""
     tables = {}
     with session_factory() as session:
-        for model in (User, Organization, OrganizationMembership):
+        for model in (User, Organization, OrganizationMembership, OrganizationInvitation, OrganizationDomain):
             columns = list(model.__table__.columns)
             tables[model.__tablename__] = sorted(tuple(row) for row in session.execute(select(*columns)))
     return tables
@@ -45,9 +52,9 @@ def progress_rows(session_factory) -> dict[str, dict[str, Any]]:
 
 
 def test_full_backfill_survives_429_and_500_and_a_second_run_changes_nothing(base_env, session_factory, tmp_path):
-    # Given Clerk with 1,000 users, 50 organizations and 150 memberships, which
-    # rate-limits the user list once and fails the organization list once
-    clerk = make_instance(users=1000, organizations=50, members_per_org=3)
+    # Given Clerk with 1,000 users, 50 organizations, 150 memberships, 100 invitations and 50 domains,
+    # which rate-limits the user list once and fails the organization list once
+    clerk = make_instance(users=1000, organizations=50, members_per_org=3, invitations_per_org=2, domains_per_org=1)
     clerk.fail(429, "/v1/users", retry_after="1", from_offset=300)
     clerk.fail(500, "/v1/organizations")
     with FakeClerkServer(clerk) as server:
@@ -61,8 +68,9 @@ def test_full_backfill_survives_429_and_500_and_a_second_run_changes_nothing(bas
         assert len(clerk.requests_to("/v1/users", 429)) == 1
         assert len(clerk.requests_to("/v1/organizations", 500)) == 1
         summary = json.loads(first.stdout)["resources"]
-        assert [summary[r]["fetched"] for r in ("users", "organizations", "memberships")] == [1000, 50, 150]
-        assert [summary[r]["applied"] for r in ("users", "organizations", "memberships")] == [1000, 50, 150]
+        names = ("users", "organizations", "memberships", "invitations", "domains")
+        assert [summary[r]["fetched"] for r in names] == [1000, 50, 150, 100, 50]
+        assert [summary[r]["applied"] for r in names] == [1000, 50, 150, 100, 50]
         # Pages were read oldest first, 100 at a time, the rate-limited one twice.
         assert clerk.offsets("/v1/users") == list(range(0, 1100, 100))
 
@@ -85,6 +93,8 @@ def test_full_backfill_survives_429_and_500_and_a_second_run_changes_nothing(bas
             assert row.public_metadata == data["public_metadata"]
             assert row.clerk_updated_at == data["updated_at"]
             assert row.plan == "free"
+            assert (row.banned, row.last_sign_in_at is not None) == (False, True)
+            assert row.clerk_data == {k: v for k, v in data.items() if k != "private_metadata"}
         assert users[clerk.users[3]["id"]].email == "user3@example.com"  # second of two addresses
         for data in clerk.organizations:
             assert (organizations[data["id"]].name, organizations[data["id"]].slug) == (data["name"], data["slug"])
@@ -95,6 +105,29 @@ def test_full_backfill_survives_429_and_500_and_a_second_run_changes_nothing(bas
                 data["public_user_data"]["user_id"],
                 data["role"],
             )
+        # Invitations and domains come from each organization's lists, in every status
+        with session_factory() as session:
+            invitations = {i.clerk_id: i for i in session.scalars(select(OrganizationInvitation))}
+            domains = {d.clerk_id: d for d in session.scalars(select(OrganizationDomain))}
+        for data in clerk.invitations:
+            row = invitations[data["id"]]
+            assert (row.organization_clerk_id, row.email, row.status) == (
+                data["organization_id"],
+                data["email_address"],
+                data["status"],
+            )
+            assert "private_metadata" not in row.clerk_data
+        assert {i.status for i in invitations.values()} == {"pending", "accepted", "revoked"}
+        for data in clerk.domains:
+            row = domains[data["id"]]
+            assert (row.organization_clerk_id, row.name, row.verification_status) == (
+                data["organization_id"],
+                data["name"],
+                (data["verification"] or {}).get("status"),
+            )
+        assert {s.path for s in clerk.seen if s.path.endswith("/domains")} == {
+            f"/v1/organizations/{org['id']}/domains" for org in clerk.organizations
+        }
         assert progress_rows(session_factory) == {}
         before = snapshot(session_factory)
 
@@ -108,6 +141,8 @@ def test_full_backfill_survives_429_and_500_and_a_second_run_changes_nothing(bas
             "users": ["1000", "0", "1000"],
             "organizations": ["50", "0", "50"],
             "memberships": ["150", "0", "150"],
+            "invitations": ["100", "0", "100"],
+            "domains": ["50", "0", "50"],
         }
         assert snapshot(session_factory) == before
 
@@ -148,6 +183,37 @@ def test_interrupted_backfill_resumes_at_the_saved_offset(base_env, session_fact
         assert restarted.returncode == 0, restarted.stderr
         users = json.loads(restarted.stdout)["resources"]["users"]
         assert (users["resumed_from"], users["fetched"], users["applied"]) == (0, 450, 0)
+
+
+def test_an_interrupted_backfill_of_invitations_resumes_at_the_organization_it_reached(
+    base_env, session_factory, tmp_path
+):
+    # Given Clerk with 6 organizations of 3 invitations each, whose organization list fails from offset 4 on
+    clerk = make_instance(users=4, organizations=6, members_per_org=0, invitations_per_org=3)
+    clerk.fail(500, "/v1/organizations", from_offset=4, times=None)
+    with FakeClerkServer(clerk) as server:
+        env = clerk_env(base_env, server)
+        args = ("backfill", "--invitations", "--page-size", "2")
+
+        # When the backfill of invitations runs, it stops after two pages of organizations
+        broken = run_cli(env, *args, "--retries", "1", cwd=tmp_path)
+        assert broken.returncode == 1
+        assert count(session_factory, OrganizationInvitation) == 12
+        assert progress_rows(session_factory)["backfill:invitations"]["offset"] == 4
+
+        # When Clerk recovers and it runs again
+        clerk.heal()
+        already_seen = len(clerk.requests_to("/v1/organizations"))
+        resumed = run_cli(env, *args, "--json", cwd=tmp_path)
+
+        # Then it resumes at the fifth organization, and every invitation is stored
+        assert resumed.returncode == 0, resumed.stderr
+        after = [int(s.query["offset"]) for s in clerk.requests_to("/v1/organizations")[already_seen:]]
+        assert after == [4, 6]
+        invitations = json.loads(resumed.stdout)["resources"]["invitations"]
+        assert (invitations["resumed_from"], invitations["fetched"], invitations["applied"]) == (4, 6, 6)
+        assert count(session_factory, OrganizationInvitation) == 18
+        assert progress_rows(session_factory) == {}
 
 
 def test_backfill_without_secret_key_refuses_with_one_line(base_env, tmp_path):

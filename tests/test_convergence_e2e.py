@@ -47,7 +47,7 @@ def test_shuffled_duplicated_concurrent_stream_converges(processes, session_fact
 
     # And a history of a few hundred events, delivered shuffled with duplicates (same svix-id)
     rng = random.Random(5)
-    history = random_history(rng, users=20, orgs=5, memberships=30, updates=190, deletes=9)
+    history = random_history(rng, users=20, orgs=5, memberships=30, updates=190, deletes=9, invitations=12, domains=6)
     events = history.events
     stream = events + [e for e in events if rng.random() < 0.25]
     rng.shuffle(stream)

@@ -22,7 +22,7 @@ from tests.support.pipeline import deliver_one
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
 
-steps = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
+steps = st.lists(st.tuples(st.integers(0, 11), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=30)
 
 
 def _history(rng: random.Random, script: list[tuple[int, int, int]]) -> list[Event]:
@@ -69,10 +69,20 @@ def test_any_delivery_order_converges_to_the_model(session_factory, settings, sc
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(script=steps, rng=st.randoms(use_true_random=False), scrub=st.booleans(), size=st.integers(1, 40))
-def test_any_delivery_order_in_batches_converges_to_the_model(session_factory, settings, script, rng, scrub, size):  # type: ignore[no-untyped-def]
+@given(
+    script=steps,
+    rng=st.randoms(use_true_random=False),
+    scrub=st.booleans(),
+    size=st.integers(1, 40),
+    private=st.booleans(),
+)
+def test_any_delivery_order_in_batches_converges_to_the_model(
+    session_factory, settings, script, rng, scrub, size, private
+):  # type: ignore[no-untyped-def]
     # Given a history in Clerk's order, and empty tables for this example
-    app_settings = dataclasses.replace(settings, deleted_user_pii="scrub" if scrub else "keep")
+    app_settings = dataclasses.replace(
+        settings, deleted_user_pii="scrub" if scrub else "keep", sync_private_metadata=private
+    )
     with session_factory.begin() as session:
         truncate_synced_tables(session)
     events = _history(rng, script)
@@ -87,7 +97,7 @@ def test_any_delivery_order_in_batches_converges_to_the_model(session_factory, s
     # Then the tables equal the model, every event is final, and each svix-id has one row
     assert set(delivered.values()) <= {"processed", "ignored"}
     with session_factory() as session:
-        assert snapshot(session) == reference_tables(events, scrub_pii=scrub)
+        assert snapshot(session) == reference_tables(events, scrub_pii=scrub, private_metadata=private)
     assert len(statuses(session_factory)) == len(events)
 
 
@@ -102,7 +112,7 @@ def test_concurrent_workers_converge_to_the_model(session_factory, settings, bat
         for org in orgs:
             builder.join(user, org)
     for _ in range(40):
-        builder.step(rng.randrange(9), rng.randrange(6), rng.randrange(6))
+        builder.step(rng.randrange(12), rng.randrange(6), rng.randrange(6))
     events = builder.events
 
     # When four threads each deliver the whole stream, shuffled and duplicated, at once

@@ -28,6 +28,26 @@ def test_every_sample_of_a_synced_type_parses_to_its_resource():
             assert event == Unsynced(event_type)
 
 
+def test_every_synced_type_has_a_send_sample_and_keeps_its_data_as_sent():
+    samples = {path.stem for path in PAYLOADS.glob("*.json")}
+    assert samples >= SYNCED_TYPES
+    for event_type in sorted(SYNCED_TYPES):
+        body = (PAYLOADS / f"{event_type}.json").read_text()
+        event = parse(body)
+        assert not isinstance(event, Unsynced)
+        assert json.loads(bytes(event.clerk_data)) == json.loads(body)["data"]
+
+
+def test_a_body_cannot_choose_its_own_clerk_data():
+    payload = load_payload("organizationDomain.created")
+    payload["clerk_data"] = {"forged": True}
+
+    event = parse(json.dumps(payload))
+
+    assert not isinstance(event, Unsynced)
+    assert json.loads(bytes(event.clerk_data)) == payload["data"]
+
+
 def test_older_shapes_from_the_docs_parse():
     for path in sorted((FIXTURES / "variants").glob("*.json")):
         assert not isinstance(parse(path.read_text()), Unsynced), path.name

@@ -31,6 +31,9 @@ TARGETS = (
     "organization.deleted",
     "organizationMembership.updated",
     "organizationMembership.deleted",
+    "organizationInvitation.accepted",
+    "organizationDomain.updated",
+    "organizationDomain.deleted",
 )
 JUNK = st.recursive(
     st.one_of(

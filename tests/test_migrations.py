@@ -41,3 +41,45 @@ def test_a_database_filled_at_0001_keeps_its_data_at_head():
             None,  # the exact bytes of an old body are unknown: never reported as a conflict
             [],
         )
+
+
+def test_a_database_filled_at_0003_keeps_its_data_and_gains_the_wider_coverage_at_head():
+    # Given a database at revision 0003 holding a user, an organization, a membership and an operator action
+    with temporary_database("0003") as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (clerk_id, email, plan, public_metadata, clerk_updated_at)"
+            " VALUES ('user_old', 'old@example.com', 'pro', '{\"tier\": 1}', 5)"
+        )
+        conn.execute(
+            "INSERT INTO organizations (clerk_id, name, plan, clerk_updated_at) VALUES ('org_old', 'Old', 'team', 6)"
+        )
+        conn.execute(
+            "INSERT INTO organization_memberships (clerk_id, organization_clerk_id, user_clerk_id, role, clerk_updated_at)"
+            " VALUES ('orgmem_old', 'org_old', 'user_old', 'org:admin', 7)"
+        )
+        conn.execute("INSERT INTO operator_actions (operator, source, action, count) VALUES ('ops', 'cli', 'pause', 0)")
+
+        # When it is migrated to head
+        migrate(url)
+
+        # Then the rows are intact, with the new columns empty or at their defaults
+        assert conn.execute(
+            "SELECT email, plan, public_metadata, clerk_updated_at, external_id, phone_number, banned, locked,"
+            " unsafe_metadata, private_metadata, clerk_data FROM users"
+        ).fetchone() == ("old@example.com", "pro", {"tier": 1}, 5, None, None, False, False, {}, None, None)
+        assert conn.execute(
+            "SELECT name, plan, clerk_updated_at, members_count, created_by, clerk_data FROM organizations"
+        ).fetchone() == ("Old", "team", 6, None, None, None)
+        assert conn.execute(
+            "SELECT role, user_clerk_id, clerk_updated_at, permissions, public_metadata FROM organization_memberships"
+        ).fetchone() == ("org:admin", "user_old", 7, [], {})
+        assert conn.execute("SELECT operator, action FROM operator_actions").fetchone() == ("ops", "pause")
+
+        # And the new tables exist, empty, taking rows with the synced tables' shape
+        conn.execute(
+            "INSERT INTO organization_invitations (clerk_id, organization_clerk_id, email, status)"
+            " VALUES ('orginv_new', 'org_old', 'a@example.com', 'pending')"
+        )
+        conn.execute("INSERT INTO organization_domains (clerk_id, name) VALUES ('orgdmn_new', 'example.com')")
+        assert conn.execute("SELECT count(*) FROM organization_invitations").fetchone() == (1,)
+        assert conn.execute("SELECT deleted_at FROM organization_domains").fetchone() == (None,)

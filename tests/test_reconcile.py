@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, null, select, update
 
 from devkit.waiting import wait_for
-from shared.models import Organization, OrganizationMembership, User
+from shared.models import Organization, OrganizationDomain, OrganizationInvitation, OrganizationMembership, User
 from tests.support.cli import run_cli
 from tests.support.fake_clerk import SECRET_KEY, FakeClerkServer, clerk_env, make_instance
 from worker.clerk.api import ClerkClient
@@ -102,6 +102,64 @@ def test_reconcile_reports_each_kind_of_drift_and_fix_repairs_it(base_env, setti
         memberships = {m.clerk_id: m for m in session.scalars(select(OrganizationMembership))}
         assert memberships["orgmem_ghost"].deleted_at is not None
         assert memberships[lost_membership].deleted_at is None
+
+
+def test_reconcile_covers_invitations_domains_and_rows_synced_before_clerk_data(
+    base_env, settings, session_factory, tmp_path
+):
+    clerk = make_instance(users=10, organizations=3, members_per_org=2, invitations_per_org=3, domains_per_org=2)
+    with FakeClerkServer(clerk) as server:
+        env = clerk_env(base_env, server)
+        # Given tables in step with Clerk, then drift planted in invitations and domains, and an
+        # organization and a user as migration 0004 left them (no clerk_data, new columns empty)
+        backfilled(server, clerk, session_factory, settings)
+        lost_invitation, edited_invitation = clerk.invitations[0]["id"], clerk.invitations[4]["id"]
+        old_org, old_user = clerk.organizations[2]["id"], clerk.users[7]["id"]
+        with session_factory.begin() as session:
+            session.execute(delete(OrganizationInvitation).where(OrganizationInvitation.clerk_id == lost_invitation))
+            session.execute(
+                update(OrganizationInvitation)
+                .where(OrganizationInvitation.clerk_id == edited_invitation)
+                .values(status="pending")
+            )
+            session.execute(
+                insert(OrganizationDomain).values(
+                    clerk_id="orgdmn_ghost", organization_clerk_id=old_org, name="ghost.example", clerk_updated_at=1
+                )
+            )
+            session.execute(
+                update(Organization)
+                .where(Organization.clerk_id == old_org)
+                .values(clerk_data=null(), members_count=None)
+            )
+            session.execute(update(User).where(User.clerk_id == old_user).values(clerk_data=null()))
+
+        # When reconcile runs
+        found = run_cli(env, "reconcile", "--json", cwd=tmp_path)
+
+        # Then each is named in its resource
+        assert found.returncode == 1, found.stderr
+        resources = json.loads(found.stdout)["resources"]
+        assert resources["invitations"]["missing"] == {"count": 1, "sample": [lost_invitation]}
+        assert resources["invitations"]["stale"] == {"count": 1, "sample": [edited_invitation]}
+        assert resources["domains"]["vanished"] == {"count": 1, "sample": ["orgdmn_ghost"]}
+        assert resources["organizations"]["stale"] == {"count": 1, "sample": [old_org]}
+        assert resources["users"]["stale"] == {"count": 1, "sample": [old_user]}
+
+        # When it repairs, a second run finds nothing
+        assert run_cli(env, "reconcile", "--fix", cwd=tmp_path).returncode == 1
+        again = run_cli(env, "reconcile", cwd=tmp_path)
+        assert again.returncode == 0, again.stdout + again.stderr
+
+    # And the rows hold Clerk's data again
+    with session_factory() as session:
+        invitations = {i.clerk_id: i for i in session.scalars(select(OrganizationInvitation))}
+        assert invitations[lost_invitation].status == clerk.invitations[0]["status"]
+        assert invitations[edited_invitation].status == clerk.invitations[4]["status"]
+        ghost = session.scalars(select(OrganizationDomain).where(OrganizationDomain.clerk_id == "orgdmn_ghost")).one()
+        assert ghost.deleted_at is not None
+        org = session.scalars(select(Organization).where(Organization.clerk_id == old_org)).one()
+        assert (org.members_count, org.clerk_data["id"]) == (3, old_org)
 
 
 def test_reconcile_table_output_and_mass_delete_guard(base_env, settings, session_factory, tmp_path):

@@ -1,7 +1,8 @@
 """A local stand-in for Clerk's Backend API: a real HTTP server on 127.0.0.1.
 
 It serves Clerk's response shapes from in-memory lists (``GET /v1/users`` is a bare
-array; organizations and memberships are ``{"data", "total_count"}``), paginates by
+array; organizations, memberships, and each organization's invitations and domains are
+``{"data", "total_count"}``), paginates by
 ``limit``/``offset`` oldest first, checks the bearer token, records every request,
 and can be told to misbehave: answer a 429 with ``Retry-After``, a 500, or fail
 every page from some offset on.
@@ -45,6 +46,8 @@ class FakeClerk:
     users: list[dict[str, Any]] = field(default_factory=list)
     organizations: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[dict[str, Any]] = field(default_factory=list)
+    invitations: list[dict[str, Any]] = field(default_factory=list)
+    domains: list[dict[str, Any]] = field(default_factory=list)
     instance_memberships_endpoint: bool = True
     page_delay: float = 0.0
     seen: list[Seen] = field(default_factory=list)
@@ -108,6 +111,10 @@ class FakeClerk:
         if len(parts) == 3 and parts[0] == "organizations" and parts[2] == "memberships":
             members = [m for m in list(self.memberships) if m["organization"]["id"] == parts[1]]
             return self._page(members, query, bare=False)
+        if len(parts) == 3 and parts[0] == "organizations" and parts[2] in ("invitations", "domains"):
+            # Clerk lists every status of invitation unless asked for some (``status``).
+            items = self.invitations if parts[2] == "invitations" else self.domains
+            return self._page([i for i in list(items) if i["organization_id"] == parts[1]], query, bare=False)
         return 404, _not_found(), {}
 
     def _page(
@@ -278,8 +285,55 @@ def make_membership(
     }
 
 
-def make_instance(users: int, organizations: int, members_per_org: int) -> FakeClerk:
-    """A populated fake: memberships spread users over organizations, first one an admin."""
+def make_invitation(n: int, organization: dict[str, Any], *, status: str = "pending", **extra: Any) -> dict[str, Any]:
+    """A Backend API organization invitation."""
+    created = BASE_MS + n * 5000
+    invitation = {
+        "object": "organization_invitation",
+        "id": f"orginv_{n:05d}AbCdEfGh",
+        "email_address": f"invitee{n}@example.net",
+        "role": "org:member",
+        "role_name": "Member",
+        "organization_id": organization["id"],
+        "status": status,
+        "public_metadata": {},
+        "private_metadata": {"source": "import"},
+        "url": None,
+        "expires_at": created + 7 * 86_400_000,
+        "created_at": created,
+        "updated_at": created + (0 if status == "pending" else 60_000),
+    }
+    invitation.update(extra)
+    return invitation
+
+
+def make_domain(n: int, organization: dict[str, Any], *, verified: bool = False, **extra: Any) -> dict[str, Any]:
+    """A Backend API organization domain; ``verification`` is null until verified."""
+    created = BASE_MS + n * 6000
+    domain = {
+        "object": "organization_domain",
+        "id": f"orgdmn_{n:05d}IjKlMnOp",
+        "organization_id": organization["id"],
+        "name": f"org{n}.example.com",
+        "enrollment_mode": "automatic_invitation",
+        "affiliation_email_address": None,
+        "verification": {"status": "verified", "strategy": "email_code", "attempts": 1, "expire_at": None}
+        if verified
+        else None,
+        "total_pending_invitations": 0,
+        "total_pending_suggestions": 0,
+        "created_at": created,
+        "updated_at": created + 1000,
+    }
+    domain.update(extra)
+    return domain
+
+
+def make_instance(
+    users: int, organizations: int, members_per_org: int, *, invitations_per_org: int = 0, domains_per_org: int = 0
+) -> FakeClerk:
+    """A populated fake: memberships spread users over organizations, first one an admin; invitations
+    in every status, every other domain verified."""
     clerk = FakeClerk()
     clerk.users = [make_user(n) for n in range(users)]
     clerk.organizations = [make_organization(n) for n in range(organizations)]
@@ -289,6 +343,14 @@ def make_instance(users: int, organizations: int, members_per_org: int) -> FakeC
             user = clerk.users[(o * 7 + k * 13) % users]
             clerk.memberships.append(make_membership(n, org, user, role="org:admin" if k == 0 else "org:member"))
             n += 1
+    statuses = ("pending", "accepted", "revoked")
+    for o, org in enumerate(clerk.organizations):
+        for k in range(invitations_per_org):
+            i = o * invitations_per_org + k
+            clerk.invitations.append(make_invitation(i, org, status=statuses[i % 3]))
+        for k in range(domains_per_org):
+            d = o * domains_per_org + k
+            clerk.domains.append(make_domain(d, org, verified=d % 2 == 0))
     return clerk
 
 

@@ -177,18 +177,20 @@ class ClerkClient:
 
     def list_all(self, resource: Resource, *, limit: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
         """Every object of ``resource``; per organization when Clerk has no instance-wide list of it."""
-        if resource.api_per_organization_path is None:
+        if resource.api_list_path is not None and resource.api_per_organization_path is None:
             return self.list_path(resource.api_list_path, limit=limit)
-        try:
-            return self.list_path(resource.api_list_path, limit=limit)
-        except ClerkNotFound:
-            organizations = self.list_all(ORGANIZATIONS, limit=limit)
-            return [
-                item
-                for organization in organizations
-                if isinstance(organization.get("id"), str)
-                for item in self.list_of_organization(resource, organization["id"], limit=limit)
-            ]
+        if resource.api_list_path is not None:
+            try:
+                return self.list_path(resource.api_list_path, limit=limit)
+            except ClerkNotFound:
+                pass
+        organizations = self.list_all(ORGANIZATIONS, limit=limit)
+        return [
+            item
+            for organization in organizations
+            if isinstance(organization.get("id"), str)
+            for item in self.list_of_organization(resource, organization["id"], limit=limit)
+        ]
 
     def list_of_organization(self, resource: Resource, organization_id: str, *, limit: int) -> list[dict[str, Any]]:
         """One organization's objects of ``resource`` (its memberships, say)."""

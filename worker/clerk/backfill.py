@@ -1,4 +1,4 @@
-"""Import existing users, organizations and memberships from Clerk's Backend API.
+"""Import existing users, organizations, memberships, invitations and domains from Clerk's Backend API.
 
 Every object goes through the same convergence functions as webhooks
 (``worker.pipeline.apply``), so a backfill racing live events never overwrites newer data
@@ -96,7 +96,7 @@ def changes_from_objects(resource: str, items: Iterable[dict[str, Any]]) -> tupl
     changes, skipped = [], 0
     for item in items:
         try:
-            changes.append(change_from_object(kind, read_object(kind, item)))
+            changes.append(change_from_object(kind, read_object(kind, item), sent=item))
         except InvalidEvent as exc:
             skipped += 1
             log.warning("backfill_object_skipped", resource=resource, error=str(exc))
@@ -106,7 +106,12 @@ def changes_from_objects(resource: str, items: Iterable[dict[str, Any]]) -> tupl
 def apply_objects(session: Session, resource: str, items: Iterable[dict[str, Any]], *, settings: Settings) -> int:
     """Apply API objects in the caller's transaction; how many rows changed."""
     changes, _ = changes_from_objects(resource, items)
-    applied = apply_changes(session, changes, scrub_pii=settings.deleted_user_pii == "scrub")
+    applied = apply_changes(
+        session,
+        changes,
+        scrub_pii=settings.deleted_user_pii == "scrub",
+        sync_private_metadata=settings.sync_private_metadata,
+    )
     return sum(result.changed for result in applied)
 
 
@@ -126,7 +131,12 @@ def _apply_page(
     changes, skipped = changes_from_objects(result.resource, items)
     for attempt in deadlock_retries():  # a deadlock with a concurrent webhook
         with attempt, factory.begin() as session:
-            outcomes = apply_changes(session, changes, scrub_pii=settings.deleted_user_pii == "scrub")
+            outcomes = apply_changes(
+                session,
+                changes,
+                scrub_pii=settings.deleted_user_pii == "scrub",
+                sync_private_metadata=settings.sync_private_metadata,
+            )
             applied = sum(outcome.changed for outcome in outcomes)
             unchanged = len(outcomes) - applied
             if done:
@@ -164,6 +174,8 @@ def backfill_resource(
     result = ResourceResult(resource=resource, resumed_from=offset, offset=offset)
     log.info("backfill_started", resource=resource, offset=offset)
     kind = BY_NAME[resource]
+    if kind.api_list_path is None:  # listed per organization only (invitations, domains)
+        mode = PER_ORGANIZATION
     if mode != PER_ORGANIZATION:
         try:
             pages = _list_pages(client, result, page_size=page_size)
@@ -184,6 +196,7 @@ def backfill_resource(
 def _list_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) -> Iterator[_Page]:
     """The resource's instance-wide list, from the saved offset."""
     path = BY_NAME[result.resource].api_list_path
+    assert path is not None
     for offset, page in client.iter_pages(path, limit=page_size, offset=result.offset):
         if page.total_count is not None:
             result.total = page.total_count
@@ -191,10 +204,12 @@ def _list_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) 
 
 
 def _per_organization_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) -> Iterator[_Page]:
-    """Organization by organization (memberships when the instance-wide list is missing); the offset
-    counts organizations."""
+    """Organization by organization (invitations and domains; memberships when the instance-wide list
+    is missing); the offset counts organizations."""
     kind = BY_NAME[result.resource]
-    for offset, page in client.iter_pages(ORGANIZATIONS.api_list_path, limit=page_size, offset=result.offset):
+    organizations = ORGANIZATIONS.api_list_path
+    assert organizations is not None
+    for offset, page in client.iter_pages(organizations, limit=page_size, offset=result.offset):
         items = [
             item
             for organization in page.items
@@ -238,7 +253,7 @@ def backfill(
     restart: bool = False,
     on_page: ProgressCallback | None = None,
 ) -> list[ResourceResult]:
-    """Backfill ``resources`` in order (users, organizations, memberships)."""
+    """Backfill ``resources`` in order (users, organizations, then what belongs to organizations)."""
     results = []
     for resource in resources:
         result = backfill_resource(

@@ -1,6 +1,6 @@
 """Compare the synced tables with what Clerk's Backend API says, and optionally repair.
 
-Three kinds of drift, per resource (users, organizations, memberships):
+Three kinds of drift, per resource (users, organizations, memberships, invitations, domains):
 
 - ``missing``: Clerk has it, the table has no row at all;
 - ``vanished``: the table has a live row (``deleted_at`` null) Clerk no longer lists.
@@ -8,15 +8,18 @@ Three kinds of drift, per resource (users, organizations, memberships):
   webhook applied mid-run is not mistaken for drift;
 - ``stale``: a live row whose synced fields differ from Clerk's while the row's
   version (``clerk_updated_at``) is not newer than Clerk's ``updated_at``. A row
-  newer than the snapshot is a webhook that overtook the run, not drift.
+  newer than the snapshot is a webhook that overtook the run, not drift. Fields Clerk
+  changes without a new ``updated_at`` (``last_active_at``, ``members_count``), private
+  metadata and ``clerk_data`` are not compared; a row holding no ``clerk_data`` at all
+  (synced before it was kept) is stale.
 
 A tombstoned row that Clerk still lists is not drift: deletes are final
 (CONTRACT section 5) and the usual cause is a delete landing mid-run.
 
 ``fix`` repairs through the webhook convergence functions: missing and stale
 objects are upserted, vanished users and organizations are confirmed one by one
-(``GET /v1/users/{id}``) and memberships against their organization's list, then
-tombstoned with ``deleted_at = now()``.
+(``GET /v1/users/{id}``) and memberships, invitations and domains against their
+organization's list, then tombstoned with ``deleted_at = now()``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _expected(resource: str, data: dict[str, Any]) -> Change | None:
     """What the row should hold for Clerk's object; None when the object is not a valid one."""
     kind = BY_NAME[resource]
     try:
-        return change_from_object(kind, read_object(kind, data))
+        return change_from_object(kind, read_object(kind, data), sent=data)
     except InvalidEvent as exc:
         log.warning("reconcile_object_skipped", resource=resource, error=str(exc))
         return None
@@ -111,10 +114,14 @@ class Report:
 def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]], *, started_at: dt.datetime) -> Drift:
     """Drift between Clerk's ``objects`` (by id) and the table, as the module docstring defines it."""
     model = BY_NAME[resource].model
-    # The columns Clerk owns, compared field by field (application columns such as `plan` never are).
-    names = BY_NAME[resource].columns
+    # The columns Clerk owns, compared field by field (application columns such as `plan` never are,
+    # nor clerk_data, private metadata and what Clerk changes without a new version).
+    names = BY_NAME[resource].compared_columns
     columns = [model.clerk_id, model.deleted_at, model.clerk_updated_at, model.synced_at]
-    rows = {row.clerk_id: row for row in session.execute(select(*columns, *(getattr(model, n) for n in names)))}
+    # A row without clerk_data was synced before it was kept (migration 0004): stale, to refresh it.
+    never_kept = model.clerk_data.is_(None).label("never_kept")
+    statement = select(*columns, never_kept, *(getattr(model, n) for n in names))
+    rows = {row.clerk_id: row for row in session.execute(statement)}
     drift = Drift(resource=resource, in_clerk=len(objects))
     drift.in_table = sum(1 for row in rows.values() if row.deleted_at is None)
     for clerk_id, data in objects.items():
@@ -128,7 +135,7 @@ def compare(session: Session, resource: str, objects: dict[str, dict[str, Any]],
         if expected is None or expected.row is None or expected.version is None:
             continue
         newer_in_table = row.clerk_updated_at is not None and row.clerk_updated_at > expected.version
-        if not newer_in_table and any(getattr(row, n) != expected.row[n] for n in names):
+        if not newer_in_table and (row.never_kept or any(getattr(row, n) != expected.row[n] for n in names)):
             drift.stale.append(clerk_id)
     drift.vanished = [
         clerk_id
@@ -177,7 +184,12 @@ def repair(
     gone = [
         Change(resource=kind, clerk_id=clerk_id, deleted_at=now) for clerk_id, data in confirmed.items() if not data
     ]
-    outcomes = apply_changes(session, [*fixes, *still_there, *gone], scrub_pii=settings.deleted_user_pii == "scrub")
+    outcomes = apply_changes(
+        session,
+        [*fixes, *still_there, *gone],
+        scrub_pii=settings.deleted_user_pii == "scrub",
+        sync_private_metadata=settings.sync_private_metadata,
+    )
     return sum(outcome.changed for outcome in outcomes)
 
 

@@ -8,9 +8,11 @@ from typing import Any
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
-from shared.models import Organization, OrganizationMembership, User
+from shared.models import OrganizationMembership, User
+from shared.resources import RESOURCES
 
-SYNCED_MODELS: tuple[type[Any], ...] = (User, Organization, OrganizationMembership)
+# Every synced table, from the resource table: users, organizations, memberships, invitations, domains.
+SYNCED_MODELS: tuple[type[Any], ...] = tuple(resource.model for resource in RESOURCES)
 MAX_MATCHES = 20
 
 

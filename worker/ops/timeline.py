@@ -38,5 +38,5 @@ def timeline(session: Session, entity_id: str) -> list[tuple[WebhookEvent, int |
         select(WebhookEvent, millis)
         .where(touches_entity(entity_id))
         .order_by(order_key, WebhookEvent.received_at, WebhookEvent.id)
-    ).tuples()
+    )  # rows unpack like tuples (Result.tuples() is deprecated in SQLAlchemy 2.1)
     return [(row, None if ms is None else int(ms)) for row, ms in rows]

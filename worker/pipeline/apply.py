@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer
 
-from shared.resources import BY_NAME, RESOURCES, Resource
+from shared.resources import BY_NAME, CLERK_DATA, PRIVATE_METADATA, RESOURCES, USERS, Resource
 from worker.pipeline import roundtrips, scrub
 
 STALE = "older than what the tables hold"
@@ -52,6 +52,7 @@ class Change:
     created_at: int | None = None  # the data's created_at, ms
     deleted_at: dt.datetime | None = None  # when the change is a delete
     parents: Mapping[str, str] = field(default_factory=dict)  # parent resource name -> clerk_id
+    user_id: str | None = None  # the user the object belongs to (resource.user_column), for the scrub
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,12 @@ class _Plan:
     tombstones: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)  # the earliest delete per row
 
 
-def apply_changes(session: Session, changes: Sequence[Change], *, scrub_pii: bool) -> list[Applied]:
+def apply_changes(
+    session: Session, changes: Sequence[Change], *, scrub_pii: bool, sync_private_metadata: bool = False
+) -> list[Applied]:
     """Apply ``changes`` in order, in the caller's transaction; one ``Applied`` per change.
 
+    Private metadata (its columns, and its key in clerk_data) is stored only with ``sync_private_metadata``.
     Two round trips: every lock, then every write (``roundtrips``).
     """
     if not changes:
@@ -85,22 +89,29 @@ def apply_changes(session: Session, changes: Sequence[Change], *, scrub_pii: boo
     with roundtrips.pipelined(session) as trips:
         locks = lock(trips, changes)
         trips.send()
-        return write(trips, changes, locks.rows(), scrub_pii=scrub_pii)
+        return write(trips, changes, locks.rows(), scrub_pii=scrub_pii, sync_private_metadata=sync_private_metadata)
 
 
 def write(
-    trips: roundtrips.Trips, changes: Sequence[Change], current: Mapping[tuple[str, str], Row], *, scrub_pii: bool
+    trips: roundtrips.Trips,
+    changes: Sequence[Change],
+    current: Mapping[tuple[str, str], Row],
+    *,
+    scrub_pii: bool,
+    sync_private_metadata: bool = False,
 ) -> list[Applied]:
     """Queue the writes of ``changes``, whose rows ``lock`` holds; one ``Applied`` per change."""
     if not changes:
         return []
     plan = _plan(changes, current)
     for resource in RESOURCES:
-        _write_data(trips, resource, plan)
+        _write_data(trips, resource, plan, keep_private=sync_private_metadata)
         _write_tombstones(trips, resource, plan)
     _deactivate_children(trips, changes, plan)
     if scrub_pii:
-        scrub.deleted_users_named(trips, _users_named(changes))
+        # Reads that decide the next writes: out of pipeline mode, on the session as usual.
+        with trips.suspended():
+            scrub.deleted_users_named(trips.session, _users_named(changes))
     return plan.outcomes
 
 
@@ -235,6 +246,15 @@ def _sql_type(resource: Resource, column: str) -> str:
     return "text"
 
 
+def _value(resource: Resource, column: str, sql_type: str) -> str:
+    if column == CLERK_DATA:  # as Clerk sent it, less private metadata unless it is kept
+        stripped = f"(CAST(u.{column} AS jsonb) - '{PRIVATE_METADATA}')"
+        for key in resource.nested_private:
+            stripped = f"({stripped} #- '{{{key},{PRIVATE_METADATA}}}')"
+        return f"CASE WHEN :keep_private THEN CAST(u.{column} AS jsonb) ELSE {stripped} END"
+    return f"CAST(u.{column} AS jsonb)" if sql_type == "jsonb" else f"u.{column}"
+
+
 @cache
 def _upsert_statement(resource: Resource) -> TextClause:
     """The conditional multi-row upsert of ``resource``, built once: only the arrays change per batch."""
@@ -244,7 +264,7 @@ def _upsert_statement(resource: Resource) -> TextClause:
     arrays = ", ".join(
         f"CAST(:c_{column} AS {'text' if types[column] == 'jsonb' else types[column]}[])" for column in columns
     )
-    values = ", ".join(f"CAST(u.{c} AS jsonb)" if types[c] == "jsonb" else f"u.{c}" for c in columns)
+    values = ", ".join(_value(resource, c, types[c]) for c in columns)
     return text(
         f"""
         INSERT INTO {table} AS t (clerk_id, {", ".join(columns)}, clerk_updated_at, updated_at, created_at)
@@ -268,7 +288,7 @@ def _upsert_statement(resource: Resource) -> TextClause:
 _json = msgspec.json.Encoder()
 
 
-def _write_data(trips: roundtrips.Trips, resource: Resource, plan: _Plan) -> None:
+def _write_data(trips: roundtrips.Trips, resource: Resource, plan: _Plan, *, keep_private: bool) -> None:
     changes = [plan.data[key] for key in sorted(plan.data) if key[0] == resource.name]
     if not changes:
         return
@@ -279,11 +299,14 @@ def _write_data(trips: roundtrips.Trips, resource: Resource, plan: _Plan) -> Non
     }
     for column in resource.columns:
         jsonb = _sql_type(resource, column) == "jsonb"
+        if column in resource.private_columns and not keep_private:
+            params[f"c_{column}"] = [None] * len(changes)
+            continue
+        values = [c.row[column] for c in changes]  # type: ignore[index]
         params[f"c_{column}"] = [
-            _json.encode(c.row[column]).decode() if jsonb else c.row[column]  # type: ignore[index]
-            for c in changes
+            None if value is None else _json.encode(value).decode() if jsonb else value for value in values
         ]
-    trips.queue(_upsert_statement(resource), params)
+    trips.queue(_upsert_statement(resource), {**params, "keep_private": keep_private})
 
 
 @cache
@@ -358,8 +381,8 @@ def _deactivate_children(trips: roundtrips.Trips, changes: Sequence[Change], pla
 def _users_named(changes: Sequence[Change]) -> set[str]:
     named = set()
     for change in changes:
-        if change.resource.pii_columns:
+        if change.resource is USERS:
             named.add(change.clerk_id)
-        if "users" in change.parents:
-            named.add(change.parents["users"])
+        if change.user_id is not None:
+            named.add(change.user_id)
     return named

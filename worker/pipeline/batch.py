@@ -181,7 +181,11 @@ def _transaction(
         else:
             locks = early
         results = apply.write(
-            trips, [c for _, c in applying], locks.rows(), scrub_pii=settings.deleted_user_pii == "scrub"
+            trips,
+            [c for _, c in applying],
+            locks.rows(),
+            scrub_pii=settings.deleted_user_pii == "scrub",
+            sync_private_metadata=settings.sync_private_metadata,
         )
         hooked = [(e.svix_id, e.event) for e, _ in applying if e.event is not None]
         if hooked and hooks.installed(settings):

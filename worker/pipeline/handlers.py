@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.clerk_objects import millis
 from shared.events import Event
+from shared.resources import CLERK_DATA
 from worker.pipeline.apply import Change
 
 
@@ -21,20 +22,25 @@ def _time(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
-def change_from_object(resource: Any, data: Any) -> Change:
-    """A created/updated object (a webhook's data or a Backend API object): its data, versioned by updated_at."""
+def change_from_object(resource: Any, data: Any, *, sent: Any) -> Change:
+    """A created/updated object (a webhook's data or a Backend API object): its data, versioned by updated_at.
+
+    ``sent`` is the object as Clerk sent it (JSON bytes, or the decoded API object), kept as clerk_data.
+    """
+    row = resource.row(data)
     return Change(
         resource=resource,
         clerk_id=data.id,
-        row=resource.row(data),
+        row={**row, CLERK_DATA: sent},
         version=millis(data.updated_at),
         created_at=None if data.created_at is None else millis(data.created_at),
-        parents=resource.parents_of(data),
+        parents=resource.parents_in(row),
+        user_id=resource.user_in(row),
     )
 
 
 def upsert(event: Event) -> Change:
-    return change_from_object(event.resource, event.data)  # type: ignore[attr-defined]
+    return change_from_object(event.resource, event.data, sent=event.clerk_data)  # type: ignore[attr-defined]
 
 
 def delete(event: Event) -> Change:
@@ -48,7 +54,7 @@ def delete_membership(event: Event) -> Change:
     tombstone = delete(event)
     if whole is None:
         return tombstone
-    return replace(change_from_object(event.resource, whole), deleted_at=tombstone.deleted_at)
+    return replace(change_from_object(event.resource, whole, sent=event.clerk_data), deleted_at=tombstone.deleted_at)
 
 
 Handler = Callable[[Event], Change]
@@ -71,4 +77,16 @@ HANDLERS: dict[str, Handler] = {
     "organizationMembership.updated": upsert,
     # The member left or was removed; data carries the full membership.
     "organizationMembership.deleted": delete_membership,
+    # An admin invites an email address to an organization (status pending).
+    "organizationInvitation.created": upsert,
+    # The invitee accepted: status accepted, user_id the new member (a membership.created follows).
+    "organizationInvitation.accepted": upsert,
+    # An admin revoked a pending invitation: status revoked. Clerk never deletes an invitation.
+    "organizationInvitation.revoked": upsert,
+    # An admin adds a domain to an organization (unverified: verification null).
+    "organizationDomain.created": upsert,
+    # Its enrollment mode changed, or it was verified.
+    "organizationDomain.updated": upsert,
+    # The domain was removed; data is only {id, deleted}.
+    "organizationDomain.deleted": delete,
 }

@@ -43,7 +43,8 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 class Trips:
     """Statements queued on the session's connection; their rows are there after ``send``."""
 
-    def __init__(self, connection: Connection, driver: psycopg.Connection[Any]) -> None:
+    def __init__(self, session: Session, connection: Connection, driver: psycopg.Connection[Any]) -> None:
+        self.session = session  # for what runs ``suspended``
         self._connection = connection
         self._driver = driver
         self._mode: AbstractContextManager[psycopg.Pipeline] | None = None
@@ -117,7 +118,7 @@ def _driver(connection: Connection) -> psycopg.Connection[Any]:
 def pipelined(session: Session) -> Iterator[Trips]:
     """Statements in the session's current transaction, sent together; the rest on leaving."""
     connection = session.connection()
-    trips = Trips(connection, _driver(connection))
+    trips = Trips(session, connection, _driver(connection))
     trips._enter()
     try:
         yield trips
