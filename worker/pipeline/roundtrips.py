@@ -95,7 +95,10 @@ def translated(connection: Connection, driver: psycopg.Connection[Any]) -> Itera
         yield
     except psycopg.Error as exc:
         lost = driver.broken or connection.dialect.is_disconnect(cast(Any, exc), connection.connection, None)
-        if lost:
+        if lost and not connection.invalidated:
+            # As SQLAlchemy does for a disconnect it meets itself: every pooled connection older
+            # than this one is replaced at its next checkout (they most likely died with it).
+            connection.engine.pool._invalidate(connection.connection, exc)
             connection.invalidate(exc)
         raise DBAPIError.instance(
             None,
