@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
+import psycopg
 from sqlalchemy import select, text
 
+from shared.db import PING_AFTER_IDLE_SECONDS
 from shared.models import User, WebhookEvent
 from tests.support.signing import load_payload, user_created
 from worker.pipeline.batch import process_batch
+from worker.pipeline.errors import DatabaseUnavailable
 from worker.pipeline.ledger import Delivery, set_paused
 
 
@@ -102,6 +106,111 @@ def test_a_paused_batch_is_held_pending(session_factory, settings):
     assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
     with session_factory() as session:
         assert session.scalars(select(User)).first() is None
+
+
+def test_a_paused_batch_records_duplicates_and_new_events_but_applies_nothing(session_factory, settings):
+    # Given one event already processed, and the pipeline paused afterwards
+    first = Delivery("msg_before_pause", 1700000000, json.dumps(user_created("user_batch_8")))
+    assert process_batch(session_factory, [first], settings=settings) == {"msg_before_pause": "processed"}
+    with session_factory.begin() as session:
+        set_paused(session, True)
+
+    # When a batch arrives with its duplicate and a new event for another user
+    results = process_batch(
+        session_factory,
+        [first, Delivery("msg_paused_new", 1700000000, json.dumps(user_created("user_batch_9")))],
+        settings=settings,
+    )
+
+    # Then the duplicate keeps its status, the new event is held, and no row is written for it
+    assert results == {"msg_before_pause": "processed", "msg_paused_new": "pending"}
+    with session_factory() as session:
+        assert set(session.scalars(select(User.clerk_id))) == {"user_batch_8"}
+
+
+def test_a_conflicting_redelivery_in_a_batch_applies_the_stored_body_and_the_rest(session_factory, settings):
+    # Given an event whose first attempt failed: its row keeps the body first received
+    stored = load_payload("user.updated")
+    stored["data"]["id"] = "user_conflict"
+    with session_factory.begin() as session:
+        session.execute(
+            text(
+                "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, body_sha256, received_at)"
+                " VALUES ('msg_conflict', 'user.updated', 'failed', 1, CAST(:payload AS jsonb), 'stored', now())"
+            ),
+            {"payload": json.dumps(stored)},
+        )
+    # When a redelivery under its svix-id carries another user's body, in a batch with a new event
+    other = load_payload("user.updated")
+    other["data"]["id"] = "user_not_stored"
+    results = process_batch(
+        session_factory,
+        [
+            Delivery("msg_conflict", 1700000000, json.dumps(other)),
+            Delivery("msg_fresh", 1700000000, json.dumps(user_created("user_batch_3"))),
+        ],
+        settings=settings,
+    )
+
+    # Then the stored body is the one applied, and the rest of the batch is applied too
+    assert results == {"msg_conflict": "processed", "msg_fresh": "processed"}
+    with session_factory() as session:
+        assert set(session.scalars(select(User.clerk_id))) == {"user_conflict", "user_batch_3"}
+        conflicts = session.scalar(select(WebhookEvent.conflicts).where(WebhookEvent.svix_id == "msg_conflict"))
+    assert len(conflicts) == 1
+
+
+def _terminate_our_connections(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return len(
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'clerk-sync' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        )
+
+
+def test_a_pooled_connection_that_died_idle_is_replaced_before_the_batch(session_factory, settings, database_url):
+    # Given pooled connections that Postgres dropped while they sat idle (a restart, an idle timeout)
+    process_batch(
+        session_factory, [Delivery("msg_warm", 1700000000, json.dumps(user_created("user_batch_4")))], settings=settings
+    )
+    assert _terminate_our_connections(database_url) >= 1
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+
+    # When the next batch comes: the pool pings a connection that sat idle and replaces it
+    results = process_batch(
+        session_factory,
+        [Delivery("msg_after", 1700000000, json.dumps(user_created("user_batch_5")))],
+        settings=settings,
+    )
+
+    # Then it is applied at the first attempt
+    assert results == {"msg_after": "processed"}
+
+
+def test_a_connection_that_died_a_moment_ago_costs_one_attempt_and_nothing_else(
+    session_factory, settings, database_url
+):
+    # Given a pooled connection Postgres dropped just after its last batch (no ping: it was not idle)
+    process_batch(
+        session_factory,
+        [Delivery("msg_warm2", 1700000000, json.dumps(user_created("user_batch_6")))],
+        settings=settings,
+    )
+    assert _terminate_our_connections(database_url) >= 1
+    delivery = Delivery("msg_next", 1700000000, json.dumps(user_created("user_batch_7")))
+
+    # When the next batch meets it: the outage path (the task's backoff keeps the message), then again
+    try:
+        first = process_batch(session_factory, [delivery], settings=settings)
+    except DatabaseUnavailable:
+        first = None
+    again = process_batch(session_factory, [delivery], settings=settings)
+
+    # Then the broken connection left the pool, and the event is applied once, its budget unspent
+    assert (first or again) == {"msg_next": "processed"}
+    assert _statuses(session_factory)["msg_next"][:2] == ("processed", 1)
 
 
 def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_factory, settings):

@@ -13,7 +13,8 @@ import time
 from kombu import Connection
 
 from shared.publish import EventPublisher
-from worker.pipeline import taking
+from shared.receipts import receipt_keys
+from worker.pipeline import taking, tasks
 from worker.pipeline.ledger import Delivery
 
 
@@ -173,3 +174,30 @@ def test_junk_on_the_queue_is_left_for_celery_and_loses_nothing(settings, redis_
     # Then it takes the event, and the junk goes back to the head of the queue untouched
     assert [item.delivery.svix_id for item in taken] == ["msg_good_0"]
     assert redis_client.lrange(settings.queue_name, 0, -1) == [b"\xff not json"]
+
+
+def test_the_round_trip_that_acks_a_batch_takes_the_next_one(settings, redis_client):
+    # Given a batch that took two events, and three more arriving while it was applied
+    _publish(settings, 2, tag="first")
+    first = taking.take_waiting(redis_client, settings.queue_name, delivery_tag="loop", limit=10)
+    arrived = _publish(settings, 3, tag="next")
+    receipts_key, _ = receipt_keys(settings.queue_name)
+
+    # When the batch has committed: ack, forget its receipts and take the next, in one round trip
+    taken, deliveries = tasks._finish(
+        redis_client, settings, "loop", first, [item.delivery for item in first], take_more=True
+    )
+
+    # Then the next batch is what arrived, held exactly as any taken message: the first batch's
+    # messages and receipts are gone, the new ones are unacked and recorded for a lost process
+    assert deliveries == arrived
+    assert set(redis_client.hkeys(taking.UNACKED)) == {item.tag.encode() for item in taken}
+    assert redis_client.hlen(taking.taken_key("loop")) == 3
+    assert set(redis_client.hkeys(receipts_key)) == {d.svix_id.encode() for d in arrived}
+    assert redis_client.llen(settings.queue_name) == 0
+
+    # And once that budget is spent the last batch is acked and nothing more is taken
+    _publish(settings, 1, tag="later")
+    assert tasks._finish(redis_client, settings, "loop", taken, deliveries, take_more=False) == ([], [])
+    assert redis_client.hlen(taking.UNACKED) == 0 and not redis_client.exists(taking.taken_key("loop"))
+    assert redis_client.llen(settings.queue_name) == 1

@@ -35,7 +35,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import BigInteger, Boolean, DateTime, Integer
 
 from shared.resources import BY_NAME, CLERK_DATA, PRIVATE_METADATA, RESOURCES, USERS, Resource
-from worker.pipeline import scrub
+from worker.pipeline import roundtrips, scrub
 
 STALE = "older than what the tables hold"
 ALREADY_DELETED = "already deleted by an earlier delete"
@@ -62,7 +62,9 @@ class Applied:
 
 
 @dataclass
-class _Row:
+class Row:
+    """What a locked row holds: its data's version and its tombstone."""
+
     version: int | None
     deleted_at: dt.datetime | None
 
@@ -80,18 +82,36 @@ def apply_changes(
     """Apply ``changes`` in order, in the caller's transaction; one ``Applied`` per change.
 
     Private metadata (its columns, and its key in clerk_data) is stored only with ``sync_private_metadata``.
+    Two round trips: every lock, then every write (``roundtrips``).
     """
     if not changes:
         return []
-    _lock_parents(session, changes)
-    current = _lock_rows(session, changes)
+    with roundtrips.pipelined(session) as trips:
+        locks = lock(trips, changes)
+        trips.send()
+        return write(trips, changes, locks.rows(), scrub_pii=scrub_pii, sync_private_metadata=sync_private_metadata)
+
+
+def write(
+    trips: roundtrips.Trips,
+    changes: Sequence[Change],
+    current: Mapping[tuple[str, str], Row],
+    *,
+    scrub_pii: bool,
+    sync_private_metadata: bool = False,
+) -> list[Applied]:
+    """Queue the writes of ``changes``, whose rows ``lock`` holds; one ``Applied`` per change."""
+    if not changes:
+        return []
     plan = _plan(changes, current)
     for resource in RESOURCES:
-        _write_data(session, resource, plan, keep_private=sync_private_metadata)
-        _write_tombstones(session, resource, plan)
-    _deactivate_children(session, changes, plan)
+        _write_data(trips, resource, plan, keep_private=sync_private_metadata)
+        _write_tombstones(trips, resource, plan)
+    _deactivate_children(trips, changes, plan)
     if scrub_pii:
-        scrub.deleted_users_named(session, _users_named(changes))
+        # Reads that decide the next writes: out of pipeline mode, on the session as usual.
+        with trips.suspended():
+            scrub.deleted_users_named(trips.session, _users_named(changes))
     return plan.outcomes
 
 
@@ -113,7 +133,27 @@ def _children_of(parent: str) -> list[Resource]:
     return [resource for resource in RESOURCES if parent in resource.parent_columns]
 
 
-def _lock_parents(session: Session, changes: Sequence[Change]) -> None:
+@dataclass(frozen=True)
+class Locks:
+    """The row locks queued for a batch; what the locked rows hold once they are sent."""
+
+    cursors: list[tuple[str, Any]]  # resource name, its lock statement's cursor
+
+    def rows(self) -> dict[tuple[str, str], Row]:
+        return {
+            (name, row.clerk_id): Row(row.clerk_updated_at, row.deleted_at)
+            for name, cursor in self.cursors
+            for row in cursor.fetchall()
+        }
+
+
+def lock(trips: roundtrips.Trips, changes: Sequence[Change]) -> Locks:
+    """Queue every lock the writes of ``changes`` need, in the global order (module docstring)."""
+    _lock_parents(trips, changes)
+    return _lock_rows(trips, changes)
+
+
+def _lock_parents(trips: roundtrips.Trips, changes: Sequence[Change]) -> None:
     """Order a child's write against its parent's delete: shared for the child, exclusive for the delete.
 
     Without it, a membership inserted while its user is being deleted in another transaction
@@ -127,7 +167,7 @@ def _lock_parents(session: Session, changes: Sequence[Change]) -> None:
         if change.deleted_at is not None and _children_of(change.resource.name):
             exclusive[f"{change.resource.name}:{change.clerk_id}"] = True
     if exclusive:
-        session.execute(_ADVISORY_LOCKS, {"keys": list(exclusive), "exclusive": list(exclusive.values())})
+        trips.queue(_ADVISORY_LOCKS, {"keys": list(exclusive), "exclusive": list(exclusive.values())})
 
 
 @cache
@@ -142,30 +182,29 @@ def _lock_statement(resource: Resource) -> TextClause:
     )
 
 
-def _lock_rows(session: Session, changes: Sequence[Change]) -> dict[tuple[str, str], _Row]:
-    """Lock every existing row the batch may write, table by table in key order; their state now."""
+def _lock_rows(trips: roundtrips.Trips, changes: Sequence[Change]) -> Locks:
+    """Lock every existing row the batch may write, table by table in key order."""
     ids: dict[str, set[str]] = {resource.name: set() for resource in RESOURCES}
     deleted_parents: dict[str, set[str]] = {resource.name: set() for resource in RESOURCES}
     for change in changes:
         ids[change.resource.name].add(change.clerk_id)
         if change.deleted_at is not None:
             deleted_parents[change.resource.name].add(change.clerk_id)
-    current: dict[tuple[str, str], _Row] = {}
+    cursors: list[tuple[str, Any]] = []
     for resource in RESOURCES:
         params: dict[str, list[str]] = {"ids": sorted(ids[resource.name])}
         for parent in resource.parent_columns:
             params[f"deleted_{parent}"] = sorted(deleted_parents[parent])
         if not any(params.values()):
             continue
-        for row in session.execute(_lock_statement(resource), params):
-            current[(resource.name, row.clerk_id)] = _Row(row.clerk_updated_at, row.deleted_at)
-    return current
+        cursors.append((resource.name, trips.queue(_lock_statement(resource), params)))
+    return Locks(cursors)
 
 
 # -- deciding ---------------------------------------------------------------------------------
 
 
-def _plan(changes: Sequence[Change], current: dict[tuple[str, str], _Row]) -> _Plan:
+def _plan(changes: Sequence[Change], current: Mapping[tuple[str, str], Row]) -> _Plan:
     """Each change's outcome as if applied one at a time, and each row's final writes."""
     plan = _Plan()
     state = dict(current)
@@ -177,7 +216,7 @@ def _plan(changes: Sequence[Change], current: dict[tuple[str, str], _Row]) -> _P
             row is None or row.deleted_at is None or row.deleted_at > change.deleted_at
         )
         if row is None:
-            row = state[key] = _Row(None, None)
+            row = state[key] = Row(None, None)
         if newer:
             row.version = change.version
             plan.data[key] = change
@@ -249,7 +288,7 @@ def _upsert_statement(resource: Resource) -> TextClause:
 _json = msgspec.json.Encoder()
 
 
-def _write_data(session: Session, resource: Resource, plan: _Plan, *, keep_private: bool) -> None:
+def _write_data(trips: roundtrips.Trips, resource: Resource, plan: _Plan, *, keep_private: bool) -> None:
     changes = [plan.data[key] for key in sorted(plan.data) if key[0] == resource.name]
     if not changes:
         return
@@ -267,7 +306,7 @@ def _write_data(session: Session, resource: Resource, plan: _Plan, *, keep_priva
         params[f"c_{column}"] = [
             None if value is None else _json.encode(value).decode() if jsonb else value for value in values
         ]
-    session.execute(_upsert_statement(resource), {**params, "keep_private": keep_private})
+    trips.queue(_upsert_statement(resource), {**params, "keep_private": keep_private})
 
 
 @cache
@@ -285,10 +324,10 @@ def _tombstone_statement(resource: Resource) -> TextClause:
     )
 
 
-def _write_tombstones(session: Session, resource: Resource, plan: _Plan) -> None:
+def _write_tombstones(trips: roundtrips.Trips, resource: Resource, plan: _Plan) -> None:
     keys = sorted(key for key in plan.tombstones if key[0] == resource.name)
     if keys:
-        session.execute(
+        trips.queue(
             _tombstone_statement(resource),
             {"clerk_id": [key[1] for key in keys], "deleted_at": [plan.tombstones[key] for key in keys]},
         )
@@ -324,19 +363,19 @@ def _deactivate_if_parent_deleted_statement(child: Resource) -> TextClause:
     )
 
 
-def _deactivate_children(session: Session, changes: Sequence[Change], plan: _Plan) -> None:
+def _deactivate_children(trips: roundtrips.Trips, changes: Sequence[Change], plan: _Plan) -> None:
     """A parent deleted now takes its children with it; a child written now follows a deleted parent."""
     for child in RESOURCES:
         for parent in child.parent_columns:
             deleted = sorted((key[1], at) for key, at in plan.tombstones.items() if key[0] == parent)
             if deleted:
-                session.execute(
+                trips.queue(
                     _deactivate_by_parent_statement(child, parent),
                     {"parent_id": [p for p, _ in deleted], "deleted_at": [at for _, at in deleted]},
                 )
         touched = sorted({c.clerk_id for c in changes if c.resource is child and c.parents})
         if child.parent_columns and touched:
-            session.execute(_deactivate_if_parent_deleted_statement(child), {"ids": touched})
+            trips.queue(_deactivate_if_parent_deleted_statement(child), {"ids": touched})
 
 
 def _users_named(changes: Sequence[Change]) -> set[str]:

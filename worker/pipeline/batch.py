@@ -26,9 +26,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from shared import metrics
 from shared.config import Settings
+from shared.events import Event
 from shared.models import FINAL_STATUSES, EventStatus
-from worker.pipeline import hooks, ledger
-from worker.pipeline.apply import Change, apply_changes
+from worker.pipeline import apply, hooks, ledger, roundtrips
+from worker.pipeline.apply import Change
 from worker.pipeline.errors import DatabaseUnavailable, Failure, classify, describe
 from worker.pipeline.handlers import HANDLERS
 from worker.pipeline.ledger import Delivery, Entry
@@ -110,60 +111,108 @@ def _refused(entry: Entry, reason: str) -> Entry:
     return replace(entry, event=None, status=EventStatus.DEAD, reason=reason)
 
 
+class _OtherBodies(Exception):
+    """A redelivery conflicts with its stored body: what was locked for it may not be what gets applied."""
+
+
 def _apply_in(session: Session, entries: list[Entry], *, settings: Settings) -> list[tuple[Entry, _Outcome]]:
-    claims = ledger.claim(session, entries)
-    # A redelivery whose body is not the one stored is never applied: the stored one is.
-    conflicting = ledger.note_conflicts(
-        session, [e for e in entries if claims[e.svix_id].stored_sha256 not in (None, e.body_sha256)]
-    )
-    stored = ledger.stored_bodies(session, [s for s in conflicting if claims[s].status not in FINAL_STATUSES])
-    outcomes: dict[str, _Outcome] = {}
-    finished: dict[str, tuple[EventStatus, str | None]] = {}
-    pending: list[Entry] = []
-    for entry in entries:
-        claim, conflict = claims[entry.svix_id], entry.svix_id in conflicting
-        if claim.status in FINAL_STATUSES:
-            label = claim.status.value if claim.inserted else "duplicate"
-            outcomes[entry.svix_id] = _Outcome(claim.status, label, entry.reason, conflict)
-            continue
-        if conflict:
-            body = stored.get(entry.svix_id)
-            entry = ledger.read(Delivery(entry.svix_id, entry.delivery.svix_timestamp, body)) if body else entry
-            if body is None or entry.event is None:
-                entry = _refused(entry, "the stored body can no longer be applied (scrubbed, or not a valid event)")
-        if entry.event is None:  # a row left not final by an earlier delivery, and a body that is no event
-            outcomes[entry.svix_id] = _Outcome(EventStatus.DEAD, "dead", entry.reason, conflict)
-            finished[entry.svix_id] = (EventStatus.DEAD, entry.reason)
-            continue
-        outcomes[entry.svix_id] = _Outcome(EventStatus.PENDING, "pending", None, conflict)
-        pending.append(entry)
-    if pending and ledger.is_paused(session):
-        log.info("events_held_paused", count=len(pending))
-        pending = []
-    applying: list[tuple[Entry, Change]] = []
-    for entry in pending:
-        event, conflict = entry.event, outcomes[entry.svix_id].conflict
-        assert event is not None
-        if settings.clerk_instance_id and event.instance_id and event.instance_id != settings.clerk_instance_id:
-            reason = f"from Clerk instance {event.instance_id}, not {settings.clerk_instance_id}"
-            outcomes[entry.svix_id] = _Outcome(EventStatus.IGNORED, "ignored", reason, conflict)
-            finished[entry.svix_id] = (EventStatus.IGNORED, reason)
+    try:
+        return _transaction(session, entries, settings=settings, lock_early=True)
+    except _OtherBodies:  # rolled back: again, locking only once the bodies to apply are known
+        return _transaction(session, entries, settings=settings, lock_early=False)
+
+
+def _transaction(
+    session: Session, entries: list[Entry], *, settings: Settings, lock_early: bool
+) -> list[tuple[Entry, _Outcome]]:
+    """Two round trips (``roundtrips``): BEGIN, claim, pause flag and every lock; then the writes,
+    the finish and COMMIT. The locks are those of every valid event of the batch, taken in the
+    global order (``apply``) after the claim; a duplicate's locks are merely not needed.
+    """
+    with roundtrips.transaction(session) as trips:
+        claimed = ledger.queue_claim(trips, entries)
+        paused_flag = ledger.queue_is_paused(trips)
+        early = apply.lock(trips, [c for _, c in _changes(entries, settings)]) if lock_early else None
+        trips.send()
+        claims = ledger.claims_in(claimed.fetchall())
+        # A redelivery whose body is not the one stored is never applied: the stored one is.
+        conflicting = ledger.note_conflicts(
+            trips, [e for e in entries if claims[e.svix_id].stored_sha256 not in (None, e.body_sha256)]
+        )
+        if conflicting and early is not None:
+            raise _OtherBodies
+        stored = ledger.stored_bodies(trips, [s for s in conflicting if claims[s].status not in FINAL_STATUSES])
+        outcomes: dict[str, _Outcome] = {}
+        finished: dict[str, tuple[EventStatus, str | None]] = {}
+        pending: list[Entry] = []
+        for entry in entries:
+            claim, conflict = claims[entry.svix_id], entry.svix_id in conflicting
+            if claim.status in FINAL_STATUSES:
+                label = claim.status.value if claim.inserted else "duplicate"
+                outcomes[entry.svix_id] = _Outcome(claim.status, label, entry.reason, conflict)
+                continue
+            if conflict:
+                body = stored.get(entry.svix_id)
+                entry = ledger.read(Delivery(entry.svix_id, entry.delivery.svix_timestamp, body)) if body else entry
+                if body is None or entry.event is None:
+                    entry = _refused(entry, "the stored body can no longer be applied (scrubbed, or not a valid event)")
+            if entry.event is None:  # a row left not final by an earlier delivery, and a body that is no event
+                outcomes[entry.svix_id] = _Outcome(EventStatus.DEAD, "dead", entry.reason, conflict)
+                finished[entry.svix_id] = (EventStatus.DEAD, entry.reason)
+                continue
+            outcomes[entry.svix_id] = _Outcome(EventStatus.PENDING, "pending", None, conflict)
+            pending.append(entry)
+        if pending and ledger.paused_in(paused_flag.fetchall()):
+            log.info("events_held_paused", count=len(pending))
+            pending = []
+        for entry in pending:
+            event = entry.event
+            assert event is not None
+            if _foreign(event, settings):
+                reason = f"from Clerk instance {event.instance_id}, not {settings.clerk_instance_id}"
+                outcomes[entry.svix_id] = _Outcome(
+                    EventStatus.IGNORED, "ignored", reason, outcomes[entry.svix_id].conflict
+                )
+                finished[entry.svix_id] = (EventStatus.IGNORED, reason)
+        applying = _changes(pending, settings)
+        if early is None:
+            locks = apply.lock(trips, [c for _, c in applying])
+            trips.send()
         else:
-            applying.append((entry, HANDLERS[event.type](event)))
-    results = apply_changes(
-        session,
-        [c for _, c in applying],
-        scrub_pii=settings.deleted_user_pii == "scrub",
-        sync_private_metadata=settings.sync_private_metadata,
-    )
-    # The application's hooks, in this transaction: one that raises fails the batch, which then splits.
-    hooks.run(session, [(e.svix_id, e.event) for e, _ in applying if e.event is not None], settings=settings)
-    for (entry, _), applied in zip(applying, results, strict=True):
-        status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
-        outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
-        finished[entry.svix_id] = (status, applied.reason)
-    ledger.finish(session, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished})
+            locks = early
+        results = apply.write(
+            trips,
+            [c for _, c in applying],
+            locks.rows(),
+            scrub_pii=settings.deleted_user_pii == "scrub",
+            sync_private_metadata=settings.sync_private_metadata,
+        )
+        hooked = [(e.svix_id, e.event) for e, _ in applying if e.event is not None]
+        if hooked and hooks.installed(settings):
+            # The application's hooks, in this transaction, on the session as usual (out of pipeline
+            # mode: one round trip more). One that raises fails the batch, which then splits.
+            with trips.suspended():
+                hooks.run(session, hooked, settings=settings)
+        for (entry, _), applied in zip(applying, results, strict=True):
+            status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
+            outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
+            finished[entry.svix_id] = (status, applied.reason)
+        ledger.finish(trips, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished})
     return [(entry, outcomes[entry.svix_id]) for entry in entries]
+
+
+def _foreign(event: Event, settings: Settings) -> bool:
+    """An event of another Clerk instance than the configured one: recorded ignored."""
+    return bool(settings.clerk_instance_id and event.instance_id and event.instance_id != settings.clerk_instance_id)
+
+
+def _changes(entries: list[Entry], settings: Settings) -> list[tuple[Entry, Change]]:
+    """What each valid event of this instance says about its row (``handlers``)."""
+    return [
+        (entry, HANDLERS[entry.event.type](entry.event))
+        for entry in entries
+        if entry.event is not None and not _foreign(entry.event, settings)
+    ]
 
 
 def _report(done: list[tuple[Entry, _Outcome]], *, seconds: float) -> None:

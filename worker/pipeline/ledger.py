@@ -17,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from shared.events import Event, InvalidEvent, Unsynced, parse
 from shared.models import ControlFlag, EventStatus, WebhookEvent
+from worker.pipeline.roundtrips import Trips
 
 PAUSED_FLAG = "paused"
 
@@ -162,7 +163,23 @@ _CLAIM = text(
 
 def claim(session: Session, entries: Sequence[Entry]) -> dict[str, Claim]:
     """Insert each entry's row or lock the existing one; svix_id -> its state now."""
-    params: dict[str, list[Any]] = {
+    return claims_in(session.execute(_CLAIM, _claim_params(entries)))
+
+
+def queue_claim(trips: Trips, entries: Sequence[Entry]) -> Any:
+    """``claim`` queued on ``trips``: ``claims_in(cursor.fetchall())`` once sent."""
+    return trips.queue(_CLAIM, _claim_params(entries))
+
+
+def claims_in(rows: Iterable[Any]) -> dict[str, Claim]:
+    return {
+        row.svix_id: Claim(status=EventStatus(row.status), inserted=row.inserted, stored_sha256=row.body_sha256)
+        for row in rows
+    }
+
+
+def _claim_params(entries: Sequence[Entry]) -> dict[str, list[Any]]:
+    return {
         "svix_id": [e.svix_id for e in entries],
         "event_type": [e.event_type for e in entries],
         "status": [e.status.value for e in entries],
@@ -175,11 +192,6 @@ def claim(session: Session, entries: Sequence[Entry]) -> dict[str, Claim]:
         "user_id": [e.user_clerk_id for e in entries],
         "org_id": [e.organization_clerk_id for e in entries],
         "position": list(range(len(entries))),
-    }
-    rows = session.execute(_CLAIM, params)
-    return {
-        row.svix_id: Claim(status=EventStatus(row.status), inserted=row.inserted, stored_sha256=row.body_sha256)
-        for row in rows
     }
 
 
@@ -200,11 +212,11 @@ _NOTE_CONFLICTS = text(
 )
 
 
-def note_conflicts(session: Session, entries: Sequence[Entry]) -> set[str]:
+def note_conflicts(trips: Trips, entries: Sequence[Entry]) -> set[str]:
     """Record redeliveries whose body differs from the stored one; the svix-ids that truly conflict."""
     if not entries:
         return set()
-    rows = session.execute(
+    noted = trips.queue(
         _NOTE_CONFLICTS,
         {
             "svix_id": [e.svix_id for e in entries],
@@ -214,7 +226,8 @@ def note_conflicts(session: Session, entries: Sequence[Entry]) -> set[str]:
             "raw_body": [e.raw_body if e.raw_body is not None else e.delivery.body for e in entries],
         },
     )
-    return {row.svix_id for row in rows}
+    trips.send()
+    return {row.svix_id for row in noted.fetchall()}
 
 
 def _json_or_none(body: str) -> str | None:
@@ -225,13 +238,18 @@ def _json_or_none(body: str) -> str | None:
     return body
 
 
-def stored_bodies(session: Session, svix_ids: Sequence[str]) -> dict[str, str | None]:
+_STORED_BODIES = text(
+    "SELECT svix_id, payload::text AS payload, raw_body FROM webhook_events WHERE svix_id = ANY(:ids)"
+)
+
+
+def stored_bodies(trips: Trips, svix_ids: Sequence[str]) -> dict[str, str | None]:
     """The body each row keeps (its payload as JSON text, or its raw text); None when not kept."""
-    rows = session.execute(
-        text("SELECT svix_id, payload::text AS payload, raw_body FROM webhook_events WHERE svix_id = ANY(:ids)"),
-        {"ids": list(svix_ids)},
-    )
-    return {row.svix_id: row.payload if row.payload is not None else row.raw_body for row in rows}
+    if not svix_ids:
+        return {}
+    found = trips.queue(_STORED_BODIES, {"ids": list(svix_ids)})
+    trips.send()
+    return {row.svix_id: row.payload if row.payload is not None else row.raw_body for row in found.fetchall()}
 
 
 _FINISH = text(
@@ -248,10 +266,10 @@ _FINISH = text(
 )
 
 
-def finish(session: Session, outcomes: dict[str, tuple[EventStatus, str | None]]) -> None:
-    """Final status for each event applied in this transaction, in ``outcomes``' order (arrival)."""
+def finish(trips: Trips, outcomes: dict[str, tuple[EventStatus, str | None]]) -> None:
+    """Queue the final status of each event applied in this transaction, in ``outcomes``' order (arrival)."""
     if outcomes:
-        session.execute(
+        trips.queue(
             _FINISH,
             {
                 "svix_id": list(outcomes),
@@ -326,6 +344,18 @@ def _next_attempt(attempts: int, base_seconds: float) -> dt.datetime:
 def is_paused(session: Session) -> bool:
     value = session.scalar(select(ControlFlag.value).where(ControlFlag.name == PAUSED_FLAG))
     return value == "true"
+
+
+_PAUSED = text("SELECT value = 'true' AS paused FROM clerk_sync_control WHERE name = :name")
+
+
+def queue_is_paused(trips: Trips) -> Any:
+    """``is_paused`` queued on ``trips``: ``paused_in(cursor.fetchall())`` once sent."""
+    return trips.queue(_PAUSED, {"name": PAUSED_FLAG})
+
+
+def paused_in(rows: Iterable[Any]) -> bool:
+    return any(row.paused for row in rows)
 
 
 def set_paused(session: Session, paused: bool) -> None:

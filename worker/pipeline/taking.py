@@ -114,7 +114,21 @@ def take_waiting(client: Any, queue_name: str, *, delivery_tag: str, limit: int)
     if limit <= 0:
         return []
     take = _script(client, _TAKE)
-    raw = take(keys=_keys(queue_name, delivery_tag), args=[limit, repr(time.time()), _TAKEN_TTL_SECONDS])
+    return read_taken(take(keys=_keys(queue_name, delivery_tag), args=_take_args(limit)))
+
+
+def take_on(pipe: Any, queue_name: str, *, delivery_tag: str, limit: int) -> None:
+    """``take_waiting`` queued on ``pipe`` (EVAL: a pipeline never waits for a script load);
+    ``read_taken`` its reply."""
+    pipe.eval(_TAKE, 4, *_keys(queue_name, delivery_tag), *_take_args(limit))
+
+
+def _take_args(limit: int) -> list[Any]:
+    return [limit, repr(time.time()), _TAKEN_TTL_SECONDS]
+
+
+def read_taken(raw: list[bytes]) -> list[Taken]:
+    """The events of what the take script returned."""
     taken = []
     for item in raw:
         try:

@@ -4,8 +4,9 @@ Celery hands a pool process one message at a time (prefetch one). The task adds 
 is waiting in the queue, up to ``BATCH_LIMIT`` (``taking``: atomically, recorded unacked as kombu
 records its own), and applies them all in one ``process_batch`` call. So a lone event is applied
 at once, and under load a batch is what piled up while the worker was busy. After the commit
-the taken messages are acked and the batch's receipts forgotten, in one round trip; Celery
-acks its own message when the task returns.
+the taken messages are acked and the batch's receipts forgotten, and the next batch is taken,
+all in one round trip; the task goes on so while something is waiting, for at most
+``KEEP_TAKING_SECONDS``. Celery acks its own message when the task returns.
 
 When Postgres cannot be reached the batch waits its turn in the worker's shared backoff
 (``outage``) for at most ``database_wait``, then hands its events back to the queue and
@@ -39,6 +40,11 @@ log = structlog.get_logger("clerk_sync.tasks")
 # trips further; this many keeps a batch well under a second (docs/performance.md).
 BATCH_LIMIT = 64
 
+# After a batch, the pool process takes the next one itself, in the round trip that acks the
+# last, for this long at most; then it returns to Celery (its next message, a shutdown). Each
+# batch handed over by Celery costs its main process a wake-up, a dispatch and an ack.
+KEEP_TAKING_SECONDS = 1.0
+
 
 @app.task(
     name=PROCESS_EVENT_TASK,
@@ -51,23 +57,27 @@ BATCH_LIMIT = 64
     Request=taking.EventRequest,
 )
 def process_event(self: Any, svix_id: str, svix_timestamp: int | None, body: str) -> None:
-    """Apply this event and whatever else is waiting, in one transaction."""
+    """Apply this event and whatever else is waiting, batch after batch while more is waiting."""
     settings = get_settings()
     client = redis_for(settings.redis_url)
     wait = outage.backoff(cap_seconds=settings.timings.database_wait)
     own_tag = (self.request.properties or {}).get("delivery_tag") or self.request.id
+    keep_taking_until = time.monotonic() + KEEP_TAKING_SECONDS
     # While Postgres is away, taking more would only move more events round the queue.
     taken = [] if wait.step else _take(client, settings, own_tag)
-    deliveries = [Delivery(svix_id, svix_timestamp, body), *(item.delivery for item in taken)]
-    structlog.contextvars.bind_contextvars(batch_size=len(deliveries))
+    # One name for what was taken and the batch it makes: a soft time limit anywhere sees both.
+    batch = (taken, [Delivery(svix_id, svix_timestamp, body), *(item.delivery for item in taken)])
     try:
-        if _apply(settings, deliveries, wait):
-            _finish(client, settings, own_tag, taken, deliveries)
-        else:
-            _hand_back(client, settings, own_tag, taken, deliveries)
+        while batch[1]:
+            structlog.contextvars.bind_contextvars(batch_size=len(batch[1]))
+            if not _apply(settings, batch[1], wait):
+                _hand_back(client, settings, own_tag, *batch)
+                return
+            more = time.monotonic() < keep_taking_until
+            batch = _finish(client, settings, own_tag, *batch, take_more=more)
     except SoftTimeLimitExceeded:
         log.warning("batch_time_limit", soft_limit_seconds=settings.timings.task_soft_time_limit)
-        _hand_back(client, settings, own_tag, taken, deliveries)
+        _hand_back(client, settings, own_tag, *batch)
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -118,18 +128,31 @@ def _apply(settings: Settings, deliveries: list[Delivery], wait: outage.Database
 
 
 def _finish(
-    client: Any, settings: Settings, own_tag: str, taken: list[taking.Taken], deliveries: list[Delivery]
-) -> None:
-    """Every event of the batch has its row: ack what was taken, forget the receipts."""
+    client: Any,
+    settings: Settings,
+    own_tag: str,
+    taken: list[taking.Taken],
+    deliveries: list[Delivery],
+    *,
+    take_more: bool,
+) -> tuple[list[taking.Taken], list[Delivery]]:
+    """Every event of the batch has its row: ack what was taken, forget the receipts, and (in the
+    same round trip) take the next batch if ``take_more``: what it took, and its events."""
     try:
         pipe = client.pipeline(transaction=False)
         taking.acknowledge(pipe, delivery_tag=own_tag, taken=taken)
         receipts.forget_on(pipe, settings.queue_name, [d.svix_id for d in deliveries])
-        pipe.execute()
+        if take_more:
+            taking.take_on(pipe, settings.queue_name, delivery_tag=own_tag, limit=BATCH_LIMIT)
+        replies = pipe.execute()
     except (RedisError, OSError) as exc:
         # Harmless: kombu redelivers what was not acked (a duplicate, recorded as such), and
-        # the sweep forgets receipts whose events Postgres knows.
+        # the sweep forgets receipts whose events Postgres knows. What a lost reply took is
+        # in kombu's unacked hash: visible again after the visibility timeout.
         log.info("batch_ack_failed", error=type(exc).__name__)
+        return [], []
+    taken = taking.read_taken(replies[-1]) if take_more else []
+    return taken, [item.delivery for item in taken]
 
 
 def _hand_back(
