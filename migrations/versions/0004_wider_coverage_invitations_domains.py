@@ -44,6 +44,20 @@ def _synced_columns() -> list[sa.Column]:
     ]
 
 
+def _create_organization_table(table: str, index_prefix: str, *columns: sa.Column) -> None:
+    """A synced table of an organization's objects, indexed by organization (no foreign key: one may
+    arrive before its organization); ``columns`` come after the organization's id."""
+    op.create_table(
+        table,
+        *_synced_columns(),
+        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
+        *columns,
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{table}")),
+        sa.UniqueConstraint("clerk_id", name=op.f(f"uq_{table}_clerk_id")),
+    )
+    op.create_index(f"ix_{index_prefix}_organization", table, ["organization_clerk_id"])
+
+
 def upgrade() -> None:
     for table in SYNCED:
         op.add_column(table, _jsonb("clerk_data"))
@@ -64,19 +78,15 @@ def upgrade() -> None:
     op.add_column("organization_memberships", _jsonb("permissions", "[]"))
     op.add_column("organization_memberships", _jsonb("public_metadata", "{}"))
 
-    op.create_table(
+    _create_organization_table(
         "organization_invitations",
-        *_synced_columns(),
-        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
+        "invitations",
         sa.Column("email", sa.Text(), nullable=True),
         sa.Column("role", sa.Text(), nullable=True),
         sa.Column("status", sa.Text(), nullable=True),
         sa.Column("user_clerk_id", sa.String(length=64), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_organization_invitations")),
-        sa.UniqueConstraint("clerk_id", name=op.f("uq_organization_invitations_clerk_id")),
     )
-    op.create_index("ix_invitations_organization", "organization_invitations", ["organization_clerk_id"])
     op.create_index("ix_invitations_email", "organization_invitations", [sa.text("lower(email)")])
     op.create_index(
         "ix_invitations_user",
@@ -85,17 +95,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("user_clerk_id IS NOT NULL"),
     )
 
-    op.create_table(
+    _create_organization_table(
         "organization_domains",
-        *_synced_columns(),
-        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
+        "domains",
         sa.Column("name", sa.Text(), nullable=True),
         sa.Column("enrollment_mode", sa.Text(), nullable=True),
         sa.Column("verification_status", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_organization_domains")),
-        sa.UniqueConstraint("clerk_id", name=op.f("uq_organization_domains_clerk_id")),
     )
-    op.create_index("ix_domains_organization", "organization_domains", ["organization_clerk_id"])
     op.create_index("ix_domains_name", "organization_domains", ["name"])
 
 
