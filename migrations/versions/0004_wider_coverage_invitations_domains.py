@@ -30,6 +30,11 @@ def _jsonb(name: str, default: str | None = None) -> sa.Column:
     return sa.Column(name, postgresql.JSONB(), server_default=sa.text(f"'{default}'::jsonb"), nullable=False)
 
 
+def _texts(*names: str) -> list[sa.Column]:
+    """Nullable text columns, in the order named."""
+    return [sa.Column(name, sa.Text(), nullable=True) for name in names]
+
+
 def _synced_columns() -> list[sa.Column]:
     """What every synced table has (shared.models.SyncedMixin)."""
     return [
@@ -81,9 +86,7 @@ def upgrade() -> None:
     _create_organization_table(
         "organization_invitations",
         "invitations",
-        sa.Column("email", sa.Text(), nullable=True),
-        sa.Column("role", sa.Text(), nullable=True),
-        sa.Column("status", sa.Text(), nullable=True),
+        *_texts("email", "role", "status"),
         sa.Column("user_clerk_id", sa.String(length=64), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
     )
@@ -98,9 +101,7 @@ def upgrade() -> None:
     _create_organization_table(
         "organization_domains",
         "domains",
-        sa.Column("name", sa.Text(), nullable=True),
-        sa.Column("enrollment_mode", sa.Text(), nullable=True),
-        sa.Column("verification_status", sa.Text(), nullable=True),
+        *_texts("name", "enrollment_mode", "verification_status"),
     )
     op.create_index("ix_domains_name", "organization_domains", ["name"])
 
