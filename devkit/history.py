@@ -257,26 +257,49 @@ class HistoryBuilder:
 
     # Invitations (never deleted: pending, then accepted or revoked) and domains
 
-    def invite(self, org_id: str) -> Event:
-        clerk_id = self._next_id("orginv")
+    def _add(
+        self,
+        event_type: str,
+        live: dict[str, dict[str, Any]],
+        *,
+        object_name: str,
+        prefix: str,
+        fields: Callable[[str, int], dict[str, Any]],
+    ) -> Event:
+        """A new invitation or domain, kept in ``live``; ``fields(clerk_id, at)``: all it holds but its id and times."""
+        clerk_id = self._next_id(prefix)
         at = self._tick()
         data = {
-            "object": "organization_invitation",
+            "object": object_name,
             "id": clerk_id,
-            # Never one of a user's addresses: which addresses a scrub matches depends on delivery order.
-            "email_address": f"invitee-{clerk_id}@example.net",
-            "role": self.rng.choice(["org:member", "org:admin"]),
-            "organization_id": org_id,
-            "status": "pending",
-            "public_metadata": {},
-            "private_metadata": {"invited_by": "history"},
-            "url": None,
-            "expires_at": at + 7 * 86_400_000,
+            **fields(clerk_id, at),
             "created_at": at,
             "updated_at": _clerk_time(at, self.rng),
         }
-        self.invitations[clerk_id] = data
-        return self._emit("organizationInvitation.created", data, at)
+        live[clerk_id] = data
+        return self._emit(event_type, data, at)
+
+    def invite(self, org_id: str) -> Event:
+        def fields(clerk_id: str, at: int) -> dict[str, Any]:
+            return {
+                # Never one of a user's addresses: which addresses a scrub matches depends on delivery order.
+                "email_address": f"invitee-{clerk_id}@example.net",
+                "role": self.rng.choice(["org:member", "org:admin"]),
+                "organization_id": org_id,
+                "status": "pending",
+                "public_metadata": {},
+                "private_metadata": {"invited_by": "history"},
+                "url": None,
+                "expires_at": at + 7 * 86_400_000,
+            }
+
+        return self._add(
+            "organizationInvitation.created",
+            self.invitations,
+            object_name="organization_invitation",
+            prefix="orginv",
+            fields=fields,
+        )
 
     def settle_invitation(self, invitation_id: str, *, accepted_by: str | None) -> Event:
         """Accepted by a live user, or revoked (``accepted_by`` None); either is final."""
@@ -288,21 +311,22 @@ class HistoryBuilder:
         return self._emit(f"organizationInvitation.{data['status']}", data, at)
 
     def add_domain(self, org_id: str) -> Event:
-        clerk_id = self._next_id("orgdmn")
-        at = self._tick()
-        data = {
-            "object": "organization_domain",
-            "id": clerk_id,
-            "organization_id": org_id,
-            "name": f"{clerk_id}.example.com".lower(),
-            "enrollment_mode": "automatic_invitation",
-            "affiliation_email_address": None,
-            "verification": None,
-            "created_at": at,
-            "updated_at": _clerk_time(at, self.rng),
-        }
-        self.domains[clerk_id] = data
-        return self._emit("organizationDomain.created", data, at)
+        def fields(clerk_id: str, at: int) -> dict[str, Any]:
+            return {
+                "organization_id": org_id,
+                "name": f"{clerk_id}.example.com".lower(),
+                "enrollment_mode": "automatic_invitation",
+                "affiliation_email_address": None,
+                "verification": None,
+            }
+
+        return self._add(
+            "organizationDomain.created",
+            self.domains,
+            object_name="organization_domain",
+            prefix="orgdmn",
+            fields=fields,
+        )
 
     def update_domain(self, domain_id: str) -> Event:
         data = copy.deepcopy(self.domains[domain_id])

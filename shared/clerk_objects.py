@@ -13,7 +13,7 @@ milliseconds (``millis``); anything else (1e30, a negative number, a string) is 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from msgspec import Meta, Struct
 
@@ -54,6 +54,23 @@ def check_times(obj: Struct, *names: str) -> None:
             raise ValueError(f"{name} {TIME_RULE}")
 
 
+class _Versioned(Struct, frozen=True, kw_only=True):
+    """Clerk's two times, on every synced object; ``__post_init__`` checks them and ``time_fields``.
+
+    Keyword-only, so a subclass's required fields may follow these (nothing builds these
+    structs by position: msgspec decodes them by name).
+    """
+
+    # The time fields ``check_times`` looks at; a subclass with more times names them all.
+    time_fields: ClassVar[tuple[str, ...]] = ("updated_at", "created_at")
+
+    updated_at: ClerkTime
+    created_at: ClerkTime | None = None
+
+    def __post_init__(self) -> None:
+        check_times(self, *self.time_fields)
+
+
 class EmailAddress(Struct, frozen=True):
     id: str
     email_address: str
@@ -64,12 +81,12 @@ class PhoneNumber(Struct, frozen=True):
     phone_number: str | None = None
 
 
-class UserData(Struct, frozen=True):
+class UserData(_Versioned, frozen=True):
     """A user as ``user.created``/``user.updated`` and ``GET /v1/users`` carry it."""
 
+    time_fields = ("updated_at", "created_at", "last_sign_in_at", "last_active_at")
+
     id: UserId
-    updated_at: ClerkTime
-    created_at: ClerkTime | None = None
     primary_email_address_id: str | None = None
     email_addresses: list[EmailAddress] | None = None
     first_name: str | None = None
@@ -88,9 +105,6 @@ class UserData(Struct, frozen=True):
     last_sign_in_at: ClerkTime | None = None
     last_active_at: ClerkTime | None = None
 
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at", "last_sign_in_at", "last_active_at")
-
     @property
     def primary_email(self) -> str | None:
         """The address whose id is ``primary_email_address_id``; never simply the first."""
@@ -108,12 +122,10 @@ class UserData(Struct, frozen=True):
         return None
 
 
-class OrganizationData(Struct, frozen=True):
+class OrganizationData(_Versioned, frozen=True):
     """An organization as ``organization.created``/``.updated`` and ``GET /v1/organizations`` carry it."""
 
     id: OrganizationId
-    updated_at: ClerkTime
-    created_at: ClerkTime | None = None
     name: str | None = None
     slug: str | None = None
     image_url: str | None = None
@@ -124,9 +136,6 @@ class OrganizationData(Struct, frozen=True):
     max_allowed_memberships: Count | None = None
     created_by: str | None = None
 
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at")
-
 
 class OrganizationRef(Struct, frozen=True):
     id: OrganizationId
@@ -136,62 +145,54 @@ class PublicUserData(Struct, frozen=True):
     user_id: UserId
 
 
-class MembershipData(Struct, frozen=True):
-    """A membership: its organization and its user are required, or it joins nothing."""
+class _MembershipDetails(_Versioned, frozen=True, kw_only=True):
+    """What a membership holds besides its id, organization and user: a live one and a deleted one alike."""
 
-    id: MembershipId
-    organization: OrganizationRef
-    public_user_data: PublicUserData
-    updated_at: ClerkTime
-    created_at: ClerkTime | None = None
     role: str | None = None
     permissions: list[str] | None = None
     public_metadata: Metadata | None = None
     private_metadata: Metadata | None = None
 
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at")
+
+class MembershipData(_MembershipDetails, frozen=True):
+    """A membership: its organization and its user are required, or it joins nothing."""
+
+    id: MembershipId
+    organization: OrganizationRef
+    public_user_data: PublicUserData
 
 
-class InvitationData(Struct, frozen=True):
+class InvitationData(_Versioned, frozen=True):
     """An organization invitation: ``organizationInvitation.*`` and ``GET /v1/organizations/{id}/invitations``.
 
     Clerk sends the whole invitation each time and never deletes one: it ends ``accepted``
     (``user_id`` then names the new member) or ``revoked``, or expires (``expires_at``) silently.
     """
 
+    time_fields = ("updated_at", "created_at", "expires_at")
+
     id: InvitationId
     organization_id: OrganizationId
-    updated_at: ClerkTime
-    created_at: ClerkTime | None = None
     email_address: str | None = None
     role: str | None = None
     status: str | None = None
     user_id: UserId | None = None
     expires_at: ClerkTime | None = None
 
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at", "expires_at")
-
 
 class DomainVerification(Struct, frozen=True):
     status: str | None = None
 
 
-class DomainData(Struct, frozen=True):
+class DomainData(_Versioned, frozen=True):
     """An organization domain: ``organizationDomain.created``/``.updated``, ``GET /v1/organizations/{id}/domains``."""
 
     id: DomainId
     organization_id: OrganizationId
-    updated_at: ClerkTime
-    created_at: ClerkTime | None = None
     name: str | None = None
     enrollment_mode: str | None = None
     # null until the domain is verified
     verification: DomainVerification | None = None
-
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at")
 
 
 class DeletedDomain(Struct, frozen=True):
@@ -210,21 +211,14 @@ class DeletedOrganization(Struct, frozen=True):
     id: OrganizationId
 
 
-class DeletedMembership(Struct, frozen=True):
+class DeletedMembership(_MembershipDetails, frozen=True, kw_only=True):
     """``organizationMembership.deleted`` carries the whole membership; older shapes may not."""
 
     id: MembershipId
     organization: OrganizationRef | None = None
     public_user_data: PublicUserData | None = None
-    updated_at: ClerkTime | None = None
-    created_at: ClerkTime | None = None
-    role: str | None = None
-    permissions: list[str] | None = None
-    public_metadata: Metadata | None = None
-    private_metadata: Metadata | None = None
-
-    def __post_init__(self) -> None:
-        check_times(self, "updated_at", "created_at")
+    # Optional here, still checked when present.
+    updated_at: ClerkTime | None = None  # type: ignore[assignment]
 
     def as_membership(self) -> MembershipData | None:
         """The membership it carries, when it carries a whole one."""

@@ -119,6 +119,13 @@ REFUSED = [
     ("user.updated", _set("data.updated_at", -1), "data.updated_at: expected int >= 946684800"),
     ("user.updated", _set("data.updated_at", 50_000_000_000), "data.updated_at is not a time in seconds or milliseconds between 2000 and 2100"),
     ("user.updated", _set("data.updated_at", True), "data.updated_at: expected int, got bool"),
+    # Every struct's time fields are checked for the gap between seconds and milliseconds.
+    ("user.updated", _set("data.last_sign_in_at", 50_000_000_000), "data.last_sign_in_at is not a time in seconds or milliseconds between 2000 and 2100"),
+    ("user.updated", _set("data.last_active_at", 50_000_000_000), "data.last_active_at is not a time in seconds or milliseconds between 2000 and 2100"),
+    ("organization.updated", _set("data.created_at", 50_000_000_000), "data.created_at is not a time in seconds or milliseconds between 2000 and 2100"),
+    ("organizationInvitation.created", _set("data.expires_at", 50_000_000_000), "data.expires_at is not a time in seconds or milliseconds between 2000 and 2100"),
+    ("organizationDomain.updated", _set("data.updated_at", 50_000_000_000), "data.updated_at is not a time in seconds or milliseconds between 2000 and 2100"),
+    ("organizationMembership.deleted", _set("data.updated_at", 50_000_000_000), "data.updated_at is not a time in seconds or milliseconds between 2000 and 2100"),
     ("user.updated", _set("data.id", "org_2g7np7Hrk0SN6kj5EDMLDaKNL0S"), "data.id: expected str matching regex '^user_[!-~]+$'"),
     ("user.updated", _set("data.id", "user_" + "x" * 60), "data.id: expected str of length <= 64"),
     ("user.updated", _set("data.id", "user_ünïcode"), "data.id: expected str matching regex '^user_[!-~]+$'"),

@@ -30,6 +30,11 @@ def _jsonb(name: str, default: str | None = None) -> sa.Column:
     return sa.Column(name, postgresql.JSONB(), server_default=sa.text(f"'{default}'::jsonb"), nullable=False)
 
 
+def _texts(*names: str) -> list[sa.Column]:
+    """Nullable text columns, in the order named."""
+    return [sa.Column(name, sa.Text(), nullable=True) for name in names]
+
+
 def _synced_columns() -> list[sa.Column]:
     """What every synced table has (shared.models.SyncedMixin)."""
     return [
@@ -42,6 +47,20 @@ def _synced_columns() -> list[sa.Column]:
         sa.Column("synced_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         _jsonb("clerk_data"),
     ]
+
+
+def _create_organization_table(table: str, index_prefix: str, *columns: sa.Column) -> None:
+    """A synced table of an organization's objects, indexed by organization (no foreign key: one may
+    arrive before its organization); ``columns`` come after the organization's id."""
+    op.create_table(
+        table,
+        *_synced_columns(),
+        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
+        *columns,
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{table}")),
+        sa.UniqueConstraint("clerk_id", name=op.f(f"uq_{table}_clerk_id")),
+    )
+    op.create_index(f"ix_{index_prefix}_organization", table, ["organization_clerk_id"])
 
 
 def upgrade() -> None:
@@ -64,19 +83,13 @@ def upgrade() -> None:
     op.add_column("organization_memberships", _jsonb("permissions", "[]"))
     op.add_column("organization_memberships", _jsonb("public_metadata", "{}"))
 
-    op.create_table(
+    _create_organization_table(
         "organization_invitations",
-        *_synced_columns(),
-        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
-        sa.Column("email", sa.Text(), nullable=True),
-        sa.Column("role", sa.Text(), nullable=True),
-        sa.Column("status", sa.Text(), nullable=True),
+        "invitations",
+        *_texts("email", "role", "status"),
         sa.Column("user_clerk_id", sa.String(length=64), nullable=True),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_organization_invitations")),
-        sa.UniqueConstraint("clerk_id", name=op.f("uq_organization_invitations_clerk_id")),
     )
-    op.create_index("ix_invitations_organization", "organization_invitations", ["organization_clerk_id"])
     op.create_index("ix_invitations_email", "organization_invitations", [sa.text("lower(email)")])
     op.create_index(
         "ix_invitations_user",
@@ -85,17 +98,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("user_clerk_id IS NOT NULL"),
     )
 
-    op.create_table(
+    _create_organization_table(
         "organization_domains",
-        *_synced_columns(),
-        sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
-        sa.Column("name", sa.Text(), nullable=True),
-        sa.Column("enrollment_mode", sa.Text(), nullable=True),
-        sa.Column("verification_status", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_organization_domains")),
-        sa.UniqueConstraint("clerk_id", name=op.f("uq_organization_domains_clerk_id")),
+        "domains",
+        *_texts("name", "enrollment_mode", "verification_status"),
     )
-    op.create_index("ix_domains_organization", "organization_domains", ["organization_clerk_id"])
     op.create_index("ix_domains_name", "organization_domains", ["name"])
 
 

@@ -153,7 +153,19 @@ class Result:
     skipped: list[str] = field(default_factory=list)
 
 
-def _audit(session: Session, actor: Actor, action: str, done: list[str], selection: DeadFilter | None) -> None:
+def _finish(
+    session: Session,
+    action: str,
+    svix_ids: Sequence[str],
+    dead: list[WebhookEvent],
+    *,
+    actor: Actor,
+    selection: DeadFilter | None,
+) -> Result:
+    """What ``action`` did to ``dead`` of the named ``svix_ids``, recorded in the audit table when it did anything."""
+    done = [row.svix_id for row in dead]
+    acted = set(done)
+    result = Result(done=done, skipped=[svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in acted])
     if done:
         audit.record(
             session,
@@ -163,6 +175,7 @@ def _audit(session: Session, actor: Actor, action: str, done: list[str], selecti
             count=len(done),
             selection=None if selection is None else selection.as_dict(),
         )
+    return result
 
 
 def replay(
@@ -204,10 +217,7 @@ def replay(
     for row in dead:
         # QueueUnavailable propagates: the caller rolls the batch back.
         publisher.publish(svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=bodies[row.svix_id] or "")
-    skipped = [svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in bodies]
-    result = Result(done=[row.svix_id for row in dead], skipped=skipped)
-    _audit(session, actor, "replay", result.done, selection)
-    return result
+    return _finish(session, "replay", svix_ids, dead, actor=actor, selection=selection)
 
 
 def discard(
@@ -226,10 +236,7 @@ def discard(
     dead = _lock_dead(session, svix_ids, skip_not_dead=skip_not_dead)
     if dead:
         session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
-    done = {row.svix_id for row in dead}
-    result = Result(done=[row.svix_id for row in dead], skipped=[s for s in dict.fromkeys(svix_ids) if s not in done])
-    _audit(session, actor, "discard", result.done, selection)
-    return result
+    return _finish(session, "discard", svix_ids, dead, actor=actor, selection=selection)
 
 
 Transaction = Callable[[], AbstractContextManager[Session]]
