@@ -20,14 +20,17 @@ _factories: dict[Settings, sessionmaker[Session]] = {}
 # a connection that died meanwhile fails its statement, is invalidated and replaced like any.
 PING_AFTER_IDLE_SECONDS = 1.0
 
+# Connections a process keeps open between uses (as many more may be opened at a peak).
+POOL_SIZE = 5
+
 
 def make_engine(settings: Settings, **overrides: object) -> Engine:
     """A pooled engine with short timeouts, so an outage fails fast instead of hanging."""
     options: dict[str, object] = {
         # Bound parameters (emails, names) never reach an exception message or a log line.
         "hide_parameters": True,
-        "pool_size": 5,
-        "max_overflow": 5,
+        "pool_size": POOL_SIZE,
+        "max_overflow": POOL_SIZE,
         "connect_args": {
             # An unreachable Postgres fails a probe within this (shared.timings bounds the wait on it).
             "connect_timeout": settings.timings.database_connect_timeout,
