@@ -677,10 +677,10 @@ def _to_ms(value: dt.datetime | None) -> int | None:
     return None if value is None else round(value.timestamp() * 1000)
 
 
-def snapshot(session: Session) -> Tables:
-    """The synced columns of the real tables, shaped like ``reference_tables``."""
+def snapshot(session: Session, columns_of: dict[str, tuple[str, ...]] | None = None) -> Tables:
+    """The synced columns of the real tables (or of ``columns_of``), shaped like ``reference_tables``."""
     tables: Tables = {}
-    for table, columns in _SNAPSHOT_COLUMNS.items():
+    for table, columns in (columns_of or _SNAPSHOT_COLUMNS).items():
         rows = session.execute(text(f"SELECT clerk_id, {', '.join(columns)}, deleted_at FROM {table}"))  # noqa: S608
         tables[table] = {
             row.clerk_id: {"clerk_id": row.clerk_id}
@@ -689,6 +689,37 @@ def snapshot(session: Session) -> Tables:
             for row in rows
         }
     return _canonical(tables)
+
+
+def columns_present(session: Session) -> dict[str, tuple[str, ...]]:
+    """The synced tables and columns that exist on the search path: a reference pipeline's schema keeps
+    the columns CONTRACT section 4 started with, not every column clerk-sync has added since."""
+    rows = session.execute(
+        text(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ANY(:tables)"
+        ),
+        {"tables": list(_SNAPSHOT_COLUMNS)},
+    )
+    present: dict[str, set[str]] = {}
+    for table, column in rows:
+        present.setdefault(table, set()).add(column)
+    return {
+        table: tuple(c for c in columns if c in present[table])
+        for table, columns in _SNAPSHOT_COLUMNS.items()
+        if table in present
+    }
+
+
+def restricted(tables: Tables, columns_of: dict[str, tuple[str, ...]]) -> Tables:
+    """``tables`` with only the tables and columns of ``columns_of`` (plus clerk_id and deleted_at)."""
+    return {
+        table: {
+            key: {c: v for c, v in row.items() if c in columns_of[table] or c in ("clerk_id", "deleted_at")}
+            for key, row in tables[table].items()
+        }
+        for table in columns_of
+    }
 
 
 def truncate_synced_tables(session: Session) -> None:
