@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     status varchar(16) NOT NULL, attempts integer NOT NULL DEFAULT 1, payload jsonb,
     entity_id varchar(64), next_attempt_at timestamptz,
     received_at timestamptz NOT NULL DEFAULT now(), processed_at timestamptz);
-CREATE INDEX IF NOT EXISTS ledger_status_due ON ledger (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS ledger_not_done ON ledger (status, next_attempt_at)
+    WHERE status IN ('pending', 'failed', 'dead');
 CREATE INDEX IF NOT EXISTS ledger_entity ON ledger (entity_id);
 CREATE INDEX IF NOT EXISTS ledger_received ON ledger (received_at);
 CREATE TABLE IF NOT EXISTS users (

@@ -177,7 +177,13 @@ class WebhookEvent(Base):
 
     __tablename__ = "webhook_events"
     __table_args__ = (
-        Index("ix_webhook_events_status_due", "status", "next_attempt_at"),
+        # Only what is not done: every reader by status asks for pending, failed or dead rows.
+        Index(
+            "ix_webhook_events_not_done",
+            "status",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('pending', 'failed', 'dead')"),
+        ),
         Index("ix_webhook_events_entity", "entity_id"),
         Index("ix_webhook_events_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),
         Index(

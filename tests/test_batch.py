@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import psycopg
 from sqlalchemy import select, text
@@ -106,6 +107,44 @@ def test_a_paused_batch_is_held_pending(session_factory, settings):
     assert _statuses(session_factory)["msg_held"][:2] == ("pending", 0)
     with session_factory() as session:
         assert session.scalars(select(User)).first() is None
+        assert session.scalar(select(WebhookEvent.processed_at).where(WebhookEvent.svix_id == "msg_held")) is None
+
+
+def test_each_new_row_ends_as_its_event_did_in_one_attempt(session_factory, settings):
+    # Given a batch of new events: two that apply, one the same user's older update, one of another
+    # Clerk instance (rows go in as "processed" and only these last two are corrected)
+    older = user_created("user_batch_10")
+    older["type"] = "user.updated"
+    older["data"]["updated_at"] -= 60_000
+    foreign = user_created("user_batch_11")
+    foreign["instance_id"] = "ins_someone_else"
+    deliveries = [
+        Delivery("msg_n1", 1700000000, json.dumps(user_created("user_batch_10"))),
+        Delivery("msg_n2", 1700000000, json.dumps(older)),
+        Delivery("msg_n3", 1700000000, json.dumps(foreign)),
+        Delivery("msg_n4", 1700000000, json.dumps(user_created("user_batch_12"))),
+    ]
+
+    # When it is applied with the samples' instance configured
+    results = process_batch(
+        session_factory, deliveries, settings=replace(settings, clerk_instance_id=older["instance_id"])
+    )
+
+    # Then each row holds its own ending, one attempt each, a reason where it was not applied
+    assert results == {"msg_n1": "processed", "msg_n2": "ignored", "msg_n3": "ignored", "msg_n4": "processed"}
+    statuses = _statuses(session_factory)
+    assert [statuses[d.svix_id][:2] for d in deliveries] == [
+        ("processed", 1),
+        ("ignored", 1),
+        ("ignored", 1),
+        ("processed", 1),
+    ]
+    assert statuses["msg_n1"][2] is None and statuses["msg_n4"][2] is None
+    assert statuses["msg_n2"][2] and "ins_someone_else" in (statuses["msg_n3"][2] or "")
+    # and processed_at keeps the order of arrival
+    with session_factory() as session:
+        rows = session.execute(select(WebhookEvent.svix_id, WebhookEvent.processed_at)).all()
+    assert [svix_id for svix_id, _ in sorted(rows, key=lambda row: row.processed_at)] == [d.svix_id for d in deliveries]
 
 
 def test_a_paused_batch_records_duplicates_and_new_events_but_applies_nothing(session_factory, settings):

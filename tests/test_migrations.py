@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import psycopg
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
 
 from devkit.services import migrate, temporary_database
+from shared.models import Base
 from tests.support.signing import load_payload
 
 
@@ -83,3 +87,35 @@ def test_a_database_filled_at_0003_keeps_its_data_and_gains_the_wider_coverage_a
         conn.execute("INSERT INTO organization_domains (clerk_id, name) VALUES ('orgdmn_new', 'example.com')")
         assert conn.execute("SELECT count(*) FROM organization_invitations").fetchone() == (1,)
         assert conn.execute("SELECT deleted_at FROM organization_domains").fetchone() == (None,)
+
+
+def test_the_schema_at_head_is_the_models():
+    # Given a database migrated to head
+    with temporary_database() as url:
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        try:
+            # When alembic compares it with shared.models
+            with engine.connect() as connection:
+                differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        finally:
+            engine.dispose()
+    # Then nothing differs: every model change has its migration
+    assert differences == []
+
+
+def test_every_reader_by_status_can_use_the_index_of_what_is_not_done(database_url):
+    # Given the ledger, and a planner told to avoid reading the whole table
+    readers = {
+        "sweeper, due retries": "status = 'failed' AND next_attempt_at <= now()",
+        "sweeper and resume, pending": "status = 'pending' AND next_attempt_at IS NULL",
+        "dead-letter queue": "status = 'dead'",
+        "metrics and status counts": "status IN ('pending', 'failed', 'dead')",
+        "oldest waiting": "status IN ('pending', 'failed')",
+    }
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        for reader, where in readers.items():
+            # When each reader's condition is planned
+            plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN SELECT id FROM webhook_events WHERE {where}"))  # noqa: S608 - fixed conditions
+            # Then the partial index serves it
+            assert "ix_webhook_events_not_done" in plan, (reader, plan)

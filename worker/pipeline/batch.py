@@ -134,7 +134,7 @@ def _transaction(
         paused_flag = ledger.queue_is_paused(trips)
         early = apply.lock(trips, [c for _, c in _changes(entries, settings)]) if lock_early else None
         trips.send()
-        claims = ledger.claims_in(claimed.fetchall())
+        claims = ledger.claims_in(claimed.fetchall(), entries)
         # A redelivery whose body is not the one stored is never applied: the stored one is.
         conflicting = ledger.note_conflicts(
             trips, [e for e in entries if claims[e.svix_id].stored_sha256 not in (None, e.body_sha256)]
@@ -164,6 +164,8 @@ def _transaction(
             pending.append(entry)
         if pending and ledger.paused_in(paused_flag.fetchall()):
             log.info("events_held_paused", count=len(pending))
+            # A new row went in provisionally as processed: it is recorded pending after all.
+            finished.update((e.svix_id, (EventStatus.PENDING, None)) for e in pending if claims[e.svix_id].provisional)
             pending = []
         for entry in pending:
             event = entry.event
@@ -197,7 +199,7 @@ def _transaction(
             status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
             outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
             finished[entry.svix_id] = (status, applied.reason)
-        ledger.finish(trips, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished})
+        ledger.finish(trips, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished}, claims)
     return [(entry, outcomes[entry.svix_id]) for entry in entries]
 
 

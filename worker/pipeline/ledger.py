@@ -6,6 +6,13 @@ redelivery) serialise and the second sees the first's final status. An event tha
 no applying (a type that is not synced, a body that is not a valid event) is inserted
 already final. ``finish`` records the batch's outcomes in one statement.
 
+One write per new event: in the apply transaction a new event's row is inserted as it will
+most likely end (``processed``, its attempt counted), and ``finish`` touches only the rows
+that end otherwise (ignored, dead, held by a pause) or existed before. Nobody else can see
+the row before the commit, so the guess is never observed; the update it saves was never a
+HOT one (``status`` and ``updated_at`` are indexed) and cost a new row version and an entry
+in each of the ledger's eight indexes (docs/performance.md).
+
 A row keeps the body first received under its svix-id: a redelivery whose body differs
 (not merely re-serialised: the stored JSON is compared as JSON) is recorded in
 ``conflicts`` and never applied.
@@ -124,9 +131,14 @@ def bare(entry: Entry) -> Entry:
 
 @dataclass(frozen=True)
 class Claim:
-    status: EventStatus
+    status: EventStatus  # pending for a row inserted provisionally
     inserted: bool  # this claim created the row
     stored_sha256: str | None
+
+    @property
+    def provisional(self) -> bool:
+        """Inserted as ``processed`` before applying: ``finish`` corrects it if it ends otherwise."""
+        return self.inserted and self.status is EventStatus.PENDING
 
 
 _CLAIM = text(
@@ -135,17 +147,20 @@ _CLAIM = text(
         svix_id, event_type, status, attempts, last_error, errors, payload, raw_body, body_sha256,
         svix_timestamp, entity_id, user_clerk_id, organization_clerk_id, received_at, processed_at, updated_at
     )
-    SELECT u.svix_id, u.event_type, u.status,
-           CASE WHEN u.status = 'pending' THEN 0 ELSE 1 END,
+    SELECT u.svix_id, u.event_type,
+           -- Provisionally: an event to apply is recorded as most of them end (see the docstring).
+           CASE WHEN u.status = 'pending' AND :provisional THEN 'processed' ELSE u.status END,
+           CASE WHEN u.status = 'pending' AND NOT :provisional THEN 0 ELSE 1 END,
            u.reason,
            CASE WHEN u.status = 'dead'
                 THEN jsonb_build_array(jsonb_build_object('at', now(), 'error', u.reason))
                 ELSE '[]'::jsonb END,
            CAST(u.payload AS jsonb), u.raw_body, u.sha,
            u.svix_timestamp, u.entity_id, u.user_id, u.org_id,
-           -- One transaction per batch: keep the arrival order in received_at.
+           -- One transaction per batch: keep the arrival order in received_at and processed_at.
            now() + u.position * interval '1 microsecond',
-           CASE WHEN u.status = 'pending' THEN NULL ELSE clock_timestamp() END,
+           CASE WHEN u.status = 'pending' AND NOT :provisional THEN NULL
+                ELSE statement_timestamp() + u.position * interval '1 microsecond' END,
            now()
     FROM unnest(
         CAST(:svix_id AS text[]), CAST(:event_type AS text[]), CAST(:status AS text[]), CAST(:reason AS text[]),
@@ -162,24 +177,33 @@ _CLAIM = text(
 
 
 def claim(session: Session, entries: Sequence[Entry]) -> dict[str, Claim]:
-    """Insert each entry's row or lock the existing one; svix_id -> its state now."""
-    return claims_in(session.execute(_CLAIM, _claim_params(entries)))
+    """Insert each entry's row (an event to apply as ``pending``) or lock the existing one;
+    svix_id -> its state now."""
+    return claims_in(session.execute(_CLAIM, _claim_params(entries, provisional=False)), entries)
 
 
 def queue_claim(trips: Trips, entries: Sequence[Entry]) -> Any:
-    """``claim`` queued on ``trips``: ``claims_in(cursor.fetchall())`` once sent."""
-    return trips.queue(_CLAIM, _claim_params(entries))
+    """``claim`` queued on ``trips``, new events to apply inserted provisionally as ``processed``:
+    ``claims_in(cursor.fetchall(), entries)`` once sent, and ``finish`` before the commit."""
+    return trips.queue(_CLAIM, _claim_params(entries, provisional=True))
 
 
-def claims_in(rows: Iterable[Any]) -> dict[str, Claim]:
+def claims_in(rows: Iterable[Any], entries: Sequence[Entry]) -> dict[str, Claim]:
+    """svix_id -> its state: a row this claim inserted has the status its entry was read with."""
+    first = {e.svix_id: e.status for e in entries}
     return {
-        row.svix_id: Claim(status=EventStatus(row.status), inserted=row.inserted, stored_sha256=row.body_sha256)
+        row.svix_id: Claim(
+            status=first[row.svix_id] if row.inserted else EventStatus(row.status),
+            inserted=row.inserted,
+            stored_sha256=row.body_sha256,
+        )
         for row in rows
     }
 
 
-def _claim_params(entries: Sequence[Entry]) -> dict[str, list[Any]]:
+def _claim_params(entries: Sequence[Entry], *, provisional: bool) -> dict[str, Any]:
     return {
+        "provisional": provisional,
         "svix_id": [e.svix_id for e in entries],
         "event_type": [e.event_type for e in entries],
         "status": [e.status.value for e in entries],
@@ -255,27 +279,41 @@ def stored_bodies(trips: Trips, svix_ids: Sequence[str]) -> dict[str, str | None
 _FINISH = text(
     """
     UPDATE webhook_events AS w
-    SET status = u.status, attempts = w.attempts + 1, last_error = u.reason,
+    SET status = u.status,
+        -- A provisional row has its attempt counted already (and a held one none).
+        attempts = CASE WHEN NOT u.provisional THEN w.attempts + 1 WHEN u.status = 'pending' THEN 0 ELSE w.attempts END,
+        last_error = u.reason,
         -- One statement for the batch: keep the arrival order in processed_at too.
-        processed_at = statement_timestamp() + u.position * interval '1 microsecond',
+        processed_at = CASE WHEN u.status = 'pending' THEN NULL
+                            WHEN u.provisional THEN w.processed_at
+                            ELSE statement_timestamp() + u.position * interval '1 microsecond' END,
         next_attempt_at = NULL, updated_at = now()
-    FROM unnest(CAST(:svix_id AS text[]), CAST(:status AS text[]), CAST(:reason AS text[]), CAST(:position AS int[]))
-         AS u(svix_id, status, reason, position)
+    FROM unnest(
+        CAST(:svix_id AS text[]), CAST(:status AS text[]), CAST(:reason AS text[]), CAST(:position AS int[]),
+        CAST(:provisional AS boolean[])
+    ) AS u(svix_id, status, reason, position, provisional)
     WHERE w.svix_id = u.svix_id
     """
 )
 
 
-def finish(trips: Trips, outcomes: dict[str, tuple[EventStatus, str | None]]) -> None:
-    """Queue the final status of each event applied in this transaction, in ``outcomes``' order (arrival)."""
-    if outcomes:
+def finish(trips: Trips, outcomes: dict[str, tuple[EventStatus, str | None]], claims: dict[str, Claim]) -> None:
+    """Queue the final status of each event of this transaction that is not already recorded, in
+    ``outcomes``' order (arrival); a provisional row that was held by a pause goes back to pending."""
+    changed = [
+        (position, svix_id, status, reason)
+        for position, (svix_id, (status, reason)) in enumerate(outcomes.items())
+        if not (claims[svix_id].provisional and (status, reason) == (EventStatus.PROCESSED, None))
+    ]
+    if changed:
         trips.queue(
             _FINISH,
             {
-                "svix_id": list(outcomes),
-                "status": [status.value for status, _ in outcomes.values()],
-                "reason": [reason for _, reason in outcomes.values()],
-                "position": list(range(len(outcomes))),
+                "svix_id": [svix_id for _, svix_id, _, _ in changed],
+                "status": [status.value for _, _, status, _ in changed],
+                "reason": [reason for _, _, _, reason in changed],
+                "position": [position for position, _, _, _ in changed],
+                "provisional": [claims[svix_id].provisional for _, svix_id, _, _ in changed],
             },
         )
 
