@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from msgspec import Meta, Struct, defstruct
+from msgspec import Meta, Struct
 
 # 2000-01-01 and 2100-01-01, in seconds and in milliseconds.
 _MIN_SECONDS, _MAX_SECONDS = 946_684_800, 4_102_444_800
@@ -86,7 +86,7 @@ class _Account(_Metadata, frozen=True, kw_only=True):
 
 
 class _OrganizationObject(_Versioned, frozen=True, kw_only=True):
-    """An object one organization holds (an invitation, a domain), naming it by id."""
+    """An object one organization holds (an invitation, a domain), naming the organization by id."""
 
     organization_id: OrganizationId
 
@@ -205,15 +205,20 @@ class DomainData(_OrganizationObject, frozen=True):
     verification: DomainVerification | None = None
 
 
-def _only_id(name: str, id_type: Any) -> type[Struct]:
-    """What a delete event carries when it carries only the object's id (it is ordered by the envelope's timestamp)."""
-    return defstruct(name, [("id", id_type)], frozen=True, module=__name__)
+class DeletedDomain(Struct, frozen=True):
+    """``organizationDomain.deleted`` carries only the id, like a user's delete."""
+
+    id: DomainId
 
 
-# user.deleted, organization.deleted and organizationDomain.deleted.
-DeletedUser = _only_id("DeletedUser", UserId)
-DeletedOrganization = _only_id("DeletedOrganization", OrganizationId)
-DeletedDomain = _only_id("DeletedDomain", DomainId)
+class DeletedUser(Struct, frozen=True):
+    """``user.deleted`` carries only the id (ordered by the envelope's timestamp)."""
+
+    id: UserId
+
+
+class DeletedOrganization(Struct, frozen=True):
+    id: OrganizationId
 
 
 class DeletedMembership(_MembershipDetails, frozen=True, kw_only=True):
