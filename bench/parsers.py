@@ -1,105 +1,88 @@
 """Which validation library parses Clerk's bodies fastest: msgspec (what shared/events.py uses) or pydantic 2.
 
 `python -m bench.parsers` parses each sample of a synced type many times with both, the pydantic models
-declaring the same fields and rules as shared/clerk_objects.py, and prints microseconds per body.
+built from the msgspec structs' own field definitions (shared/events.py's EVENT_TYPES, so the two cannot
+drift), and prints microseconds per body.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+import types
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from shared.events import SYNCED_TYPES, parse
+from shared.clerk_objects import ClerkTime, check_times
+from shared.events import EVENT_TYPES, SYNCED_TYPES, parse
 
 SAMPLES = Path(__file__).resolve().parents[1] / "worker" / "cli" / "samples"
 ROUNDS = 2000
-Time = Annotated[int, Field(ge=946_684_800, le=4_102_444_800_000, strict=True)]
-
-
-def _id(prefix: str) -> Any:
-    return Annotated[str, Field(pattern=f"^{prefix}[!-~]+$", max_length=64)]
+# The msgspec.Meta constraints the structs use, and pydantic's Field arguments of the same names.
+CONSTRAINTS = ("ge", "le", "pattern", "max_length")
 
 
 class _Model(BaseModel):
+    # msgspec's defaults: unknown fields ignored, no coercion between types.
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class Email(_Model):
-    id: str
-    email_address: str
+def _times_checked(names: tuple[str, ...]) -> Any:
+    """What the structs' ``__post_init__`` adds to the bounds: ``check_times`` refuses the gap between the ranges."""
+
+    def check(model: BaseModel) -> BaseModel:
+        check_times(model, *names)  # type: ignore[arg-type]
+        return model
+
+    return model_validator(mode="after")(check)
 
 
-class _Versioned(_Model):
-    """Clerk's times on every synced object."""
-
-    updated_at: Time
-    created_at: Time | None = None
-
-
-class _Account(_Versioned):
-    """What users and organizations both carry."""
-
-    image_url: str | None = None
-    public_metadata: dict[str, Any] | None = None
-
-
-class User(_Account):
-    id: _id("user_")  # type: ignore[valid-type]
-    primary_email_address_id: str | None = None
-    email_addresses: list[Email] | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    username: str | None = None
-    profile_image_url: str | None = None
+def _pydantic(annotation: Any) -> Any:
+    """The pydantic annotation for a msgspec struct field's resolved type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        metas = [extra for extra in annotation.__metadata__ if isinstance(extra, msgspec.Meta)]
+        rules = {name: getattr(meta, name) for meta in metas for name in CONSTRAINTS if getattr(meta, name) is not None}
+        return Annotated[_pydantic(args[0]), Field(**rules)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_pydantic(arg) for arg in args)]  # noqa: UP007 - built at run time
+    if origin in (list, dict):
+        return origin[tuple(_pydantic(arg) for arg in args)]
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return model_of(annotation)
+    return annotation
 
 
-class Organization(_Account):
-    id: _id("org_")  # type: ignore[valid-type]
-    name: str | None = None
-    slug: str | None = None
-    logo_url: str | None = None
+@cache
+def model_of(struct: type[msgspec.Struct]) -> type[BaseModel]:
+    """A pydantic model declaring the fields and rules of a msgspec struct, read from the struct itself.
+
+    Its times are checked as ``check_times`` checks them. The envelope's ``clerk_data`` (a
+    ``msgspec.Raw`` that ``parse`` fills in, never read from the body) is left out; a tagged
+    struct gets its tag as a ``Literal`` field to discriminate on.
+    """
+    fields: dict[str, Any] = {}
+    times = tuple(
+        field.name for field in msgspec.structs.fields(struct) if ClerkTime in (field.type, *get_args(field.type))
+    )
+    config = struct.__struct_config__
+    if isinstance(config.tag_field, str):
+        fields[config.tag_field] = (Literal[config.tag], ...)
+    for field in msgspec.structs.fields(struct):
+        if field.type is msgspec.Raw:
+            continue
+        fields[field.name] = (_pydantic(field.type), ... if field.required else field.default)
+    validators = {"times": _times_checked(times)} if times else None
+    return create_model(f"Pydantic{struct.__name__}", __base__=_Model, __validators__=validators, **fields)
 
 
-class Ref(_Model):
-    id: _id("org_")  # type: ignore[valid-type]
-
-
-class Member(_Model):
-    user_id: _id("user_")  # type: ignore[valid-type]
-
-
-class Membership(_Versioned):
-    id: _id("orgmem_")  # type: ignore[valid-type]
-    organization: Ref
-    public_user_data: Member
-    role: str | None = None
-
-
-class Deleted(_Model):
-    id: str
-
-
-def _event(types: tuple[str, ...], data: type[BaseModel]) -> type[BaseModel]:
-    return type(  # a pydantic model per family of types, discriminated on `type`
-        f"Event_{data.__name__}",
-        (_Model,),
-        {"__annotations__": {"type": Literal[types], "timestamp": Time, "instance_id": str | None, "data": data},
-         "instance_id": None},
-    )  # fmt: skip
-
-
-PYDANTIC = TypeAdapter(
-    Annotated[
-        _event(("user.created", "user.updated"), User)
-        | _event(("organization.created", "organization.updated"), Organization)
-        | _event(("organizationMembership.created", "organizationMembership.updated"), Membership)
-        | _event(("user.deleted", "organization.deleted", "organizationMembership.deleted"), Deleted),
-        Field(discriminator="type"),
-    ]
+# Every synced event type, discriminated on `type` like msgspec's tagged union.
+PYDANTIC: TypeAdapter[Any] = TypeAdapter(
+    Annotated[Union[tuple(model_of(struct) for struct in EVENT_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 )
 
 

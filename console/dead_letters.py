@@ -23,7 +23,7 @@ from console.auth import current_actor
 from console.state import state
 from shared.publish import QueueUnavailable
 from worker.ops import dead_letters, inputs, timeline
-from worker.ops.dead_letters import DeadFilter, OperationError, Result
+from worker.ops.dead_letters import DeadFilter, Instruction, OperationError, Result
 
 blueprint = Blueprint("dead_letters", __name__)
 PAGE_SIZE = 50
@@ -101,15 +101,13 @@ def _act(
 ) -> tuple[Result, str | None]:
     """Replay or discard in batches (each its own transaction); returns what was done and any failure."""
     console = state()
-    actor = current_actor()
+    instruction = Instruction(current_actor(), selection=selection, skip_not_dead=skip_not_dead)
     progress = Result()
 
     def act(session: Session, batch: Sequence[str]) -> Result:
         if action == "replay":
-            return dead_letters.replay(
-                session, console.publisher, batch, actor=actor, selection=selection, skip_not_dead=skip_not_dead
-            )
-        return dead_letters.discard(session, batch, actor=actor, selection=selection, skip_not_dead=skip_not_dead)
+            return dead_letters.replay(session, console.publisher, batch, instruction)
+        return dead_letters.discard(session, batch, instruction)
 
     try:
         dead_letters.in_batches(console.sessions.begin, svix_ids, act, progress=progress)

@@ -71,6 +71,26 @@ class _Versioned(Struct, frozen=True, kw_only=True):
         check_times(self, *self.time_fields)
 
 
+class _Metadata(_Versioned, frozen=True, kw_only=True):
+    """The metadata users, organizations and memberships carry (private_metadata kept only when
+    SYNC_PRIVATE_METADATA is on)."""
+
+    public_metadata: Metadata | None = None
+    private_metadata: Metadata | None = None
+
+
+class _Account(_Metadata, frozen=True, kw_only=True):
+    """What users and organizations both carry (shared.models.AccountMixin holds it)."""
+
+    image_url: str | None = None
+
+
+class _OrganizationObject(_Versioned, frozen=True, kw_only=True):
+    """An object one organization holds (an invitation, a domain), naming the organization by id."""
+
+    organization_id: OrganizationId
+
+
 class EmailAddress(Struct, frozen=True):
     id: str
     email_address: str
@@ -81,7 +101,7 @@ class PhoneNumber(Struct, frozen=True):
     phone_number: str | None = None
 
 
-class UserData(_Versioned, frozen=True):
+class UserData(_Account, frozen=True):
     """A user as ``user.created``/``user.updated`` and ``GET /v1/users`` carry it."""
 
     time_fields = ("updated_at", "created_at", "last_sign_in_at", "last_active_at")
@@ -92,10 +112,7 @@ class UserData(_Versioned, frozen=True):
     first_name: str | None = None
     last_name: str | None = None
     username: str | None = None
-    image_url: str | None = None
     profile_image_url: str | None = None
-    public_metadata: Metadata | None = None
-    private_metadata: Metadata | None = None
     unsafe_metadata: Metadata | None = None
     external_id: str | None = None
     primary_phone_number_id: str | None = None
@@ -122,16 +139,13 @@ class UserData(_Versioned, frozen=True):
         return None
 
 
-class OrganizationData(_Versioned, frozen=True):
+class OrganizationData(_Account, frozen=True):
     """An organization as ``organization.created``/``.updated`` and ``GET /v1/organizations`` carry it."""
 
     id: OrganizationId
     name: str | None = None
     slug: str | None = None
-    image_url: str | None = None
     logo_url: str | None = None
-    public_metadata: Metadata | None = None
-    private_metadata: Metadata | None = None
     members_count: Count | None = None
     max_allowed_memberships: Count | None = None
     created_by: str | None = None
@@ -145,13 +159,11 @@ class PublicUserData(Struct, frozen=True):
     user_id: UserId
 
 
-class _MembershipDetails(_Versioned, frozen=True, kw_only=True):
+class _MembershipDetails(_Metadata, frozen=True, kw_only=True):
     """What a membership holds besides its id, organization and user: a live one and a deleted one alike."""
 
     role: str | None = None
     permissions: list[str] | None = None
-    public_metadata: Metadata | None = None
-    private_metadata: Metadata | None = None
 
 
 class MembershipData(_MembershipDetails, frozen=True):
@@ -162,7 +174,7 @@ class MembershipData(_MembershipDetails, frozen=True):
     public_user_data: PublicUserData
 
 
-class InvitationData(_Versioned, frozen=True):
+class InvitationData(_OrganizationObject, frozen=True):
     """An organization invitation: ``organizationInvitation.*`` and ``GET /v1/organizations/{id}/invitations``.
 
     Clerk sends the whole invitation each time and never deletes one: it ends ``accepted``
@@ -172,7 +184,6 @@ class InvitationData(_Versioned, frozen=True):
     time_fields = ("updated_at", "created_at", "expires_at")
 
     id: InvitationId
-    organization_id: OrganizationId
     email_address: str | None = None
     role: str | None = None
     status: str | None = None
@@ -184,11 +195,10 @@ class DomainVerification(Struct, frozen=True):
     status: str | None = None
 
 
-class DomainData(_Versioned, frozen=True):
+class DomainData(_OrganizationObject, frozen=True):
     """An organization domain: ``organizationDomain.created``/``.updated``, ``GET /v1/organizations/{id}/domains``."""
 
     id: DomainId
-    organization_id: OrganizationId
     name: str | None = None
     enrollment_mode: str | None = None
     # null until the domain is verified

@@ -9,7 +9,7 @@ duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     ARRAY,
@@ -26,7 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 # Re-exported: the statuses live in an import-free module (the CLI's fast start needs them).
 from shared.statuses import EVENT_STATUSES as EVENT_STATUSES
@@ -72,17 +72,18 @@ def _metadata_column() -> Mapped[dict[str, Any]]:
     return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
 
 
-def _private_metadata_column() -> Mapped[dict[str, Any] | None]:
+class MetadataMixin:
+    """The metadata users, organizations and memberships carry."""
+
+    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
     # Written only while SYNC_PRIVATE_METADATA is on; null otherwise.
-    return mapped_column(JSONB)
+    private_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
-class AccountMixin:
+class AccountMixin(MetadataMixin):
     """What users and organizations both have: a picture, metadata, and the application's plan."""
 
     image_url: Mapped[str | None] = mapped_column(Text)
-    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
-    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
     # Owned by the application: no event ever writes it.
     plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
 
@@ -116,36 +117,46 @@ class Organization(AccountMixin, SyncedMixin, Base):
     created_by: Mapped[str | None] = mapped_column(String(64))
 
 
-class OrganizationMembership(SyncedMixin, Base):
-    __tablename__ = "organization_memberships"
-    __table_args__ = (
-        Index("ix_memberships_organization", "organization_clerk_id"),
-        Index("ix_memberships_user", "user_clerk_id"),
-    )
+class OrganizationObjectMixin:
+    """What an organization's objects (memberships, invitations, domains) share: the organization's
+    clerk_id, indexed as ``ix_<index_name>_organization``. No foreign key: an object may arrive
+    before its organization (or its user)."""
 
-    # No foreign keys: a membership may arrive before its user or organization.
+    # Names the table's indexes: ix_memberships_organization, ix_memberships_user, ...
+    index_name: ClassVar[str]
+    # The table's other indexes.
+    indexes: ClassVar[tuple[Index, ...]] = ()
+
     organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
+
+    @declared_attr.directive
+    @classmethod
+    def __table_args__(cls) -> tuple[Index, ...]:
+        return (Index(f"ix_{cls.index_name}_organization", "organization_clerk_id"), *cls.indexes)
+
+
+class OrganizationMembership(OrganizationObjectMixin, MetadataMixin, SyncedMixin, Base):
+    __tablename__ = "organization_memberships"
+    index_name = "memberships"
+    indexes = (Index("ix_memberships_user", "user_clerk_id"),)
+
     user_clerk_id: Mapped[str | None] = mapped_column(String(64))
     role: Mapped[str | None] = mapped_column(Text)
     # The role's permissions, a JSON array of strings ("org:posts:read", ...).
     permissions: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
-    public_metadata: Mapped[dict[str, Any]] = _metadata_column()
-    private_metadata: Mapped[dict[str, Any] | None] = _private_metadata_column()
 
 
-class OrganizationInvitation(SyncedMixin, Base):
+class OrganizationInvitation(OrganizationObjectMixin, SyncedMixin, Base):
     """An invitation to an organization: pending until accepted or revoked (Clerk never deletes one)."""
 
     __tablename__ = "organization_invitations"
-    __table_args__ = (
-        Index("ix_invitations_organization", "organization_clerk_id"),
+    index_name = "invitations"
+    indexes = (
         # The PII scrub finds a deleted user's invitations by address.
         Index("ix_invitations_email", text("lower(email)")),
         Index("ix_invitations_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),
     )
 
-    # No foreign keys: an invitation may arrive before its organization.
-    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
     email: Mapped[str | None] = mapped_column(Text)
     role: Mapped[str | None] = mapped_column(Text)
     # pending, accepted, revoked (or expired, which Clerk announces by no event)
@@ -155,16 +166,13 @@ class OrganizationInvitation(SyncedMixin, Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class OrganizationDomain(SyncedMixin, Base):
+class OrganizationDomain(OrganizationObjectMixin, SyncedMixin, Base):
     """A domain an organization claims, for automatic invitations or suggestions once verified."""
 
     __tablename__ = "organization_domains"
-    __table_args__ = (
-        Index("ix_domains_organization", "organization_clerk_id"),
-        Index("ix_domains_name", "name"),
-    )
+    index_name = "domains"
+    indexes = (Index("ix_domains_name", "name"),)
 
-    organization_clerk_id: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(Text)
     # automatic_invitation, automatic_suggestion or manual_invitation
     enrollment_mode: Mapped[str | None] = mapped_column(Text)

@@ -19,7 +19,7 @@ from tests.support.ledger import add_event, audit_rows, statuses, wait_until_fin
 from tests.support.processes import free_port
 from tests.support.signing import load_payload, post_event
 from worker.ops import dead_letters
-from worker.ops.dead_letters import DeadFilter, OperationError, UnknownEvent
+from worker.ops.dead_letters import DeadFilter, Instruction, OperationError, UnknownEvent
 from worker.ops.inputs import parse_since
 
 
@@ -233,14 +233,16 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
         # When a replay names a processed event or an unknown one, nothing happens
         for named in (["msg_a", "msg_ok"], ["msg_a", "msg_nobody"], ["msg_scrubbed"]):
             with pytest.raises(OperationError), session_factory.begin() as session:
-                dead_letters.replay(session, app, named, actor=TESTER)
+                dead_letters.replay(session, app, named, Instruction(TESTER))
         with pytest.raises(UnknownEvent), session_factory.begin() as session:
-            dead_letters.replay(session, app, ["msg_nobody"], actor=TESTER)
+            dead_letters.replay(session, app, ["msg_nobody"], Instruction(TESTER))
         assert redis_client.llen(settings.queue_name) == 0
 
         # When --all style replay skips what is no longer dead
         with session_factory.begin() as session:
-            result = dead_letters.replay(session, app, ["msg_b", "msg_a", "msg_ok"], actor=TESTER, skip_not_dead=True)
+            result = dead_letters.replay(
+                session, app, ["msg_b", "msg_a", "msg_ok"], Instruction(TESTER, skip_not_dead=True)
+            )
     finally:
         app.close()
 
@@ -258,9 +260,9 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
 
     # And discard deletes only the dead rows it names
     with pytest.raises(OperationError), session_factory.begin() as session:
-        dead_letters.discard(session, ["msg_scrubbed", "msg_ok"], actor=TESTER)
+        dead_letters.discard(session, ["msg_scrubbed", "msg_ok"], Instruction(TESTER))
     with session_factory.begin() as session:
-        assert dead_letters.discard(session, ["msg_scrubbed"], actor=TESTER).done == ["msg_scrubbed"]
+        assert dead_letters.discard(session, ["msg_scrubbed"], Instruction(TESTER)).done == ["msg_scrubbed"]
     with session_factory() as session:
         assert sorted(session.scalars(select(WebhookEvent.svix_id))) == ["msg_a", "msg_b", "msg_ok"]
 

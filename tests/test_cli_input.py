@@ -6,6 +6,7 @@ unknown ids, control characters in stored data, and ``--all`` asking before it a
 
 from __future__ import annotations
 
+import argparse
 import os
 import pty
 import select as io_select
@@ -18,6 +19,7 @@ from shared.config import load_settings
 from shared.passwords import check_password
 from tests.support.cli import one_line_error, run_cli
 from tests.support.ledger import add_event, audit_rows, statuses
+from worker.cli import COMMANDS, build_parser
 from worker.ops import status
 from worker.pipeline import ledger
 
@@ -203,3 +205,22 @@ def test_console_password_prints_a_hash_the_console_accepts(base_env, tmp_path):
 
 def test_status_reads_the_flag_the_worker_writes():
     assert status.PAUSED_FLAG == ledger.PAUSED_FLAG
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (subparsers,) = (action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def test_a_command_parsed_alone_is_the_command_of_the_whole_parser():
+    # Given the parser of every command (what --help lists)
+    every = _commands(build_parser())
+    # Then the command table names exactly those commands, in --help's order
+    assert list(every) == list(COMMANDS)
+    for name, module in COMMANDS.items():
+        # When the parser is built for a command line that starts with one command
+        alone = _commands(build_parser([name, "--help"]))
+        # Then it holds that command (and only its module's), with the same arguments and help
+        assert name in alone
+        assert set(alone) == {other for other, owner in COMMANDS.items() if owner == module}
+        assert alone[name].format_help() == every[name].format_help()

@@ -6,6 +6,7 @@ Postgres and Redis and talks HTTP to it.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 
@@ -15,17 +16,22 @@ import requests
 from devkit.waiting import wait_for
 from shared.models import WebhookEvent
 from tests.support.console import OPERATOR, PASSWORD, console_env
-from tests.support.ledger import audit_rows
+from tests.support.ledger import add_event, audit_rows, statuses
 from tests.support.processes import free_port
 
 PAGES = ("/", "/dead", "/events/msg_x", "/entities?q=user_a", "/audit", "/dead/discard-all")
 CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard", "/dead/discard-all")
 
 
-def csrf_token(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+def hidden_input(html: str, name: str) -> str:
+    """The value of a form's hidden input."""
+    match = re.search(rf'name="{name}" value="([^"]+)"', html)
     assert match, html
     return match.group(1)
+
+
+def csrf_token(html: str) -> str:
+    return hidden_input(html, "csrf_token")
 
 
 def log_in(http: requests.Session, url: str, password: str, **headers: str) -> requests.Response:
@@ -168,3 +174,33 @@ def test_dead_letters_are_paged_and_a_bad_page_or_filter_is_refused(processes, s
     for query in ("page=0", "page=abc", "since=2999-01-01", "entity=not%20an%20id"):
         response = http.get(f"{console.url}/dead?{query}", timeout=10)
         assert response.status_code == 400, query
+
+
+def test_an_operator_replays_one_event_and_discards_a_filtered_selection(processes, session_factory):
+    # Given three dead events and a logged-in operator
+    with session_factory.begin() as session:
+        add_event(session, "msg_http_one", "dead", age=dt.timedelta(minutes=3))
+        add_event(session, "msg_http_a", "dead", age=dt.timedelta(minutes=2), event_type="user.updated")
+        add_event(session, "msg_http_b", "dead", age=dt.timedelta(minutes=1), event_type="user.updated")
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    # When one event is replayed from its page
+    token = csrf_token(http.get(f"{console.url}/events/msg_http_one", timeout=10).text)
+    response = http.post(f"{console.url}/events/msg_http_one/replay", data={"csrf_token": token}, timeout=30)
+    assert response.status_code == 200
+    # and the user.updated ones are discarded through the bulk preview
+    preview = http.get(f"{console.url}/dead/discard-all?type=user.updated", timeout=10).text
+    form = {"csrf_token": csrf_token(preview), "digest": hidden_input(preview, "digest"), "type": "user.updated"}
+    assert http.post(f"{console.url}/dead/discard-all", data=form, timeout=30).status_code == 200
+
+    # Then the replayed event waits for the worker again, the discarded ones are gone
+    assert statuses(session_factory) == {"msg_http_one": "pending"}
+    # And each action is audited under the operator's name, the bulk one with its filter
+    assert [
+        (row.operator, row.source, row.action, row.svix_ids, row.filter) for row in audit_rows(session_factory)
+    ] == [
+        (OPERATOR, "console", "replay", ["msg_http_one"], None),
+        (OPERATOR, "console", "discard", ["msg_http_a", "msg_http_b"], {"type": "user.updated"}),
+    ]

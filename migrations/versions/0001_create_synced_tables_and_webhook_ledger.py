@@ -11,6 +11,8 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from migrations.frozen_shapes import synced_columns, synced_keys
+
 # revision identifiers, used by Alembic.
 revision: str = '0001'
 down_revision: Union[str, Sequence[str], None] = None
@@ -20,17 +22,7 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def _synced_columns(table: str) -> list[Any]:
     """What every synced table ends with (shared.models.SyncedMixin as of this revision)."""
-    return [
-        sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column('clerk_id', sa.String(length=64), nullable=False),
-        sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
-        sa.Column('clerk_updated_at', sa.BigInteger(), nullable=True),
-        sa.Column('synced_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.PrimaryKeyConstraint('id', name=op.f(f'pk_{table}')),
-        sa.UniqueConstraint('clerk_id', name=op.f(f'uq_{table}_clerk_id')),
-    ]
+    return [*synced_columns(), *synced_keys(table)]
 
 
 def _account_columns() -> list[Any]:

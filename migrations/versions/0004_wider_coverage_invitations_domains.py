@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from migrations.frozen_shapes import synced_columns, synced_keys
+
 revision: str = "0004"
 down_revision: Union[str, Sequence[str], None] = "0003"
 branch_labels: Union[str, Sequence[str], None] = None
@@ -36,17 +38,8 @@ def _texts(*names: str) -> list[sa.Column]:
 
 
 def _synced_columns() -> list[sa.Column]:
-    """What every synced table has (shared.models.SyncedMixin)."""
-    return [
-        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
-        sa.Column("clerk_id", sa.String(length=64), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("clerk_updated_at", sa.BigInteger(), nullable=True),
-        sa.Column("synced_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        _jsonb("clerk_data"),
-    ]
+    """What every synced table has (shared.models.SyncedMixin): 0001's columns, then clerk_data."""
+    return [*synced_columns(), _jsonb("clerk_data")]
 
 
 def _create_organization_table(table: str, index_prefix: str, *columns: sa.Column) -> None:
@@ -57,8 +50,7 @@ def _create_organization_table(table: str, index_prefix: str, *columns: sa.Colum
         *_synced_columns(),
         sa.Column("organization_clerk_id", sa.String(length=64), nullable=True),
         *columns,
-        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{table}")),
-        sa.UniqueConstraint("clerk_id", name=op.f(f"uq_{table}_clerk_id")),
+        *synced_keys(table),
     )
     op.create_index(f"ix_{index_prefix}_organization", table, ["organization_clerk_id"])
 

@@ -1,40 +1,60 @@
 """clerk-sync: the operator's command line (CONTRACT section 6).
 
-Each command lives in a module of its own exposing ``register(subparsers)``; the
-list below is the whole table of contents. Exit codes: 0 success, 1 the operation
+Each command lives in a module of its own exposing ``register(subparsers)``;
+``COMMANDS`` below is the whole table of contents. Exit codes: 0 success, 1 the operation
 failed, 2 usage or configuration error; errors are one line on stderr, and anything
 read from the ledger is printed with its control characters escaped.
 
 Start-up is kept short (``--help`` and ``status`` in a fraction of a second, measured by
 ``bench/cli_startup.py``): modules here import only the standard library at the top,
-and each command imports what it needs when it runs.
+a command line naming a command imports that command's module alone, and each command
+imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 from typing import TYPE_CHECKING
 
-from worker.cli import backfill, console_password, dlq, events, pause, reconcile, send, status
 from worker.cli.common import CliError, Parser, printable
 
 if TYPE_CHECKING:
     from shared.config import Settings
 
-COMMAND_MODULES = (dlq, status, events, pause, backfill, reconcile, send, console_password)
+# Each command and the module of worker.cli that registers it, in the order --help lists them.
+COMMANDS = {
+    "dlq": "dlq",
+    "status": "status",
+    "events": "events",
+    "pause": "pause",
+    "resume": "pause",
+    "backfill": "backfill",
+    "reconcile": "reconcile",
+    "send": "send",
+    "console-password": "console_password",
+}
 
 
-def build_parser() -> Parser:
+def build_parser(argv: Sequence[str] | None = None) -> Parser:
+    """The command line's parser: every command's, or when ``argv`` starts with a command, that command's.
+
+    Parsing ``clerk-sync status ...`` then imports and builds only what ``status`` needs (the
+    usage line and every message stay the same); ``--help`` and anything else get every command.
+    """
     parser = Parser(prog="clerk-sync", description="Operate clerk-sync: dead letters, status, sync.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    named = COMMANDS.get(argv[0]) if argv else None
+    for module in [named] if named is not None else dict.fromkeys(COMMANDS.values()):
+        import_module(f"worker.cli.{module}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # one line and exit 2 on a usage error
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)  # one line and exit 2 on a usage error
     from shared.config import ConfigError
 
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from worker.cli.common import (
     CliError,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from shared.config import Settings
-    from worker.ops.dead_letters import DeadFilter, Result
+    from worker.ops.dead_letters import DeadFilter, Instruction, Result
 
 ERROR_WIDTH = 60
 
@@ -240,8 +240,8 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     app = publisher(settings)
 
-    def replay(session: Session, svix_ids: Sequence[str], **options: Any) -> Result:
-        return dead_letters.replay(session, app, svix_ids, **options)
+    def replay(session: Session, svix_ids: Sequence[str], instruction: Instruction) -> Result:
+        return dead_letters.replay(session, app, svix_ids, instruction)
 
     try:
         return _act_in_batches(args, settings, "replay", "replayed", replay)
@@ -256,7 +256,11 @@ def run_discard(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _act_in_batches(
-    args: argparse.Namespace, settings: Settings, verb: str, done: str, operation: Callable[..., Result]
+    args: argparse.Namespace,
+    settings: Settings,
+    verb: str,
+    done: str,
+    operation: Callable[[Session, Sequence[str], Instruction], Result],
 ) -> int:
     """``operation`` on the selected dead events, a transaction a batch; what is done stays done on a failure."""
     from shared.publish import QueueUnavailable
@@ -266,11 +270,11 @@ def _act_in_batches(
     if prepared is None:
         return 0
     svix_ids, filters = prepared
-    who = actor(args)
+    instruction = dead_letters.Instruction(actor(args), selection=filters, skip_not_dead=args.all)
     progress = dead_letters.Result()
 
     def step(session: Session, batch: Sequence[str]) -> Result:
-        return operation(session, batch, actor=who, selection=filters, skip_not_dead=args.all)
+        return operation(session, batch, instruction)
 
     try:
         dead_letters.in_batches(lambda: transaction(settings), svix_ids, step, progress=progress)

@@ -145,6 +145,18 @@ def _lock_dead(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool
     return [row for row in rows if row.status == "dead"]
 
 
+@dataclass(frozen=True)
+class Instruction:
+    """Who asks for a replay or discard, and how: what the audit row records besides the ids."""
+
+    actor: Actor
+    # The filter the ids came from (None when they were named), kept in the audit row.
+    selection: DeadFilter | None = None
+    # Skip named events that are missing or no longer dead (a bulk action races the worker and
+    # other operators) instead of refusing the whole batch.
+    skip_not_dead: bool = False
+
+
 @dataclass
 class Result:
     """Which of the named events an operation acted on, and which it skipped."""
@@ -158,18 +170,17 @@ def _finish(
     action: str,
     svix_ids: Sequence[str],
     dead: list[WebhookEvent],
-    *,
-    actor: Actor,
-    selection: DeadFilter | None,
+    instruction: Instruction,
 ) -> Result:
     """What ``action`` did to ``dead`` of the named ``svix_ids``, recorded in the audit table when it did anything."""
     done = [row.svix_id for row in dead]
     acted = set(done)
     result = Result(done=done, skipped=[svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in acted])
     if done:
+        selection = instruction.selection
         audit.record(
             session,
-            actor,
+            instruction.actor,
             action=action,
             svix_ids=done,
             count=len(done),
@@ -178,22 +189,13 @@ def _finish(
     return result
 
 
-def replay(
-    session: Session,
-    publisher: EventPublisher,
-    svix_ids: Sequence[str],
-    *,
-    actor: Actor,
-    selection: DeadFilter | None = None,
-    skip_not_dead: bool = False,
-) -> Result:
+def replay(session: Session, publisher: EventPublisher, svix_ids: Sequence[str], instruction: Instruction) -> Result:
     """Give dead events a fresh retry budget and enqueue them again, in order of arrival.
 
     ``attempts`` restarts from 0 so that the event has the whole budget again; the
-    ``errors`` history is kept, with a note of the replay appended. ``selection`` is the
-    filter the ids came from (None when they were named), kept in the audit row.
+    ``errors`` history is kept, with a note of the replay appended.
     """
-    dead = _lock_dead(session, svix_ids, skip_not_dead=skip_not_dead)
+    dead = _lock_dead(session, svix_ids, skip_not_dead=instruction.skip_not_dead)
     bodies = {row.svix_id: sweeper.body_of(row) for row in dead}
     unreplayable = [svix_id for svix_id, body in bodies.items() if body is None]
     if unreplayable:
@@ -217,26 +219,19 @@ def replay(
     for row in dead:
         # QueueUnavailable propagates: the caller rolls the batch back.
         publisher.publish(svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=bodies[row.svix_id] or "")
-    return _finish(session, "replay", svix_ids, dead, actor=actor, selection=selection)
+    return _finish(session, "replay", svix_ids, dead, instruction)
 
 
-def discard(
-    session: Session,
-    svix_ids: Sequence[str],
-    *,
-    actor: Actor,
-    selection: DeadFilter | None = None,
-    skip_not_dead: bool = False,
-) -> Result:
+def discard(session: Session, svix_ids: Sequence[str], instruction: Instruction) -> Result:
     """Delete dead events' rows: the operator has decided they will never be applied.
 
     Only dead rows are deleted. The svix-id is forgotten with its row, so a later
     redelivery of it by Svix would be processed as a new event.
     """
-    dead = _lock_dead(session, svix_ids, skip_not_dead=skip_not_dead)
+    dead = _lock_dead(session, svix_ids, skip_not_dead=instruction.skip_not_dead)
     if dead:
         session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
-    return _finish(session, "discard", svix_ids, dead, actor=actor, selection=selection)
+    return _finish(session, "discard", svix_ids, dead, instruction)
 
 
 Transaction = Callable[[], AbstractContextManager[Session]]
