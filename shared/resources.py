@@ -120,6 +120,11 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     return value if value is not None else {}
 
 
+def _metadata_columns(data: UserData | OrganizationData | MembershipData) -> dict[str, Any]:
+    """The metadata columns (shared.models.MetadataMixin) of an object that carries metadata."""
+    return {"public_metadata": _metadata(data.public_metadata), PRIVATE_METADATA: data.private_metadata}
+
+
 def _time(value: int | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(millis(value) / 1000, tz=dt.UTC)
 
@@ -131,7 +136,6 @@ def _user_row(data: UserData) -> dict[str, Any]:
         "last_name": data.last_name,
         "username": data.username,
         "image_url": data.image_url or data.profile_image_url,
-        "public_metadata": _metadata(data.public_metadata),
         "external_id": data.external_id,
         "phone_number": data.primary_phone,
         "banned": bool(data.banned),
@@ -139,7 +143,7 @@ def _user_row(data: UserData) -> dict[str, Any]:
         "last_sign_in_at": _time(data.last_sign_in_at),
         "last_active_at": _time(data.last_active_at),
         "unsafe_metadata": _metadata(data.unsafe_metadata),
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
@@ -148,11 +152,10 @@ def _organization_row(data: OrganizationData) -> dict[str, Any]:
         "name": data.name,
         "slug": data.slug,
         "image_url": data.image_url or data.logo_url,
-        "public_metadata": _metadata(data.public_metadata),
         "members_count": data.members_count,
         "max_allowed_memberships": data.max_allowed_memberships,
         "created_by": data.created_by,
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
@@ -162,8 +165,7 @@ def _membership_row(data: MembershipData) -> dict[str, Any]:
         "user_clerk_id": data.public_user_data.user_id,
         "role": data.role,
         "permissions": data.permissions if data.permissions is not None else [],
-        "public_metadata": _metadata(data.public_metadata),
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
