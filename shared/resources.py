@@ -26,6 +26,7 @@ from shared.clerk_objects import (
     MembershipData,
     OrganizationData,
     UserData,
+    id_prefix_of,
     millis,
 )
 from shared.models import (
@@ -49,21 +50,25 @@ class Resource:
 
     name: str  # as the CLI spells it: --users, backfill "users"
     model: type[SyncedMixin]
-    id_prefix: str
+    # What Clerk's event types start with: "<event_stem>.created", "<event_stem>.deleted", ...
+    event_stem: str
     # The instance-wide list; None when Clerk lists the resource only per organization.
     api_list_path: str | None
     # The object as webhooks and the Backend API carry it, and what its delete event carries.
     data_type: type[Struct]
     deleted_type: type[Struct] | None
-    upsert_types: tuple[str, ...]
-    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
-    delete_type: str | None
     # Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``).
     # ``row`` builds them all but clerk_data, which comes from the object as it was sent.
     columns: tuple[str, ...]
     row: Callable[[Any], dict[str, Any]]
-    # One object by id ("{id}" filled in), to confirm one is gone; None when Clerk has no such endpoint.
-    api_object_path: str | None = None
+    # The events that carry the object (after the stem): Clerk's convention, unless the resource
+    # has events of its own (an invitation is accepted or revoked).
+    upsert_actions: tuple[str, ...] = ("created", "updated")
+    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
+    delete_action: str | None = "deleted"
+    # Whether Clerk gets one object by id at its list path + "/{id}" (``api_object_path``), to
+    # confirm one is gone.
+    api_gets_by_id: bool = False
     # The list of one organization's objects ("{organization_id}" filled in): where a resource is
     # listed per organization, or where its instance-wide list is missing.
     api_per_organization_path: str | None = None
@@ -83,14 +88,37 @@ class Resource:
     # removed from clerk_data with the object's own unless SYNC_PRIVATE_METADATA is on. Each must be
     # validated as an object (or null) by ``data_type``.
     nested_private: tuple[str, ...] = ()
+    # What its ids start with ("user_"), read from ``data_type``'s id (shared.clerk_objects says it).
+    id_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id_prefix", id_prefix_of(self.data_type))
+        if self.deleted_type is not None and id_prefix_of(self.deleted_type) != self.id_prefix:
+            raise ValueError(f"{self.name}: deleted_type's ids are not {self.id_prefix}...")
+        if self.api_gets_by_id and self.api_list_path is None:
+            raise ValueError(f"{self.name}: api_gets_by_id needs api_list_path")
 
     @property
     def table_name(self) -> str:
         return str(self.model.__tablename__)  # type: ignore[attr-defined]
 
     @property
+    def upsert_types(self) -> tuple[str, ...]:
+        return tuple(f"{self.event_stem}.{action}" for action in self.upsert_actions)
+
+    @property
+    def delete_type(self) -> str | None:
+        return None if self.delete_action is None else f"{self.event_stem}.{self.delete_action}"
+
+    @property
     def event_types(self) -> tuple[str, ...]:
-        return self.upsert_types if self.delete_type is None else (*self.upsert_types, self.delete_type)
+        delete_type = self.delete_type
+        return self.upsert_types if delete_type is None else (*self.upsert_types, delete_type)
+
+    @property
+    def api_object_path(self) -> str | None:
+        """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
+        return f"{self.api_list_path}/{{id}}" if self.api_gets_by_id else None
 
     @property
     def private_columns(self) -> tuple[str, ...]:
@@ -192,14 +220,12 @@ def _domain_row(data: DomainData) -> dict[str, Any]:
 USERS = Resource(
     name="users",
     model=User,
-    id_prefix="user_",
+    # A user signs up or is created by an admin, the API or an import; then any profile change.
+    event_stem="user",
     api_list_path="/v1/users",
-    api_object_path="/v1/users/{id}",
+    api_gets_by_id=True,
     data_type=UserData,
     deleted_type=DeletedUser,
-    # A user signs up or is created by an admin, the API or an import; then any profile change.
-    upsert_types=("user.created", "user.updated"),
-    delete_type="user.deleted",
     columns=(
         "email",
         "first_name",
@@ -236,13 +262,11 @@ USERS = Resource(
 ORGANIZATIONS = Resource(
     name="organizations",
     model=Organization,
-    id_prefix="org_",
+    event_stem="organization",
     api_list_path="/v1/organizations",
-    api_object_path="/v1/organizations/{id}",
+    api_gets_by_id=True,
     data_type=OrganizationData,
     deleted_type=DeletedOrganization,
-    upsert_types=("organization.created", "organization.updated"),
-    delete_type="organization.deleted",
     columns=(
         "name",
         "slug",
@@ -261,15 +285,14 @@ ORGANIZATIONS = Resource(
 MEMBERSHIPS = Resource(
     name="memberships",
     model=OrganizationMembership,
-    id_prefix="orgmem_",
+    # created: a user joins (invitation accepted, added by an admin, or created the organization);
+    # updated: a role changes; deleted: the member left or was removed (the event carries the whole
+    # membership).
+    event_stem="organizationMembership",
     api_list_path="/v1/organization_memberships",
     api_per_organization_path="/v1/organizations/{organization_id}/memberships",
     data_type=MembershipData,
     deleted_type=DeletedMembership,
-    # A user joins (invitation accepted, added by an admin, or created the organization); a role changes.
-    upsert_types=("organizationMembership.created", "organizationMembership.updated"),
-    # The member left or was removed; the event carries the whole membership.
-    delete_type="organizationMembership.deleted",
     columns=(
         "organization_clerk_id",
         "user_clerk_id",
@@ -290,19 +313,15 @@ MEMBERSHIPS = Resource(
 INVITATIONS = Resource(
     name="invitations",
     model=OrganizationInvitation,
-    id_prefix="orginv_",
+    # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
+    # carries the whole invitation, and its status; none deletes it.
+    event_stem="organizationInvitation",
+    upsert_actions=("created", "accepted", "revoked"),
+    delete_action=None,
     api_list_path=None,
     api_per_organization_path="/v1/organizations/{organization_id}/invitations",
     data_type=InvitationData,
     deleted_type=None,
-    # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
-    # carries the whole invitation, and its status; none deletes it.
-    upsert_types=(
-        "organizationInvitation.created",
-        "organizationInvitation.accepted",
-        "organizationInvitation.revoked",
-    ),
-    delete_type=None,
     columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at", CLERK_DATA),
     row=_invitation_row,
     # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
@@ -313,15 +332,13 @@ INVITATIONS = Resource(
 DOMAINS = Resource(
     name="domains",
     model=OrganizationDomain,
-    id_prefix="orgdmn_",
+    # An admin adds a domain; its enrollment mode or verification changes; it is removed (the delete
+    # carries only its id).
+    event_stem="organizationDomain",
     api_list_path=None,
     api_per_organization_path="/v1/organizations/{organization_id}/domains",
     data_type=DomainData,
     deleted_type=DeletedDomain,
-    # An admin adds a domain; its enrollment mode or verification changes.
-    upsert_types=("organizationDomain.created", "organizationDomain.updated"),
-    # The domain is removed; the event carries only its id.
-    delete_type="organizationDomain.deleted",
     columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status", CLERK_DATA),
     row=_domain_row,
     parent_columns={"organizations": "organization_clerk_id"},
