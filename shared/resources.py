@@ -57,9 +57,9 @@ class Resource:
     # The object as webhooks and the Backend API carry it, and what its delete event carries.
     data_type: type[Struct]
     deleted_type: type[Struct] | None
-    # Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``).
-    # ``row`` builds them all but clerk_data, which comes from the object as it was sent.
-    columns: tuple[str, ...]
+    # Columns Clerk owns that ``row`` builds from the object; ``columns`` adds clerk_data, which
+    # comes from the object as it was sent.
+    row_columns: tuple[str, ...]
     row: Callable[[Any], dict[str, Any]]
     # The events that carry the object (after the stem): Clerk's convention, unless the resource
     # has events of its own (an invitation is accepted or revoked).
@@ -75,9 +75,11 @@ class Resource:
     # For a child: parent resource name -> the column holding the parent's clerk_id. A parent's
     # delete makes its children inactive, whenever they arrive.
     parent_columns: Mapping[str, str] = field(default_factory=dict)
-    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted (the
-    # user's row, rows naming the user by ``user_column``, invitations addressed to the user).
-    pii_columns: tuple[str, ...] = ()
+    # When DELETED_USER_PII=scrub and a user is deleted, their personal data is cleared (the user's
+    # row, rows naming the user by ``user_column``, invitations addressed to the user): every column
+    # but these, so that a new column is scrubbed unless it is said to be kept (``pii_columns``).
+    # None when the resource holds no one's personal data: nothing of it is scrubbed.
+    kept_on_scrub: tuple[str, ...] | None = None
     # The column naming the user an object belongs to (a member, an invitation's acceptor): the
     # PII scrub follows it.
     user_column: str | None = None
@@ -97,6 +99,9 @@ class Resource:
             raise ValueError(f"{self.name}: deleted_type's ids are not {self.id_prefix}...")
         if self.api_gets_by_id and self.api_list_path is None:
             raise ValueError(f"{self.name}: api_gets_by_id needs api_list_path")
+        unknown = set(self.kept_on_scrub or ()) - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.name}: kept_on_scrub names no column: {sorted(unknown)}")
 
     @property
     def table_name(self) -> str:
@@ -119,6 +124,18 @@ class Resource:
     def api_object_path(self) -> str | None:
         """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
         return f"{self.api_list_path}/{{id}}" if self.api_gets_by_id else None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``)."""
+        return (*self.row_columns, CLERK_DATA)
+
+    @property
+    def pii_columns(self) -> tuple[str, ...]:
+        """Columns holding personal data: cleared by the scrub (all but ``kept_on_scrub``)."""
+        if self.kept_on_scrub is None:
+            return ()
+        return tuple(column for column in self.columns if column not in self.kept_on_scrub)
 
     @property
     def private_columns(self) -> tuple[str, ...]:
@@ -226,7 +243,7 @@ USERS = Resource(
     api_gets_by_id=True,
     data_type=UserData,
     deleted_type=DeletedUser,
-    columns=(
+    row_columns=(
         "email",
         "first_name",
         "last_name",
@@ -241,21 +258,10 @@ USERS = Resource(
         "last_active_at",
         "unsafe_metadata",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
     row=_user_row,
-    pii_columns=(
-        "email",
-        "first_name",
-        "last_name",
-        "username",
-        "image_url",
-        "external_id",
-        "phone_number",
-        "unsafe_metadata",
-        PRIVATE_METADATA,
-        CLERK_DATA,
-    ),
+    # What tells nobody who the user was: the account's state and the application's public metadata.
+    kept_on_scrub=("public_metadata", "banned", "locked", "last_sign_in_at", "last_active_at"),
     # Clerk refreshes it as the user comes and goes, without a user.updated.
     volatile_columns=("last_active_at",),
 )
@@ -267,7 +273,7 @@ ORGANIZATIONS = Resource(
     api_gets_by_id=True,
     data_type=OrganizationData,
     deleted_type=DeletedOrganization,
-    columns=(
+    row_columns=(
         "name",
         "slug",
         "image_url",
@@ -276,7 +282,6 @@ ORGANIZATIONS = Resource(
         "max_allowed_memberships",
         "created_by",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
     row=_organization_row,
     # Members joining and leaving change it without an organization.updated.
@@ -293,19 +298,18 @@ MEMBERSHIPS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/memberships",
     data_type=MembershipData,
     deleted_type=DeletedMembership,
-    columns=(
+    row_columns=("organization_clerk_id", "user_clerk_id", "role", "permissions", "public_metadata", PRIVATE_METADATA),
+    row=_membership_row,
+    parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
+    # Only clerk_data is personal: it holds the member's public_user_data (names, image, identifier).
+    kept_on_scrub=(
         "organization_clerk_id",
         "user_clerk_id",
         "role",
         "permissions",
         "public_metadata",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
-    row=_membership_row,
-    parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
-    # clerk_data holds the member's public_user_data: names, image, identifier (an address).
-    pii_columns=(CLERK_DATA,),
     user_column="user_clerk_id",
     # data.organization is the whole organization, private metadata included.
     nested_private=("organization",),
@@ -322,11 +326,12 @@ INVITATIONS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/invitations",
     data_type=InvitationData,
     deleted_type=None,
-    columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at", CLERK_DATA),
+    row_columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at"),
     row=_invitation_row,
     # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
     parent_columns={"organizations": "organization_clerk_id"},
-    pii_columns=("email", CLERK_DATA),
+    # The address and the payload are personal.
+    kept_on_scrub=("organization_clerk_id", "role", "status", "user_clerk_id", "expires_at"),
     user_column="user_clerk_id",
 )
 DOMAINS = Resource(
@@ -339,7 +344,7 @@ DOMAINS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/domains",
     data_type=DomainData,
     deleted_type=DeletedDomain,
-    columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status", CLERK_DATA),
+    row_columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status"),
     row=_domain_row,
     parent_columns={"organizations": "organization_clerk_id"},
 )
