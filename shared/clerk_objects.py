@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
+import msgspec
 from msgspec import Meta, Struct
 
 # 2000-01-01 and 2100-01-01, in seconds and in milliseconds.
@@ -28,7 +29,13 @@ TIME_RULE = "is not a time in seconds or milliseconds between 2000 and 2100"
 
 def _clerk_id(prefix: str) -> Meta:
     """A Clerk id: the prefix, then printable ASCII without spaces; at most 64 characters."""
-    return Meta(pattern=f"^{prefix}[!-~]+$", max_length=64)
+    return Meta(pattern=f"^{prefix}[!-~]+$", max_length=64, extra={"id_prefix": prefix})
+
+
+def id_prefix_of(struct: type[Struct]) -> str:
+    """The prefix of the ids of ``struct`` (its ``id`` field's, as ``_clerk_id`` was given it)."""
+    (id_type,) = (info.type for info in msgspec.structs.fields(struct) if info.name == "id")
+    return str(id_type.__metadata__[0].extra["id_prefix"])
 
 
 UserId = Annotated[str, _clerk_id("user_")]

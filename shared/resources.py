@@ -26,6 +26,7 @@ from shared.clerk_objects import (
     MembershipData,
     OrganizationData,
     UserData,
+    id_prefix_of,
     millis,
 )
 from shared.models import (
@@ -49,30 +50,36 @@ class Resource:
 
     name: str  # as the CLI spells it: --users, backfill "users"
     model: type[SyncedMixin]
-    id_prefix: str
+    # What Clerk's event types start with: "<event_stem>.created", "<event_stem>.deleted", ...
+    event_stem: str
     # The instance-wide list; None when Clerk lists the resource only per organization.
     api_list_path: str | None
     # The object as webhooks and the Backend API carry it, and what its delete event carries.
     data_type: type[Struct]
     deleted_type: type[Struct] | None
-    upsert_types: tuple[str, ...]
-    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
-    delete_type: str | None
-    # Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``).
-    # ``row`` builds them all but clerk_data, which comes from the object as it was sent.
-    columns: tuple[str, ...]
+    # Columns Clerk owns that ``row`` builds from the object; ``columns`` adds clerk_data, which
+    # comes from the object as it was sent.
+    row_columns: tuple[str, ...]
     row: Callable[[Any], dict[str, Any]]
-    # One object by id ("{id}" filled in), to confirm one is gone; None when Clerk has no such endpoint.
-    api_object_path: str | None = None
+    # The events that carry the object (after the stem): Clerk's convention, unless the resource
+    # has events of its own (an invitation is accepted or revoked).
+    upsert_actions: tuple[str, ...] = ("created", "updated")
+    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
+    delete_action: str | None = "deleted"
+    # Whether Clerk gets one object by id at its list path + "/{id}" (``api_object_path``), to
+    # confirm one is gone.
+    api_gets_by_id: bool = False
     # The list of one organization's objects ("{organization_id}" filled in): where a resource is
     # listed per organization, or where its instance-wide list is missing.
     api_per_organization_path: str | None = None
     # For a child: parent resource name -> the column holding the parent's clerk_id. A parent's
     # delete makes its children inactive, whenever they arrive.
     parent_columns: Mapping[str, str] = field(default_factory=dict)
-    # Columns holding personal data, cleared when DELETED_USER_PII=scrub and the user is deleted (the
-    # user's row, rows naming the user by ``user_column``, invitations addressed to the user).
-    pii_columns: tuple[str, ...] = ()
+    # When DELETED_USER_PII=scrub and a user is deleted, their personal data is cleared (the user's
+    # row, rows naming the user by ``user_column``, invitations addressed to the user): every column
+    # but these, so that a new column is scrubbed unless it is said to be kept (``pii_columns``).
+    # None when the resource holds no one's personal data: nothing of it is scrubbed.
+    kept_on_scrub: tuple[str, ...] | None = None
     # The column naming the user an object belongs to (a member, an invitation's acceptor): the
     # PII scrub follows it.
     user_column: str | None = None
@@ -83,14 +90,52 @@ class Resource:
     # removed from clerk_data with the object's own unless SYNC_PRIVATE_METADATA is on. Each must be
     # validated as an object (or null) by ``data_type``.
     nested_private: tuple[str, ...] = ()
+    # What its ids start with ("user_"), read from ``data_type``'s id (shared.clerk_objects says it).
+    id_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id_prefix", id_prefix_of(self.data_type))
+        if self.deleted_type is not None and id_prefix_of(self.deleted_type) != self.id_prefix:
+            raise ValueError(f"{self.name}: deleted_type's ids are not {self.id_prefix}...")
+        if self.api_gets_by_id and self.api_list_path is None:
+            raise ValueError(f"{self.name}: api_gets_by_id needs api_list_path")
+        unknown = set(self.kept_on_scrub or ()) - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.name}: kept_on_scrub names no column: {sorted(unknown)}")
 
     @property
     def table_name(self) -> str:
         return str(self.model.__tablename__)  # type: ignore[attr-defined]
 
     @property
+    def upsert_types(self) -> tuple[str, ...]:
+        return tuple(f"{self.event_stem}.{action}" for action in self.upsert_actions)
+
+    @property
+    def delete_type(self) -> str | None:
+        return None if self.delete_action is None else f"{self.event_stem}.{self.delete_action}"
+
+    @property
     def event_types(self) -> tuple[str, ...]:
-        return self.upsert_types if self.delete_type is None else (*self.upsert_types, self.delete_type)
+        delete_type = self.delete_type
+        return self.upsert_types if delete_type is None else (*self.upsert_types, delete_type)
+
+    @property
+    def api_object_path(self) -> str | None:
+        """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
+        return f"{self.api_list_path}/{{id}}" if self.api_gets_by_id else None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Columns Clerk owns, written from the object (and compared by reconcile: ``compared_columns``)."""
+        return (*self.row_columns, CLERK_DATA)
+
+    @property
+    def pii_columns(self) -> tuple[str, ...]:
+        """Columns holding personal data: cleared by the scrub (all but ``kept_on_scrub``)."""
+        if self.kept_on_scrub is None:
+            return ()
+        return tuple(column for column in self.columns if column not in self.kept_on_scrub)
 
     @property
     def private_columns(self) -> tuple[str, ...]:
@@ -120,6 +165,11 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     return value if value is not None else {}
 
 
+def _metadata_columns(data: UserData | OrganizationData | MembershipData) -> dict[str, Any]:
+    """The metadata columns (shared.models.MetadataMixin) of an object that carries metadata."""
+    return {"public_metadata": _metadata(data.public_metadata), PRIVATE_METADATA: data.private_metadata}
+
+
 def _time(value: int | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(millis(value) / 1000, tz=dt.UTC)
 
@@ -131,7 +181,6 @@ def _user_row(data: UserData) -> dict[str, Any]:
         "last_name": data.last_name,
         "username": data.username,
         "image_url": data.image_url or data.profile_image_url,
-        "public_metadata": _metadata(data.public_metadata),
         "external_id": data.external_id,
         "phone_number": data.primary_phone,
         "banned": bool(data.banned),
@@ -139,7 +188,7 @@ def _user_row(data: UserData) -> dict[str, Any]:
         "last_sign_in_at": _time(data.last_sign_in_at),
         "last_active_at": _time(data.last_active_at),
         "unsafe_metadata": _metadata(data.unsafe_metadata),
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
@@ -148,11 +197,10 @@ def _organization_row(data: OrganizationData) -> dict[str, Any]:
         "name": data.name,
         "slug": data.slug,
         "image_url": data.image_url or data.logo_url,
-        "public_metadata": _metadata(data.public_metadata),
         "members_count": data.members_count,
         "max_allowed_memberships": data.max_allowed_memberships,
         "created_by": data.created_by,
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
@@ -162,8 +210,7 @@ def _membership_row(data: MembershipData) -> dict[str, Any]:
         "user_clerk_id": data.public_user_data.user_id,
         "role": data.role,
         "permissions": data.permissions if data.permissions is not None else [],
-        "public_metadata": _metadata(data.public_metadata),
-        PRIVATE_METADATA: data.private_metadata,
+        **_metadata_columns(data),
     }
 
 
@@ -190,15 +237,13 @@ def _domain_row(data: DomainData) -> dict[str, Any]:
 USERS = Resource(
     name="users",
     model=User,
-    id_prefix="user_",
+    # A user signs up or is created by an admin, the API or an import; then any profile change.
+    event_stem="user",
     api_list_path="/v1/users",
-    api_object_path="/v1/users/{id}",
+    api_gets_by_id=True,
     data_type=UserData,
     deleted_type=DeletedUser,
-    # A user signs up or is created by an admin, the API or an import; then any profile change.
-    upsert_types=("user.created", "user.updated"),
-    delete_type="user.deleted",
-    columns=(
+    row_columns=(
         "email",
         "first_name",
         "last_name",
@@ -213,35 +258,22 @@ USERS = Resource(
         "last_active_at",
         "unsafe_metadata",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
     row=_user_row,
-    pii_columns=(
-        "email",
-        "first_name",
-        "last_name",
-        "username",
-        "image_url",
-        "external_id",
-        "phone_number",
-        "unsafe_metadata",
-        PRIVATE_METADATA,
-        CLERK_DATA,
-    ),
+    # What tells nobody who the user was: the account's state and the application's public metadata.
+    kept_on_scrub=("public_metadata", "banned", "locked", "last_sign_in_at", "last_active_at"),
     # Clerk refreshes it as the user comes and goes, without a user.updated.
     volatile_columns=("last_active_at",),
 )
 ORGANIZATIONS = Resource(
     name="organizations",
     model=Organization,
-    id_prefix="org_",
+    event_stem="organization",
     api_list_path="/v1/organizations",
-    api_object_path="/v1/organizations/{id}",
+    api_gets_by_id=True,
     data_type=OrganizationData,
     deleted_type=DeletedOrganization,
-    upsert_types=("organization.created", "organization.updated"),
-    delete_type="organization.deleted",
-    columns=(
+    row_columns=(
         "name",
         "slug",
         "image_url",
@@ -250,7 +282,6 @@ ORGANIZATIONS = Resource(
         "max_allowed_memberships",
         "created_by",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
     row=_organization_row,
     # Members joining and leaving change it without an organization.updated.
@@ -259,28 +290,26 @@ ORGANIZATIONS = Resource(
 MEMBERSHIPS = Resource(
     name="memberships",
     model=OrganizationMembership,
-    id_prefix="orgmem_",
+    # created: a user joins (invitation accepted, added by an admin, or created the organization);
+    # updated: a role changes; deleted: the member left or was removed (the event carries the whole
+    # membership).
+    event_stem="organizationMembership",
     api_list_path="/v1/organization_memberships",
     api_per_organization_path="/v1/organizations/{organization_id}/memberships",
     data_type=MembershipData,
     deleted_type=DeletedMembership,
-    # A user joins (invitation accepted, added by an admin, or created the organization); a role changes.
-    upsert_types=("organizationMembership.created", "organizationMembership.updated"),
-    # The member left or was removed; the event carries the whole membership.
-    delete_type="organizationMembership.deleted",
-    columns=(
+    row_columns=("organization_clerk_id", "user_clerk_id", "role", "permissions", "public_metadata", PRIVATE_METADATA),
+    row=_membership_row,
+    parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
+    # Only clerk_data is personal: it holds the member's public_user_data (names, image, identifier).
+    kept_on_scrub=(
         "organization_clerk_id",
         "user_clerk_id",
         "role",
         "permissions",
         "public_metadata",
         PRIVATE_METADATA,
-        CLERK_DATA,
     ),
-    row=_membership_row,
-    parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
-    # clerk_data holds the member's public_user_data: names, image, identifier (an address).
-    pii_columns=(CLERK_DATA,),
     user_column="user_clerk_id",
     # data.organization is the whole organization, private metadata included.
     nested_private=("organization",),
@@ -288,39 +317,34 @@ MEMBERSHIPS = Resource(
 INVITATIONS = Resource(
     name="invitations",
     model=OrganizationInvitation,
-    id_prefix="orginv_",
+    # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
+    # carries the whole invitation, and its status; none deletes it.
+    event_stem="organizationInvitation",
+    upsert_actions=("created", "accepted", "revoked"),
+    delete_action=None,
     api_list_path=None,
     api_per_organization_path="/v1/organizations/{organization_id}/invitations",
     data_type=InvitationData,
     deleted_type=None,
-    # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
-    # carries the whole invitation, and its status; none deletes it.
-    upsert_types=(
-        "organizationInvitation.created",
-        "organizationInvitation.accepted",
-        "organizationInvitation.revoked",
-    ),
-    delete_type=None,
-    columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at", CLERK_DATA),
+    row_columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at"),
     row=_invitation_row,
     # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
     parent_columns={"organizations": "organization_clerk_id"},
-    pii_columns=("email", CLERK_DATA),
+    # The address and the payload are personal.
+    kept_on_scrub=("organization_clerk_id", "role", "status", "user_clerk_id", "expires_at"),
     user_column="user_clerk_id",
 )
 DOMAINS = Resource(
     name="domains",
     model=OrganizationDomain,
-    id_prefix="orgdmn_",
+    # An admin adds a domain; its enrollment mode or verification changes; it is removed (the delete
+    # carries only its id).
+    event_stem="organizationDomain",
     api_list_path=None,
     api_per_organization_path="/v1/organizations/{organization_id}/domains",
     data_type=DomainData,
     deleted_type=DeletedDomain,
-    # An admin adds a domain; its enrollment mode or verification changes.
-    upsert_types=("organizationDomain.created", "organizationDomain.updated"),
-    # The domain is removed; the event carries only its id.
-    delete_type="organizationDomain.deleted",
-    columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status", CLERK_DATA),
+    row_columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status"),
     row=_domain_row,
     parent_columns={"organizations": "organization_clerk_id"},
 )

@@ -1,0 +1,103 @@
+"""The resource table: what it derives from Clerk's conventions, and the PII scrub by complement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from shared.events import SYNCED_TYPES, Unsynced, parse
+from shared.resources import CLERK_DATA, INVITATIONS, MEMBERSHIPS, ORGANIZATIONS, RESOURCES, USERS
+from tests.support.signing import PAYLOADS
+
+
+def test_event_types_ids_and_api_paths_follow_clerks_conventions():
+    derived = {
+        r.name: (r.id_prefix, r.upsert_types, r.delete_type, r.api_object_path, r.columns[-1]) for r in RESOURCES
+    }
+    assert derived == {
+        "users": ("user_", ("user.created", "user.updated"), "user.deleted", "/v1/users/{id}", CLERK_DATA),
+        "organizations": (
+            "org_",
+            ("organization.created", "organization.updated"),
+            "organization.deleted",
+            "/v1/organizations/{id}",
+            CLERK_DATA,
+        ),
+        "memberships": (
+            "orgmem_",
+            ("organizationMembership.created", "organizationMembership.updated"),
+            "organizationMembership.deleted",
+            None,
+            CLERK_DATA,
+        ),
+        "invitations": (
+            "orginv_",
+            ("organizationInvitation.created", "organizationInvitation.accepted", "organizationInvitation.revoked"),
+            None,
+            None,
+            CLERK_DATA,
+        ),
+        "domains": (
+            "orgdmn_",
+            ("organizationDomain.created", "organizationDomain.updated"),
+            "organizationDomain.deleted",
+            None,
+            CLERK_DATA,
+        ),
+    }
+
+
+def test_the_scrub_clears_every_column_but_those_kept():
+    assert {r.name: r.pii_columns for r in RESOURCES} == {
+        "users": (
+            "email",
+            "first_name",
+            "last_name",
+            "username",
+            "image_url",
+            "external_id",
+            "phone_number",
+            "unsafe_metadata",
+            "private_metadata",
+            CLERK_DATA,
+        ),
+        "organizations": (),
+        "memberships": (CLERK_DATA,),
+        "invitations": ("email", CLERK_DATA),
+        "domains": (),
+    }
+
+
+def test_a_new_column_is_scrubbed_unless_it_is_said_to_be_kept():
+    for resource in (USERS, MEMBERSHIPS, INVITATIONS):
+        grown = dataclasses.replace(resource, row_columns=(*resource.row_columns, "nickname"))
+        assert "nickname" in grown.pii_columns
+        assert grown.kept_on_scrub is not None
+        assert not set(grown.kept_on_scrub) & set(grown.pii_columns)
+        kept = dataclasses.replace(grown, kept_on_scrub=(*grown.kept_on_scrub, "nickname"))
+        assert kept.pii_columns == resource.pii_columns
+    # A resource holding no one's personal data stays out of the scrub, new columns and all.
+    assert dataclasses.replace(ORGANIZATIONS, row_columns=(*ORGANIZATIONS.row_columns, "x")).pii_columns == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"kept_on_scrub": ("email", "nickname")}, "users: kept_on_scrub names no column: ['nickname']"),
+        ({"api_list_path": None}, "users: api_gets_by_id needs api_list_path"),
+        ({"data_type": MEMBERSHIPS.data_type}, "users: deleted_type's ids are not orgmem_..."),
+    ],
+)
+def test_an_entry_that_contradicts_itself_is_refused(change, reason):
+    with pytest.raises(ValueError) as info:
+        dataclasses.replace(USERS, **change)
+    assert str(info.value) == reason
+
+
+def test_each_row_builds_exactly_the_resources_row_columns():
+    for event_type in sorted(SYNCED_TYPES):
+        event = parse((PAYLOADS / f"{event_type}.json").read_text())
+        assert not isinstance(event, Unsynced)
+        if event.type in event.resource.upsert_types:
+            assert set(event.resource.row(event.data)) == set(event.resource.row_columns), event_type
