@@ -194,6 +194,8 @@ def _transaction(
             # The application's hooks, in this transaction, on the session as usual (out of pipeline
             # mode: one round trip more). One that raises fails the batch, which then splits.
             with trips.suspended():
+                # The application's statements are planned as the server is configured, not as ours.
+                session.execute(roundtrips.DEFAULT_PLANS)
                 hooks.run(session, hooked, settings=settings)
         for (entry, _), applied in zip(applying, results, strict=True):
             status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED

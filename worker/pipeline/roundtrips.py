@@ -5,7 +5,9 @@ flag, the advisory locks, the row locks table by table, the writes, the finish, 
 machine whose cores are busy every wait costs a context switch in the worker and one in Postgres,
 and a lone event spent ~20 ms waiting (docs/performance.md). ``Trips.queue`` sends a statement
 without waiting for it; ``Trips.send`` waits once for everything queued; ``transaction`` sends
-BEGIN with the first round trip and COMMIT with the last, so a batch is two round trips.
+BEGIN with the first round trip and COMMIT with the last, so a batch is two round trips. The
+transaction plans its prepared statements generically (``_GENERIC_PLANS``): planning each anew
+for every batch cost more than running it.
 
 Statements are the same ``text()`` clauses the session would run, compiled once for the
 session's dialect. Errors come out as ``session.execute`` raises them (SQLAlchemy's
@@ -24,6 +26,7 @@ from typing import Any, cast
 import psycopg
 from psycopg import pq
 from psycopg.rows import namedtuple_row
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -38,6 +41,13 @@ def _compiled(clause: TextClause, dialect: Dialect) -> str:
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+# The batch's statements are the same few, prepared by psycopg after a few runs; their parameters
+# are arrays whose contents do not change the best plan (index lookups by clerk_id). Postgres would
+# still plan them anew for every batch (a custom plan: up to 0.2 ms each, more than running them).
+# tests/test_generic_plans.py checks that every one of them still reads by index at scale.
+_GENERIC_PLANS = b"SET LOCAL plan_cache_mode = force_generic_plan"
+# Back to the server's own setting, for statements that are not ours (an application's hooks).
+DEFAULT_PLANS = text("RESET plan_cache_mode")
 
 
 class Trips:
@@ -147,6 +157,7 @@ def transaction(session: Session) -> Iterator[Trips]:
     try:
         with pipelined(session) as trips:
             trips.command(b"BEGIN")
+            trips.command(_GENERIC_PLANS)
             yield trips
             trips.command(b"COMMIT")
             # Leaving the pipeline sends the COMMIT and waits for it.
