@@ -21,6 +21,7 @@ from shared.models import User, WebhookEvent
 from tests.support.ledger import ledger_row
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
+from worker.pipeline import ledger
 from worker.pipeline.batch import process_batch
 from worker.pipeline.ledger import Delivery
 
@@ -106,6 +107,39 @@ def test_an_invalid_event_is_dead_at_once_and_touches_no_synced_row(session_fact
         assert row.payload is not None  # kept for the operator
     with session_factory() as session:
         assert snapshot(session) == before
+
+
+def test_a_body_whose_reading_fails_unexpectedly_is_dead_with_a_one_line_reason(session_factory, settings, monkeypatch):
+    # Given a reader that fails on one body in a way no validation foresaw (a bug of ours, or a
+    # library's): parse depends on the body alone, so it would fail on every attempt
+    real_parse = ledger.parse
+
+    def failing_on_one(body: str):
+        if "user_reader_fails" in body:
+            raise RecursionError("deep inside a library")
+        return real_parse(body)
+
+    monkeypatch.setattr(ledger, "parse", failing_on_one)
+    bad = load_payload("user.created")
+    bad["data"]["id"] = "user_reader_fails"
+
+    # When it arrives in a batch with a good event
+    results = process_batch(
+        session_factory,
+        [
+            Delivery("msg_unreadable", None, json.dumps(bad)),
+            Delivery("msg_fine", None, json.dumps(load_payload("user.created"))),
+        ],
+        settings=settings,
+    )
+
+    # Then it is dead at once with a reason naming only the kind of failure, and the other is applied
+    assert results == {"msg_unreadable": "dead", "msg_fine": "processed"}
+    row = ledger_row(session_factory, "msg_unreadable")
+    assert (row.attempts, row.last_error) == (1, "invalid_payload: the body could not be read (RecursionError)")
+    assert row.raw_body == json.dumps(bad)  # kept for the operator, as text: nothing of it was read
+    with session_factory() as session:
+        assert session.scalar(select(User.clerk_id).where(User.clerk_id == "user_reader_fails")) is None
 
 
 def test_a_redelivery_with_another_body_is_never_applied(session_factory, settings):
