@@ -145,6 +145,11 @@ def test_scrub_reaches_invitations_to_a_deleted_users_addresses_and_their_member
     deliver(session_factory, scrub, user, svix_id="msg_user")
     deliver(session_factory, scrub, load_payload("organizationInvitation.created"), svix_id="msg_invited")
     deliver(session_factory, scrub, load_payload("organizationMembership.created"), svix_id="msg_member")
+    # and a domain of the organization whose affiliation was verified with that address
+    domain = load_payload("organizationDomain.created")
+    domain["data"]["affiliation_email_address"] = "jane.doe@ACME.com"
+    deliver(session_factory, scrub, domain, svix_id="msg_domain")
+    assert one(session_factory, OrganizationDomain, domain["data"]["id"]).clerk_data["affiliation_email_address"]
 
     # When the user is deleted, and the acceptance (naming the user) arrives afterwards
     deleted = load_payload("user.deleted")
@@ -160,7 +165,10 @@ def test_scrub_reaches_invitations_to_a_deleted_users_addresses_and_their_member
     row = one(session_factory, User, UNSEEN_USER_ID)
     assert (row.clerk_data, row.phone_number, row.external_id, row.unsafe_metadata) == (None, None, None, {})
     assert one(session_factory, OrganizationMembership, "orgmem_2g7np7Hrk0SN6kj5EDMLDaKNL0S").clerk_data is None
-    for svix_id in ("msg_user", "msg_invited", "msg_member", "msg_acc"):
+    kept_domain = one(session_factory, OrganizationDomain, domain["data"]["id"])
+    assert "affiliation_email_address" not in kept_domain.clerk_data
+    assert (kept_domain.name, kept_domain.clerk_data["name"]) == ("acme.com", "acme.com")  # the rest is kept
+    for svix_id in ("msg_user", "msg_invited", "msg_member", "msg_acc", "msg_domain"):
         stored = json.dumps(event_row(session_factory, svix_id).payload).lower()
         assert "jane.doe@acme.com" not in stored
         assert "john.doe@example.com" not in stored

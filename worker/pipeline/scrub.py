@@ -7,8 +7,9 @@ transaction that would have stored it.
 
 What is scrubbed: the user's PII columns and clerk_data; the clerk_data of their
 memberships (it holds their name and address); the invitations addressed to any of their
-email addresses or accepted by them (address and clerk_data); and the stored payloads of
-all of these events. An invitation to one of the addresses whose event arrives after the
+email addresses or accepted by them (address and clerk_data); the affiliation address of the
+organization domains verified through one of their addresses; and the stored payloads of all of
+these events. An invitation to one of the addresses whose event arrives after the
 scrub, without naming the user, is kept: the address is no longer known to match it.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.resources import INVITATIONS, MEMBERSHIPS, USERS, Resource
+from shared.resources import DOMAINS, INVITATIONS, MEMBERSHIPS, USERS, Resource
 
 
 def _clear(resource: Resource) -> str:
@@ -60,6 +61,14 @@ _CLEAR_INVITATIONS = text(
     RETURNING clerk_id
     """  # noqa: S608 - fixed names
 )
+# The address a domain's affiliation was verified with is a member's own (clerk_data only).
+_CLEAR_DOMAINS = text(
+    f"""
+    UPDATE {DOMAINS.table_name} SET clerk_data = clerk_data - 'affiliation_email_address'
+    WHERE lower(clerk_data->>'affiliation_email_address') = ANY(CAST(:emails AS text[]))
+    RETURNING clerk_id
+    """  # noqa: S608 - fixed names
+)
 # A stub keeps what an operator needs to recognise the event, nothing personal.
 _CLEAR_PAYLOADS = text(
     """
@@ -84,4 +93,5 @@ def deleted_users_named(session: Session, user_ids: Iterable[str]) -> None:
     session.execute(_CLEAR_ROWS, {"ids": deleted})
     session.execute(_CLEAR_MEMBERSHIPS, {"ids": deleted})
     invitations = sorted(session.scalars(_CLEAR_INVITATIONS, {"ids": deleted, "emails": emails}))
-    session.execute(_CLEAR_PAYLOADS, {"ids": deleted + invitations})
+    domains = sorted(session.scalars(_CLEAR_DOMAINS, {"emails": emails}))
+    session.execute(_CLEAR_PAYLOADS, {"ids": deleted + invitations + domains})
