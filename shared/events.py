@@ -85,6 +85,14 @@ class _Envelope(Struct, tag_field="type", kw_only=True, frozen=True):
             return {} if whole is None else self.resource.parents_of(whole)
         return self.resource.parents_of(data)
 
+    @property
+    def user_id(self) -> str | None:
+        """The user the event is about besides its object: a membership's member, an invitee who accepted."""
+        parents = self.parents
+        if "users" in parents or self.resource.user_column is None or self.is_delete:
+            return parents.get("users")
+        return self.resource.user_in(self.resource.row(self.data))  # type: ignore[attr-defined]
+
 
 def _event_struct(event_type: str, data_type: type[Struct]) -> type[_Envelope]:
     name = "".join(part[:1].upper() + part[1:] for part in re.split(r"[._]", event_type)) + "Event"

@@ -131,6 +131,10 @@ def test_events_of_an_invitation_are_found_by_its_id(session_factory, settings):
 
     with session_factory() as session:
         assert [event.svix_id for event, _ in timeline(session, INVITATION_ID)] == ["msg_inv_1", "msg_inv_2"]
+        # and the acceptance is among the events of the user who accepted
+        invitee = one(session_factory, OrganizationInvitation, INVITATION_ID).user_clerk_id
+        assert invitee is not None
+        assert [event.svix_id for event, _ in timeline(session, invitee)] == ["msg_inv_2"]
         # and the operators' entity search finds the row
         [found] = entities.find(session, INVITATION_ID)
     assert (found.table, found.columns["status"]) == ("organization_invitations", "accepted")

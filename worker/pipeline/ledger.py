@@ -100,7 +100,7 @@ def read(delivery: Delivery) -> Entry:
         payload=delivery.body,
         raw_body=None,
         entity_id=event.entity_id,
-        user_clerk_id=parents.get("users"),
+        user_clerk_id=event.user_id,
         organization_clerk_id=parents.get("organizations"),
     )
 
