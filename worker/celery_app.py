@@ -20,6 +20,10 @@ from shared.config import ConfigError, Settings, exit_on_config_error, get_setti
 from shared.db import dispose_engines
 from shared.logging import configure_logging
 from shared.publish import PROCESS_EVENT_TASK, PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK, control_queue
+from worker import broker
+
+# Before any broker connection: a lost connection must not stop the worker (worker/broker.py).
+broker.install()
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""kombu's Redis transport, with a closed connection reported as a connection error.
+
+Celery 5.7 handles a lost broker connection by collecting it (which detaches the transport
+from it) and then closing it. If the worker held unacknowledged messages at that moment, the
+close tries to hand them back through the detached transport, and kombu fails with an
+``AttributeError`` (it reads the broker's address from the connection that is gone). Nothing
+expects that error: the worker's consumer stops with "Unrecoverable error" and the whole
+worker exits on a Redis blip (seen in tests/test_failures.py, and in kombu issues #582 and
+#970 for older paths to the same line).
+
+Here the same situation raises redis-py's ``ConnectionError``, which every one of those
+paths already ignores or retries: the consumer reconnects as after any outage. The messages
+it could not hand back stay in kombu's unacked hash, and ``restore_visible`` (any worker,
+every ``unacked_restore_interval``) returns them to the queue after the visibility timeout,
+as it does for a killed worker's. Receipts (``shared.receipts``) still cover the rest.
+
+Installed for the ``redis`` scheme (``redis://`` and kombu's ``redis+socket://``) by
+``worker.celery_app`` before any connection is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+
+NAME = f"{__name__}:Transport"
+
+
+class Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:  # the transport was detached: its connection is closed
+            raise redis.ConnectionError("the broker connection was closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-any-return]
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def install() -> None:
+    """Make ``redis`` (the scheme of REDIS_URL) resolve to this transport in this process."""
+    TRANSPORT_ALIASES["redis"] = NAME
