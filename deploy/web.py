@@ -86,6 +86,9 @@ def granian_argv(settings: Settings, *, upstream: Path, log_config: Path, app: s
         "--uds-permissions",
         "666",
         "--no-ws",
+        # Only nginx talks to it, in HTTP/1.1: no protocol detection per connection.
+        "--http",
+        "1",
         "--no-access-log",
         "--log-level",
         settings.log_level.lower(),
