@@ -78,8 +78,16 @@ def queue_depth(settings: Settings) -> QueueDepth:
 
     client = redis_client(settings.redis_url, timeout=5.0, socket_connect_timeout=2)
     try:
-        waiting = sum(int(client.llen(key)) for key in keys)
-        unacked = _unacked_for(client, name)
+        # One round trip for the lengths; the unacked messages' routes only when there are few.
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.llen(key)
+        pipe.hlen(_UNACKED_HASH)
+        *lengths, total = pipe.execute()
+        waiting = sum(int(length) for length in lengths)
+        # None, or too many to read: the whole hash's size.
+        few = 0 < int(total) <= _UNACKED_SCAN_LIMIT
+        unacked = _routed_to(client.hvals(_UNACKED_HASH), name) if few else int(total)
     except redis.RedisError as exc:
         return QueueDepth(name=name, available=False, error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -87,13 +95,10 @@ def queue_depth(settings: Settings) -> QueueDepth:
     return QueueDepth(name=name, available=True, waiting=waiting, unacked=unacked)
 
 
-def _unacked_for(client: Any, queue: str) -> int:
-    """Unacked messages routed to ``queue``; the whole hash's size if it is very large."""
-    total = int(client.hlen(_UNACKED_HASH))
-    if total > _UNACKED_SCAN_LIMIT:
-        return total
+def _routed_to(unacked: list[bytes], queue: str) -> int:
+    """How many of kombu's unacked entries ([message, exchange, routing key]) are routed to ``queue``."""
     count = 0
-    for raw in client.hvals(_UNACKED_HASH):
+    for raw in unacked:
         try:
             _message, _exchange, routing_key = json.loads(raw)
         except (ValueError, TypeError):
