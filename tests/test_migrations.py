@@ -89,6 +89,25 @@ def test_a_database_filled_at_0003_keeps_its_data_and_gains_the_wider_coverage_a
         assert conn.execute("SELECT deleted_at FROM organization_domains").fetchone() == (None,)
 
 
+def test_an_accepted_invitation_recorded_before_0006_gains_its_invitee():
+    # Given a database at 0005 holding an accepted invitation's event, as the worker recorded it then
+    accepted = load_payload("organizationInvitation.accepted")
+    with temporary_database("0005") as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload, entity_id)"
+            " VALUES ('msg_acc_old', 'organizationInvitation.accepted', 'processed', 1, %s, %s),"
+            "        ('msg_acc_purged', 'organizationInvitation.accepted', 'processed', 1, NULL, %s)",
+            (json.dumps(accepted), accepted["data"]["id"], accepted["data"]["id"]),
+        )
+
+        # When it is migrated to head
+        migrate(url)
+
+        # Then the event names the user who accepted, and a purged one stays as it was
+        rows = dict(conn.execute("SELECT svix_id, user_clerk_id FROM webhook_events").fetchall())
+        assert rows == {"msg_acc_old": accepted["data"]["user_id"], "msg_acc_purged": None}
+
+
 def test_the_schema_at_head_is_the_models():
     # Given a database migrated to head
     with temporary_database() as url:
