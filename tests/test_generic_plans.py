@@ -15,7 +15,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from devkit.services import temporary_database
 from shared.resources import RESOURCES
-from worker.pipeline import apply, ledger
+from worker.pipeline import apply, ledger, scrub
 
 ROWS = 50_000
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
@@ -28,6 +28,14 @@ def _statements() -> dict[str, TextClause]:
         "ledger conflicts": ledger._NOTE_CONFLICTS,
         "ledger stored bodies": ledger._STORED_BODIES,
         "advisory locks": apply._ADVISORY_LOCKS,
+        # DELETED_USER_PII=scrub runs in the same transaction (the domains' affiliation address has
+        # no index: organization_domains holds a few rows per organization)
+        "scrub: deleted users": scrub._DELETED,
+        "scrub: addresses": scrub._ADDRESSES,
+        "scrub: users": scrub._CLEAR_ROWS,
+        "scrub: memberships": scrub._CLEAR_MEMBERSHIPS,
+        "scrub: invitations": scrub._CLEAR_INVITATIONS,
+        "scrub: stored payloads": scrub._CLEAR_PAYLOADS,
     }
     for resource in RESOURCES:
         statements[f"{resource.name} lock"] = apply._lock_statement(resource)
