@@ -16,6 +16,7 @@ import time
 import pytest
 from kombu import Connection, Queue
 from kombu.common import ignore_errors
+from kombu.transport import resolve_transport
 
 from devkit.waiting import wait_for
 from shared.publish import EventPublisher
@@ -62,6 +63,7 @@ def test_closing_a_lost_connection_with_unacked_messages_raises_nothing_the_cons
         connection = Connection(url)
         _waiting_with_a_held_message(connection, url, Queue("broker-test-held"))
         assert isinstance(connection.transport, broker.Transport)
+        assert resolve_transport("rediss") is broker.Transport  # TLS too
 
         # When the broker goes away and the connection is collected, then closed
         _lose(connection, proxy)

@@ -14,8 +14,8 @@ it could not hand back stay in kombu's unacked hash, and ``restore_visible`` (an
 every ``unacked_restore_interval``) returns them to the queue after the visibility timeout,
 as it does for a killed worker's. Receipts (``shared.receipts``) still cover the rest.
 
-Installed for the ``redis`` scheme (``redis://`` and kombu's ``redis+socket://``) by
-``worker.celery_app`` before any connection is made.
+Installed for the ``redis`` and ``rediss`` schemes (``redis://``, kombu's ``redis+socket://``, and
+TLS) by ``worker.celery_app`` before any connection is made.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+SCHEMES = ("redis", "rediss")
+
+
 def install() -> None:
-    """Make ``redis`` (the scheme of REDIS_URL) resolve to this transport in this process."""
-    TRANSPORT_ALIASES["redis"] = NAME
+    """Make REDIS_URL's schemes resolve to this transport in this process."""
+    for scheme in SCHEMES:
+        TRANSPORT_ALIASES[scheme] = NAME
