@@ -13,7 +13,8 @@ milliseconds (``millis``); anything else (1e30, a negative number, a string) is 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -132,18 +133,20 @@ class UserData(_Account, frozen=True):
     @property
     def primary_email(self) -> str | None:
         """The address whose id is ``primary_email_address_id``; never simply the first."""
-        for address in self.email_addresses or ():
-            if address.id == self.primary_email_address_id:
-                return address.email_address
-        return None
+        return _primary(self.email_addresses, self.primary_email_address_id, "email_address")
 
     @property
     def primary_phone(self) -> str | None:
         """The number whose id is ``primary_phone_number_id``, like ``primary_email``."""
-        for number in self.phone_numbers or ():
-            if number.id == self.primary_phone_number_id:
-                return number.phone_number
-        return None
+        return _primary(self.phone_numbers, self.primary_phone_number_id, "phone_number")
+
+
+def _primary(items: Sequence[Any] | None, primary_id: str | None, field: str) -> str | None:
+    """The ``field`` of the item whose id is ``primary_id``, if Clerk sent it."""
+    for item in items or ():
+        if item.id == primary_id:
+            return cast(str | None, getattr(item, field))
+    return None
 
 
 class OrganizationData(_Account, frozen=True):

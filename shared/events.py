@@ -79,19 +79,20 @@ class _Envelope(Struct, tag_field="type", kw_only=True, frozen=True):
     @property
     def parents(self) -> dict[str, str]:
         """Parent resource name -> clerk_id (a membership's user and organization), when the event names them."""
+        return self.names[0]
+
+    @property
+    def names(self) -> tuple[dict[str, str], str | None]:
+        """The event's parents, and the user it is about besides its object (a membership's member, an
+        invitee who accepted), from one reading of its data: what its ledger row is found by."""
         data = self.data  # type: ignore[attr-defined]
         if self.is_delete:
             whole = getattr(data, "as_membership", lambda: None)()
-            return {} if whole is None else self.resource.parents_of(whole)
-        return self.resource.parents_of(data)
-
-    @property
-    def user_id(self) -> str | None:
-        """The user the event is about besides its object: a membership's member, an invitee who accepted."""
-        parents = self.parents
-        if "users" in parents or self.resource.user_column is None or self.is_delete:
-            return parents.get("users")
-        return self.resource.user_in(self.resource.row(self.data))  # type: ignore[attr-defined]
+            parents = {} if whole is None else self.resource.parents_of(whole)
+            return parents, parents.get("users")
+        values = self.resource.row(data)
+        parents = self.resource.parents_in(values)
+        return parents, parents.get("users") or self.resource.user_in(values)
 
 
 def _event_struct(event_type: str, data_type: type[Struct]) -> type[_Envelope]:

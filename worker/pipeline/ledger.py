@@ -89,7 +89,7 @@ def read(delivery: Delivery) -> Entry:
     if isinstance(event, Unsynced):
         reason = f"event type {event.type!r} is not synced"
         return Entry(delivery, sha, event.type, None, EventStatus.IGNORED, reason, payload=None, raw_body=None)
-    parents = event.parents
+    parents, user_id = event.names
     return Entry(
         delivery,
         sha,
@@ -100,7 +100,7 @@ def read(delivery: Delivery) -> Entry:
         payload=delivery.body,
         raw_body=None,
         entity_id=event.entity_id,
-        user_clerk_id=event.user_id,
+        user_clerk_id=user_id,
         organization_clerk_id=parents.get("organizations"),
     )
 
