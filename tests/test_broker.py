@@ -21,9 +21,8 @@ from kombu.transport import resolve_transport
 from devkit.waiting import wait_for
 from shared.publish import EventPublisher
 from tests.support.ledger import statuses
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, via_proxy
 from tests.support.signing import user_created
-from tests.test_failures import via_proxy
 from worker import broker
 
 

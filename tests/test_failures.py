@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import requests
@@ -24,17 +23,9 @@ from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
 from tests.support.ledger import ledger_row, statuses
 from tests.support.processes import free_port
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, via_proxy
 from tests.support.signing import load_payload, new_svix_id, post_event, user_created
 from worker.pipeline.errors import Failure, classify
-
-
-def via_proxy(url: str, proxy: TcpProxy) -> str:
-    """``url`` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
 
 
 def error_of(statement) -> BaseException:  # type: ignore[no-untyped-def]
