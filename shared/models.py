@@ -9,6 +9,7 @@ duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 from __future__ import annotations
 
 import datetime as dt
+from functools import cache
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -26,7 +27,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, declared_attr, mapped_column
 
 # Re-exported: the statuses live in an import-free module (the CLI's fast start needs them).
 from shared.statuses import EVENT_STATUSES as EVENT_STATUSES
@@ -44,6 +45,10 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# Marks a column of a synced table that no event writes: the application owns it (``plan``).
+APPLICATION_OWNED = {"owner": "application"}
 
 
 def _now_column() -> Mapped[dt.datetime]:
@@ -67,6 +72,15 @@ class SyncedMixin:
     # SYNC_PRIVATE_METADATA is on; null for a tombstone that never saw data.
     clerk_data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
+    @classmethod
+    @cache
+    def object_columns(cls) -> tuple[str, ...]:
+        """The columns built from Clerk's object (``shared.resources.Resource.row``), in table order:
+        all but those every synced table has (ids, versions, times, clerk_data) and the application's own."""
+        common = {name for name, value in vars(SyncedMixin).items() if isinstance(value, MappedColumn)}
+        columns = cls.__table__.columns  # type: ignore[attr-defined]
+        return tuple(c.name for c in columns if c.name not in common and c.info != APPLICATION_OWNED)
+
 
 def _metadata_column() -> Mapped[dict[str, Any]]:
     return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
@@ -85,7 +99,7 @@ class AccountMixin(MetadataMixin):
 
     image_url: Mapped[str | None] = mapped_column(Text)
     # Owned by the application: no event ever writes it.
-    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"))
+    plan: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'free'"), info=APPLICATION_OWNED)
 
 
 class User(AccountMixin, SyncedMixin, Base):

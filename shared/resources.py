@@ -57,9 +57,7 @@ class Resource:
     # The object as webhooks and the Backend API carry it, and what its delete event carries.
     data_type: type[Struct]
     deleted_type: type[Struct] | None
-    # Columns Clerk owns that ``row`` builds from the object; ``columns`` adds clerk_data, which
-    # comes from the object as it was sent.
-    row_columns: tuple[str, ...]
+    # Builds the columns Clerk owns (``row_columns``) from the object.
     row: Callable[[Any], dict[str, Any]]
     # The events that carry the object (after the stem): Clerk's convention, unless the resource
     # has events of its own (an invitation is accepted or revoked).
@@ -124,6 +122,11 @@ class Resource:
     def api_object_path(self) -> str | None:
         """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
         return f"{self.api_list_path}/{{id}}" if self.api_gets_by_id else None
+
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        """Columns Clerk owns that ``row`` builds from the object: the model says which (``object_columns``)."""
+        return self.model.object_columns()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -243,22 +246,6 @@ USERS = Resource(
     api_gets_by_id=True,
     data_type=UserData,
     deleted_type=DeletedUser,
-    row_columns=(
-        "email",
-        "first_name",
-        "last_name",
-        "username",
-        "image_url",
-        "public_metadata",
-        "external_id",
-        "phone_number",
-        "banned",
-        "locked",
-        "last_sign_in_at",
-        "last_active_at",
-        "unsafe_metadata",
-        PRIVATE_METADATA,
-    ),
     row=_user_row,
     # What tells nobody who the user was: the account's state and the application's public metadata.
     kept_on_scrub=("public_metadata", "banned", "locked", "last_sign_in_at", "last_active_at"),
@@ -273,16 +260,6 @@ ORGANIZATIONS = Resource(
     api_gets_by_id=True,
     data_type=OrganizationData,
     deleted_type=DeletedOrganization,
-    row_columns=(
-        "name",
-        "slug",
-        "image_url",
-        "public_metadata",
-        "members_count",
-        "max_allowed_memberships",
-        "created_by",
-        PRIVATE_METADATA,
-    ),
     row=_organization_row,
     # Members joining and leaving change it without an organization.updated.
     volatile_columns=("members_count",),
@@ -298,7 +275,6 @@ MEMBERSHIPS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/memberships",
     data_type=MembershipData,
     deleted_type=DeletedMembership,
-    row_columns=("organization_clerk_id", "user_clerk_id", "role", "permissions", "public_metadata", PRIVATE_METADATA),
     row=_membership_row,
     parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
     # Only clerk_data is personal: it holds the member's public_user_data (names, image, identifier).
@@ -326,7 +302,6 @@ INVITATIONS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/invitations",
     data_type=InvitationData,
     deleted_type=None,
-    row_columns=("organization_clerk_id", "email", "role", "status", "user_clerk_id", "expires_at"),
     row=_invitation_row,
     # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
     parent_columns={"organizations": "organization_clerk_id"},
@@ -344,7 +319,6 @@ DOMAINS = Resource(
     api_per_organization_path="/v1/organizations/{organization_id}/domains",
     data_type=DomainData,
     deleted_type=DeletedDomain,
-    row_columns=("organization_clerk_id", "name", "enrollment_mode", "verification_status"),
     row=_domain_row,
     parent_columns={"organizations": "organization_clerk_id"},
 )
