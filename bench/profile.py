@@ -1,12 +1,13 @@
 """Where the worker's time goes: py-spy over every process of a real worker draining a backlog.
 
-``python -m bench.profile [--events 6000] [--root PATH] [--raw FILE]``: a throwaway database and
-Redis db index (as ``make bench``), a realistic backlog (devkit/history.py) published the way the
-ingress publishes it, then the Procfile's ``worker`` command started on it under ``py-spy record
---subprocesses`` until every event has its ledger row. Prints the drain rate and a table of CPU
-samples per event by where they were taken (the innermost frame's library), and the functions
-with the most samples of their own. ``--root`` profiles another checkout (the commit before a
-change), so a before/after pair is two runs of this script on one machine.
+``python -m bench.profile [--events 6000] [--rate R] [--root PATH] [--raw FILE]``: a throwaway
+database and Redis db index (as ``make bench``), a realistic backlog (devkit/history.py) published the
+way the ingress publishes it, then the Procfile's ``worker`` command started on it under ``py-spy
+record --subprocesses`` until every event has its ledger row. With ``--rate`` the events are
+published one by one at that rate while the worker runs instead: what a lone event costs. Prints
+the drain rate and a table of CPU samples per event by where they were taken (the innermost frame's
+library), and the functions with the most samples of their own. ``--root`` profiles another
+checkout (the commit before a change), so a before/after pair is two runs of this script on one machine.
 """
 
 from __future__ import annotations
@@ -81,24 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=6000, help="backlog size (default 6000)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose worker to profile")
     parser.add_argument("--raw", type=Path, default=ROOT / "bench" / "profile-raw.txt", help="py-spy's raw output")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="publish the events at this steady rate while the worker runs (lone events, not a backlog)",
+    )
     args = parser.parse_args(argv)
     from shared.publish import EventPublisher
 
     with environment() as h:
         h.reset()
-        events = []
         history = _events(random.randrange(10**6), prefix="prof")
         events = [next(history) for _ in range(args.events)]
         publisher = EventPublisher(h.settings, timeout=10.0)
         now = int(time.time())
-        for event in events:
-            publisher.publish(svix_id=event.svix_id, svix_timestamp=now, body=event.body)
-        publisher.close()
+        if args.rate is None:
+            for event in events:
+                publisher.publish(svix_id=event.svix_id, svix_timestamp=now, body=event.body)
         env = {**h.env, "PYTHONPATH": str(args.root)}
         worker = spawn(
             "worker", ["sh", "-c", "exec " + procfile()["worker"]], env=env, cwd=args.root, log_dir=h.log_dir
         )
         h.started.append(worker)
+        if args.rate is not None:
+            h.wait_ready(worker)
         py_spy = str(Path(sys.executable).parent / "py-spy")
         record = ["record", "--pid", str(worker.pid), "--subprocesses", "--format", "raw", "--rate", str(RATE_HZ)]
         spy = subprocess.Popen(
@@ -107,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
         )
         began = time.monotonic()
+        if args.rate is not None:  # one at a time, each due at began + i / rate
+            for i, event in enumerate(events):
+                time.sleep(max(0.0, began + i / args.rate - time.monotonic()))
+                publisher.publish(svix_id=event.svix_id, svix_timestamp=now, body=event.body)
+        publisher.close()
         while h.final_count()[0] < len(events):
             if time.monotonic() - began > 600 or not worker.alive():
                 raise RuntimeError(f"drain stalled at {h.final_count()}: {worker.log()[-2000:]}")
