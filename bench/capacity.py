@@ -17,8 +17,9 @@ short of the rate.
 Lag is the event's ``processed_at`` (Postgres ``clock_timestamp()`` as its ledger row is finished,
 just before the commit) minus the wall-clock time its 2xx reached the sender, floored at 0. The
 knee is the highest rate that held. CPU is read from /proc for every process of each pipeline
-(web, worker and beat trees or consumer, the Postgres backends of the benchmark's database, and
-redis-server, which other users of this machine share) over each step.
+(web, worker and beat trees or consumer, the Postgres backends of the benchmark's database,
+redis-server, which other users of this machine share, and the benchmark's own process, whose
+sender threads post the load) over each step.
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ def cpu_groups(h: Any, pipeline: Pipeline) -> dict[str, list[int]]:
             )
         ]
     groups["redis-server (shared)"] = [int(h.redis.info("server")["process_id"])]
+    # The benchmark itself: its sender threads take their share of the same cores.
+    groups["sender"] = [os.getpid()]
     return groups
 
 
