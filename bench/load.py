@@ -110,3 +110,10 @@ def send_steady(url: str, signed: list[tuple[Any, dict[str, str]]], rate: float,
     for thread in threads:
         thread.join()
     return results
+
+
+def achieved_rate(results: list[tuple]) -> float:
+    """Requests per second the senders kept, from the first send to the last."""
+    sends = [sent for sent, _, _ in results]
+    span = max(sends, default=0.0) - min(sends, default=0.0)
+    return (len(sends) - 1) / span if span > 0 else float("inf")
