@@ -58,7 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("capacity (--only capacity)")
     group.add_argument("--capacity-start", type=float, default=25.0, help="first rate of the ramp (default 25/s)")
-    group.add_argument("--capacity-max", type=float, default=3000.0, help="stop the ramp here (default 3000/s)")
+    group.add_argument("--capacity-max", type=float, default=6000.0, help="stop the ramp here (default 6000/s)")
     group.add_argument("--step-seconds", type=float, help="seconds per step (default 10; --quick 5)")
     group.add_argument("--light-seconds", type=float, help="seconds of the 20/s light step (default 30; --quick 10)")
     group.add_argument(
@@ -387,7 +387,9 @@ def _summary(
 
     at_knee = {}
     for pipeline in pipelines:
-        step = next((s for s in pipeline.steps if ours and s["rate"] == ours), None)
+        # The attempt that held, where the rate was tried twice.
+        tried = [s for s in pipeline.steps if ours and s["rate"] == ours]
+        step = next((s for s in tried if s["holds"]), tried[0] if tried else None)
         if step:
             at_knee[pipeline.name] = step["cpu_cores"]
     return {
