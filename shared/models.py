@@ -79,7 +79,8 @@ class SyncedMixin:
         all but those every synced table has (ids, versions, times, clerk_data) and the application's own."""
         common = {name for name, value in vars(SyncedMixin).items() if isinstance(value, MappedColumn)}
         columns = cls.__table__.columns  # type: ignore[attr-defined]
-        return tuple(c.name for c in columns if c.name not in common and c.info != APPLICATION_OWNED)
+        synced = [c for c in columns if not APPLICATION_OWNED.items() <= c.info.items()]
+        return tuple(c.name for c in synced if c.name not in common)
 
 
 def _metadata_column() -> Mapped[dict[str, Any]]:
