@@ -57,14 +57,20 @@ class Connection:
             self._pending += self._recv()
         head, _, rest = self._pending.partition(b"\r\n\r\n")
         status = int(head[9:12])
-        length, close = 0, False
+        length, chunked, close = 0, False, False
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            name = name.strip().lower()
+            name, value = name.strip().lower(), value.strip().lower()
             if name == b"content-length":
                 length = int(value)
-            elif name == b"connection" and value.strip().lower() == b"close":
-                close = True
+            elif name == b"transfer-encoding":
+                chunked = value == b"chunked"
+            elif name == b"connection":
+                close = value == b"close"
+        if chunked:  # no server of ours sends one, but another might: read to the last chunk
+            while b"\r\n0\r\n\r\n" not in b"\r\n" + rest:
+                rest += self._recv()
+            length = (b"\r\n" + rest).index(b"\r\n0\r\n\r\n") + 5
         while len(rest) < length:
             rest += self._recv()
         self._pending = rest[length:]
