@@ -110,7 +110,8 @@ def send_steady(url: str, signed: list[tuple[Any, dict[str, str]]], rate: float,
             results[i] = (sent, time.perf_counter() - begun, status)
         connection.close()
 
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(senders)]
+    # Daemons: a benchmark stopped mid-step (SIGTERM, Ctrl-C) does not wait for them to run out.
+    threads = [threading.Thread(target=sender, args=(k,), daemon=True) for k in range(senders)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT)]
 
 from bench.capacity import _events, procfile  # noqa: E402
 from bench.procs import spawn  # noqa: E402
-from bench.run import environment, log  # noqa: E402
+from bench.run import environment, exit_on_sigterm, log  # noqa: E402
 
 RATE_HZ = 200
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         help="publish the events at this steady rate while the worker runs (lone events, not a backlog)",
     )
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     from shared.publish import EventPublisher
 
     with environment() as h:

@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -513,19 +514,27 @@ def environment() -> Iterator[Harness]:
         h = Harness(db_url, f"{REDIS_BASE_URL}/{index}", log_dir)
         try:
             yield h
-        except BaseException:
+        except BaseException as exc:
             keep = Path(tempfile.mkdtemp(prefix="clerk-sync-bench-logs-"))
             for path in log_dir.iterdir():
                 if path.suffix == ".log":
                     shutil.copy(path, keep / path.name)
-            log(f"failed; process logs kept in {keep}")
+            ending = "stopped" if isinstance(exc, SystemExit | KeyboardInterrupt) else "failed"
+            log(f"{ending}; process logs kept in {keep}")
             raise
         finally:
             h.stop_all()
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C: the processes started are stopped, the database and the Redis
+    db index given back (a killed run used to leave its throwaway database behind)."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()
     began = time.monotonic()
     report: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
