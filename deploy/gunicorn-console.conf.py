@@ -25,6 +25,9 @@ threads = 4
 timeout = 60
 graceful_timeout = 10
 accesslog = None
+# gunicorn's control interface (gunicornc) is not used: without this it binds a socket under
+# $HOME/.gunicorn, shared by every gunicorn of the user, and logs an error where $HOME is read-only.
+control_socket_disable = True
 logconfig_dict = logging_dict(log_format=_settings.log_format, level=_settings.log_level)
 # Behind a TLS proxy on this machine, X-Forwarded-Proto: https marks requests secure (and cookies Secure).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

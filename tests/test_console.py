@@ -126,12 +126,16 @@ def test_the_session_cookie_is_httponly_strict_and_secure_over_https(processes):
     assert page.headers["X-Frame-Options"] == "DENY" and page.headers["Cache-Control"] == "no-store"
 
 
-def test_the_console_listens_on_the_loopback_by_default(processes, base_env):
-    # Given the console started with CONSOLE_BIND unset (the contract's default 127.0.0.1)
+def test_the_console_listens_on_the_loopback_by_default(processes, base_env, tmp_path):
+    # Given the console started with CONSOLE_BIND unset (the contract's default 127.0.0.1), by a
+    # user whose home directory is empty
     port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
     env = {key: value for key, value in {**base_env, **console_env()}.items() if key != "CONSOLE_BIND"}
     proc = subprocess.Popen(
-        ["sh", "deploy/console.sh"], env={**env, "CONSOLE_PORT": str(port), "PATH": processes.env_path()},
+        ["sh", "deploy/console.sh"],
+        env={**env, "CONSOLE_PORT": str(port), "PATH": processes.env_path(), "HOME": str(home)},
         cwd=processes.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -141,6 +145,9 @@ def test_the_console_listens_on_the_loopback_by_default(processes, base_env):
         proc.terminate()
         output = proc.communicate(timeout=30)[0].decode()
     assert f"Listening at: http://127.0.0.1:{port}" in output
+    # And it left nothing in the home directory (no gunicorn control socket) and logged no error
+    assert list(home.iterdir()) == []
+    assert '"level": "error"' not in output and "[ERROR]" not in output
 
 
 def _answers(url: str) -> bool:
