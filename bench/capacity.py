@@ -13,7 +13,7 @@ created, ... in Clerk's order, no duplicates), user bodies padded to a real user
 16 sender threads at a steady open-loop rate. Each pipeline first gets a light step (20 events/s),
 then steps from ``--capacity-start`` up by x1.26 (three steps: x2), interleaved with the other pipelines at each rate,
 until a rate fails twice in a row: p99 lag over 250 ms, an event lost or refused, or the sender
-short of the rate.
+short of the rate. A pipeline that fails the first rate steps down the same grid until one holds.
 Lag is the event's ``processed_at`` (Postgres ``clock_timestamp()`` as its ledger row is finished,
 just before the commit) minus the wall-clock time its 2xx reached the sender, floored at 0. The
 knee is the highest rate that held. CPU is read from /proc for every process of each pipeline
@@ -314,22 +314,14 @@ def bench_capacity(h: Any, args: argparse.Namespace) -> dict[str, Any]:
             break
         shift = index % len(active)  # who goes first rotates from one rate to the next
         for pipeline in active[shift:] + active[:shift]:
-            step = run_step(h, pipeline, rate, step_seconds)
-            pipeline.steps.append(step)
-            _report(pipeline.name, step)
-            if not step["holds"]:
-                # One hiccup of a shared machine fails a p99 over a few hundred events: a rate is
-                # given up only when it fails twice in a row.
-                time.sleep(1)
-                step = run_step(h, pipeline, rate, step_seconds)
-                step["second_try"] = True
-                pipeline.steps.append(step)
-                _report(pipeline.name, step)
-            if step["holds"]:
+            if _attempt(h, pipeline, rate, step_seconds):
                 pipeline.knee = rate
             else:
                 pipeline.done = True
             time.sleep(1)
+    for pipeline in pipelines:
+        if pipeline.knee is None and light[pipeline.name]["holds"]:
+            _step_down(h, pipeline, args.capacity_start, step_seconds)
     converged = {pipeline.name: converges(h, pipeline) for pipeline in pipelines}
     for pipeline in pipelines:
         for proc in pipeline.procs.values():
@@ -337,6 +329,35 @@ def bench_capacity(h: Any, args: argparse.Namespace) -> dict[str, Any]:
     summary = _summary(pipelines, light, step_seconds=step_seconds, light_seconds=light_seconds)
     summary["tables_equal_reference_model"] = converged
     return summary
+
+
+def _attempt(h: Any, pipeline: Pipeline, rate: float, step_seconds: float) -> bool:
+    """Whether ``pipeline`` holds ``rate``. One hiccup of a shared machine fails a p99 over a few
+    hundred events: a rate is given up only when it fails twice in a row."""
+    step = run_step(h, pipeline, rate, step_seconds)
+    pipeline.steps.append(step)
+    _report(pipeline.name, step)
+    if not step["holds"]:
+        time.sleep(1)
+        step = run_step(h, pipeline, rate, step_seconds)
+        step["second_try"] = True
+        pipeline.steps.append(step)
+        _report(pipeline.name, step)
+    return bool(step["holds"])
+
+
+def _step_down(h: Any, pipeline: Pipeline, start: float, step_seconds: float) -> None:
+    """A pipeline that failed the ramp's first rate: down the same grid until a rate holds, so a
+    ``--capacity-start`` above a slow machine's knee still gives a knee (the light rate at worst)."""
+    rate = start / STEP_FACTOR
+    while rate > LIGHT_RATE:
+        log(f"capacity {pipeline.name}: below the ramp's first rate; trying {rate:.0f}/s")
+        if _attempt(h, pipeline, round(rate, 1), step_seconds):
+            pipeline.knee = round(rate, 1)
+            return
+        time.sleep(1)
+        rate /= STEP_FACTOR
+    pipeline.knee = LIGHT_RATE
 
 
 def converges(h: Any, pipeline: Pipeline) -> bool:

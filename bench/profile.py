@@ -1,12 +1,14 @@
 """Where the worker's time goes: py-spy over every process of a real worker draining a backlog.
 
-``python -m bench.profile [--events 6000] [--rate R] [--root PATH] [--raw FILE]``: a throwaway
+``python -m bench.profile [--events 6000] [--rate R] [--gil] [--root PATH] [--raw FILE]``: a throwaway
 database and Redis db index (as ``make bench``), a realistic backlog (devkit/history.py) published the
 way the ingress publishes it, then the Procfile's ``worker`` command started on it under ``py-spy
 record --subprocesses`` until every event has its ledger row. With ``--rate`` the events are
 published one by one at that rate while the worker runs instead: what a lone event costs. Prints
 the drain rate and a table of CPU samples per event by where they were taken (the innermost frame's
-library), and the functions with the most samples of their own. ``--root`` profiles another
+library), and the functions with the most samples of their own. py-spy may take a thread waiting on a
+socket for a busy one: with ``--gil`` only samples of a thread holding the GIL count, which is closer
+to CPU (C code that releases the GIL is left out). ``--root`` profiles another
 checkout (the commit before a change), so a before/after pair is two runs of this script on one machine.
 """
 
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="publish the events at this steady rate while the worker runs (lone events, not a backlog)",
     )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="count only samples of threads holding the GIL: CPU, without the waits py-spy may count",
+    )
     args = parser.parse_args(argv)
     exit_on_sigterm()
     from shared.publish import EventPublisher
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             h.wait_ready(worker)
         py_spy = str(Path(sys.executable).parent / "py-spy")
         record = ["record", "--pid", str(worker.pid), "--subprocesses", "--format", "raw", "--rate", str(RATE_HZ)]
+        if args.gil:
+            record.append("--gil")
         spy = subprocess.Popen(
             [py_spy, *record, "--nonblocking", "-o", str(args.raw)],
             stdout=subprocess.DEVNULL,
