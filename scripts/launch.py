@@ -14,7 +14,9 @@ with everything else (nothing is installed at run time); nothing under ingress/,
 shared/ imports them.
 
 The launcher owns what it starts: SIGINT or SIGTERM stops honcho (and through it web,
-worker and beat), then the embedded Redis and PostgreSQL, so nothing is left running.
+worker and beat), then the embedded Redis and PostgreSQL, so nothing is left running. So
+does the end of the process that started it (``make``, killed on its own): the launcher
+asks the kernel for a SIGTERM when its parent dies.
 
 Testing hooks: ``CLERK_SYNC_PROBE_{PG,REDIS}_{HOST,PORT}`` move "the default port",
 ``--data-dir`` / ``CLERK_SYNC_DATA_DIR`` moves ``.data/``, and ``--dry-run`` prints the choice and exits.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -385,6 +388,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent(parent: int) -> None:
+    """SIGTERM to this process when ``parent`` (what started it) dies, as if it had been sent one.
+
+    A signal to ``make`` alone (not to its process group, as Ctrl-C would be) ends make and
+    leaves its children running: the servers would stay up with nobody to stop them.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: as before
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Launcher:
     """Runs one child at a time in its own session and passes SIGINT/SIGTERM on to it."""
 
@@ -460,6 +478,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()
     args = parse_args(argv)
     args.processes = list(args.processes)  # a copy: the console may be left out below
     data_dir = args.data_dir.expanduser().resolve()
@@ -484,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[EmbeddedPostgres | EmbeddedRedis] = []
     code = 0
     try:
+        stop_with_parent(parent)
         ensure_webhook_secret(env, args.env_file)
         console_password = ensure_console_account(env, args.env_file) if "console" in args.processes else None
         if "console" in args.processes and not (env.get("CONSOLE_USERS") and env.get("CONSOLE_SECRET_KEY")):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -98,6 +99,33 @@ def live_processes_mentioning(text: str) -> list[str]:
         if text in cmdline and state != "Z":
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := _state_and_parent(int(entry.name))) and found[0] != "Z":
+            parents[int(entry.name)] = found[1]
+    below: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    return below
+
+
+def alive(pid: int) -> bool:
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
 
 
 def server_processes(data_dir: Path) -> list[str]:
@@ -239,6 +267,38 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     # And a Ctrl-C (SIGINT) stops everything too
     stop(second, signal.SIGINT)
     assert server_processes(data_dir) == []
+
+
+def test_everything_stops_when_what_started_the_run_command_dies_alone(
+    tmp_path, data_dir, database_url, redis_url, launched
+):
+    # Given the run command serving the ingress, started by a parent that waits for it (as make does)
+    env = bare_machine_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
+    base_url = f"http://127.0.0.1:{env['PORT']}"
+    log = tmp_path / "run.log"
+    command = shlex.join([*launcher_argv(tmp_path, data_dir), "web"])
+    parent = subprocess.Popen(
+        ["sh", "-c", f"{command}; exit 0"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    launched.append(parent)
+    wait_until_serving(parent, base_url, log)
+    started = descendants(parent.pid)
+    assert len(started) >= 4, started  # the launcher, honcho, web's supervisor, nginx, granian
+
+    try:
+        # When the parent alone is killed (a signal to make only, not to its process group)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+
+        # Then the launcher stops everything it started, and the ingress is gone
+        wait_for(lambda: not any(map(alive, started)), timeout=60, what=f"{started} to stop\n{log.read_text()}")
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{base_url}/healthz", timeout=2)
+    finally:
+        for pid in filter(alive, started):  # what a failure left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_explicit_database_url_wins_and_each_server_is_chosen_on_its_own(tmp_path, data_dir, database_url):
