@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 from kombu import Connection, Queue
@@ -138,3 +139,35 @@ def test_kombus_own_transport_stops_there(redis_url):
             _lose(stock, proxy)
     finally:
         proxy.close()
+
+
+def test_the_channel_keeps_one_client_per_pool_for_acks_and_unacked_records(redis_url):
+    # Given the worker's transport, holding one delivered message not yet acknowledged
+    broker.install()
+    queue = Queue("broker-test-client")
+    with Connection(redis_url) as publisher:
+        publisher.SimpleQueue(queue.name).put({"n": 1})
+    with Connection(redis_url) as connection:
+        held: list[Any] = []
+        consumer = connection.Consumer(queue, callbacks=[lambda body, message: held.append(message)])
+        consumer.consume()
+        connection.drain_events(timeout=5)
+        channel = connection.default_channel
+        assert isinstance(channel, broker.Channel)
+
+        # Then kombu recorded it as unacknowledged through the channel's one client of its pool
+        client = channel._create_client()
+        assert channel._create_client() is client and client.connection_pool is channel.pool
+        tag = held[0].delivery_tag
+        assert client.hexists(channel.unacked_key, tag)
+
+        # When it is acknowledged, the record goes, through the same client
+        held[0].ack()
+        assert not client.hexists(channel.unacked_key, tag)
+        assert channel._create_client() is client
+
+        # And a new pool (after a reconnection) gets a client of its own
+        channel._pool = None
+        renewed = channel._create_client()
+        assert renewed is not client and renewed.connection_pool is channel.pool
+        consumer.cancel()
