@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -42,6 +41,7 @@ import structlog
 from shared import metrics
 from shared.config import ConfigError, Settings, exit_on_config_error, load_settings
 from shared.logging import configure_logging, logging_dict
+from shared.parent_death import term_on_parent_death
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_APP = "ingress.wsgi:app"
@@ -49,7 +49,6 @@ NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 # How long each server may take to come up, and to finish its requests when stopping.
 START_SECONDS = 60.0
 STOP_SECONDS = 15.0
-PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger("clerk_sync.web")
 
@@ -111,19 +110,13 @@ def nginx_argv(config: Path, runtime: Path) -> list[str]:
     return [str(binary), "-p", str(runtime), "-c", str(config), "-e", "stderr"]
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when this supervisor dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def start(name: str, argv: list[str], *, relay_stderr: bool = False) -> subprocess.Popen[bytes]:
     log.info("web_server_starting", server=name)
     child = subprocess.Popen(
         argv,
         cwd=ROOT,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=term_on_parent_death,  # in the child: SIGTERM when this supervisor dies
         stderr=subprocess.PIPE if relay_stderr else None,
     )
     if relay_stderr:

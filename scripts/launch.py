@@ -16,7 +16,8 @@ shared/ imports them.
 The launcher owns what it starts: SIGINT or SIGTERM stops honcho (and through it web,
 worker and beat), then the embedded Redis and PostgreSQL, so nothing is left running. So
 does the end of the process that started it (``make``, killed on its own): the launcher
-asks the kernel for a SIGTERM when its parent dies.
+asks the kernel for a SIGTERM when its parent dies. And if the launcher itself is killed
+outright, honcho and the embedded Redis get a SIGTERM from the kernel the same way.
 
 Testing hooks: ``CLERK_SYNC_PROBE_{PG,REDIS}_{HOST,PORT}`` move "the default port",
 ``--data-dir`` / ``CLERK_SYNC_DATA_DIR`` moves ``.data/``, and ``--dry-run`` prints the choice and exits.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from shared.parent_death import term_on_parent_death
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -336,7 +338,13 @@ class EmbeddedRedis:
             "--daemonize",
             "no",
         ]
-        self.popen = subprocess.Popen(argv, cwd=self.data_dir, start_new_session=True, stdin=subprocess.DEVNULL)
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=self.data_dir,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=term_on_parent_death,  # stopped (and its file synced) if the launcher is killed
+        )
         deadline = time.monotonic() + 30
         while not self._ping():
             if self.popen.poll() is not None:
@@ -388,17 +396,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-PR_SET_PDEATHSIG = 1
-
-
 def stop_with_parent(parent: int) -> None:
     """SIGTERM to this process when ``parent`` (what started it) dies, as if it had been sent one.
 
     A signal to ``make`` alone (not to its process group, as Ctrl-C would be) ends make and
     leaves its children running: the servers would stay up with nobody to stop them.
     """
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: as before
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    term_on_parent_death()
     if os.getppid() != parent:  # it died before the request was made
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -430,7 +434,10 @@ class Launcher:
     def run(self, argv: list[str]) -> int:
         if self.stopping:
             raise StopRequested
-        self.child = subprocess.Popen(argv, cwd=ROOT, env=self.env, start_new_session=True)
+        # SIGTERM to it if the launcher dies without stopping it (SIGKILL): honcho then stops the rest.
+        self.child = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, start_new_session=True, preexec_fn=term_on_parent_death
+        )
         try:
             while True:
                 try:

@@ -13,6 +13,7 @@ other pytest session on the machine tightens it again and prunes old runs under 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -101,31 +103,22 @@ def live_processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def _state_and_parent(pid: int) -> tuple[str, int] | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid``."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (found := _state_and_parent(int(entry.name))) and found[0] != "Z":
-            parents[int(entry.name)] = found[1]
-    below: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - below
-        below |= frontier
-    return below
+def _launcher_module() -> Any:
+    """scripts/launch.py as a module (it is run as a script, not imported, by the run command)."""
+    spec = importlib.util.spec_from_file_location("clerk_sync_launch", LAUNCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def alive(pid: int) -> bool:
-    found = _state_and_parent(pid)
-    return found is not None and found[0] != "Z"
+    """A process that runs (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def server_processes(data_dir: Path) -> list[str]:
@@ -269,10 +262,12 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     assert server_processes(data_dir) == []
 
 
-def test_everything_stops_when_what_started_the_run_command_dies_alone(
-    tmp_path, data_dir, database_url, redis_url, launched
+@pytest.mark.parametrize("killed", ["its parent", "the launcher"])
+def test_everything_stops_when_the_run_command_or_its_parent_is_killed(
+    tmp_path, data_dir, database_url, redis_url, launched, killed
 ):
     # Given the run command serving the ingress, started by a parent that waits for it (as make does)
+    launcher = _launcher_module()
     env = bare_machine_env(DATABASE_URL=database_url, REDIS_URL=redis_url)
     base_url = f"http://127.0.0.1:{env['PORT']}"
     log = tmp_path / "run.log"
@@ -283,15 +278,19 @@ def test_everything_stops_when_what_started_the_run_command_dies_alone(
     )  # fmt: skip
     launched.append(parent)
     wait_until_serving(parent, base_url, log)
-    started = descendants(parent.pid)
+    started = [pid for pid in launcher.descendants(parent.pid) if alive(pid)]
     assert len(started) >= 4, started  # the launcher, honcho, web's supervisor, nginx, granian
 
     try:
-        # When the parent alone is killed (a signal to make only, not to its process group)
-        os.kill(parent.pid, signal.SIGKILL)
+        # When the parent alone is killed (a signal to make only, not to its process group), or the
+        # launcher itself is killed outright (SIGKILL: it can stop nothing itself)
+        if killed == "its parent":
+            os.kill(parent.pid, signal.SIGKILL)
+        else:
+            os.kill(next(pid for pid in started if str(LAUNCH) in _cmdline(pid)), signal.SIGKILL)
         parent.wait(timeout=10)
 
-        # Then the launcher stops everything it started, and the ingress is gone
+        # Then everything the run command started stops, and the ingress is gone
         wait_for(lambda: not any(map(alive, started)), timeout=60, what=f"{started} to stop\n{log.read_text()}")
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{base_url}/healthz", timeout=2)
@@ -299,6 +298,13 @@ def test_everything_stops_when_what_started_the_run_command_dies_alone(
         for pid in filter(alive, started):  # what a failure left running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_explicit_database_url_wins_and_each_server_is_chosen_on_its_own(tmp_path, data_dir, database_url):
