@@ -5,7 +5,10 @@ failure. The processes of one worker share a backoff instead, in memory mapped b
 process before the pool forks (``install``): when an attempt fails, the first process to report
 the step it tried at advances the backoff and logs ``database_unavailable`` once; the others
 see the step has moved on and stay silent. Every process waits for the same next probe time.
-``database_available`` is logged once when an attempt succeeds again.
+``database_available`` is logged once when an attempt succeeds again. Both go by the step an
+attempt was made at: an attempt begun before another process reported a failure says nothing
+about Postgres since, so its success does not end the outage (a sweep that committed just as the
+connection was cut would otherwise end it, and the next failure would report step 1 again).
 
 A batch waits for its turn at most ``database_wait`` (``shared.timings``), then hands its events
 back to the queue, so a wait never meets the task's soft time limit.
@@ -64,13 +67,14 @@ class DatabaseBackoff:
             "database_unavailable", step=step, retry_in_seconds=round(delay, 1), error=error, waiting=waiting_events
         )
 
-    def succeeded(self) -> None:
-        """An attempt reached Postgres: the outage, if there was one, is over."""
+    def succeeded(self, step_tried: int) -> None:
+        """An attempt made at ``step_tried`` reached Postgres: the outage, if there was one, is over
+        unless a failure was reported since the attempt began (the next probe decides)."""
         if not self.step:
             return
         with self._locked():
             steps, started = self.step, self._state[2]
-            if not steps:
+            if not steps or steps != step_tried:
                 return
             self._state[0] = self._state[1] = self._state[2] = 0.0
         log.info("database_available", steps=steps, outage_seconds=round(time.time() - started, 1))

@@ -122,7 +122,7 @@ def _apply(settings: Settings, deliveries: list[Delivery], wait: outage.Database
             log.exception("batch_failed")
             time.sleep(settings.timings.restore_interval)
             return False
-        wait.succeeded()
+        wait.succeeded(step)
         return True
     return False
 

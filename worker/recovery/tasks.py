@@ -47,7 +47,7 @@ def _in_transaction(settings: Settings, job: Callable[[Session], T], *, fallback
             raise
         wait.failed(step, error=describe(exc), waiting_events=0)
         return fallback
-    wait.succeeded()
+    wait.succeeded(step)
     return result
 
 
