@@ -25,6 +25,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from devkit.services import empty_tables
+
 START_MS = 1_716_883_200_000
 STEP_MS = 1_000
 USER_PII = ("email", "first_name", "last_name", "username", "image_url")
@@ -722,13 +724,9 @@ def restricted(tables: Tables, columns_of: dict[str, tuple[str, ...]]) -> Tables
     }
 
 
-def truncate_synced_tables(session: Session) -> None:
-    session.execute(
-        text(
-            "TRUNCATE webhook_events, users, organizations, organization_memberships, organization_invitations,"
-            " organization_domains, clerk_sync_control"
-        )
-    )
+def empty_synced_tables(session: Session) -> None:
+    """Start an example from empty tables, in the session's transaction."""
+    empty_tables(lambda statement: session.execute(text(statement)))
 
 
 # Issue 19's realistic traffic: the share of each event type in a Clerk instance's stream.

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("TEST_REDIS_BASE_URL", "redis://127.0.0.1:6379")
 LOCK_PREFIX = "clerk-sync-test-db-lock:"
+
+# Every table the service writes (Alembic's own aside): what a test or an example starts without.
+SERVICE_TABLES = (
+    "webhook_events",
+    "users",
+    "organizations",
+    "organization_memberships",
+    "organization_invitations",
+    "organization_domains",
+    "clerk_sync_control",
+    "operator_actions",
+)
 
 
 def free_port() -> int:
@@ -58,6 +70,22 @@ def temporary_database(revision: str = "head") -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def empty_tables(execute: Callable[[str], object]) -> None:
+    """Empty ``SERVICE_TABLES`` and restart their ids, as ``TRUNCATE ... RESTART IDENTITY`` would.
+
+    DELETE, not TRUNCATE: TRUNCATE makes new files for every table and index, ~0.25 s for these on
+    a 2-vCPU VM, where deleting a test's few rows takes under a millisecond. ``execute`` runs one
+    statement (a psycopg connection's ``execute``, or a session's with ``text``).
+    """
+    for table in SERVICE_TABLES:
+        execute(f"DELETE FROM {table}")  # noqa: S608 - names from SERVICE_TABLES
+    names = ", ".join(f"'{table}'" for table in SERVICE_TABLES)
+    execute(
+        "SELECT setval(pg_get_serial_sequence(attrelid::regclass::text, attname), 1, false) FROM pg_attribute"  # noqa: S608 - names from SERVICE_TABLES
+        f" WHERE attrelid = ANY(ARRAY[{names}]::regclass[]) AND attname = 'id'"
+    )
 
 
 def _lease_index(admin: redis.Redis, token: str, *, wait_seconds: float) -> int:

@@ -23,7 +23,7 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from devkit.services import REDIS_BASE_URL, redis_db_index, temporary_database
+from devkit.services import REDIS_BASE_URL, empty_tables, redis_db_index, temporary_database
 from shared.config import Settings, load_settings
 from shared.db import make_engine
 from tests.support.processes import ProcessManager
@@ -31,17 +31,6 @@ from tests.support.signing import SECRET
 
 # Fixtures that start the service's own long-running processes.
 PROCESS_FIXTURES = frozenset({"processes", "launched"})
-
-SYNCED_TABLES = (
-    "webhook_events",
-    "users",
-    "organizations",
-    "organization_memberships",
-    "organization_invitations",
-    "organization_domains",
-    "clerk_sync_control",
-    "operator_actions",
-)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -103,7 +92,7 @@ def _engine(database_url: str, redis_url: str, base_env: dict[str, str]):  # typ
 def clean_state(database_url: str, redis_url: str) -> None:
     """Empty tables and an empty Redis db before the test."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {', '.join(SYNCED_TABLES)} RESTART IDENTITY")
+        empty_tables(conn.execute)
     redis.Redis.from_url(redis_url).flushdb()
 
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devkit.history import Event, HistoryBuilder, reference_tables, snapshot, truncate_synced_tables
+from devkit.history import Event, HistoryBuilder, empty_synced_tables, reference_tables, snapshot
 from tests.support.ledger import statuses
 from tests.support.pipeline import deliver_one
 from worker.pipeline.batch import process_batch
@@ -54,7 +54,7 @@ def test_any_delivery_order_converges_to_the_model(session_factory, settings, sc
     # Given a history in Clerk's order, and empty tables for this example
     app_settings = dataclasses.replace(settings, deleted_user_pii="scrub" if scrub else "keep")
     with session_factory.begin() as session:
-        truncate_synced_tables(session)
+        empty_synced_tables(session)
     events = _history(rng, script)
 
     # When it is delivered shuffled, with duplicates
@@ -84,7 +84,7 @@ def test_any_delivery_order_in_batches_converges_to_the_model(
         settings, deleted_user_pii="scrub" if scrub else "keep", sync_private_metadata=private
     )
     with session_factory.begin() as session:
-        truncate_synced_tables(session)
+        empty_synced_tables(session)
     events = _history(rng, script)
 
     # When it is delivered shuffled, with duplicates, in batches of random size (the worker's path)

@@ -16,7 +16,7 @@ from hypothesis import event as label
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from devkit.history import Event, reference_tables, snapshot, truncate_synced_tables
+from devkit.history import Event, empty_synced_tables, reference_tables, snapshot
 from shared.models import WebhookEvent
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
@@ -88,7 +88,7 @@ def _deliver(session_factory, app_settings, svix_id: str, payload: dict[str, Any
 def test_a_mutated_payload_is_applied_as_the_model_says_or_dead_and_harmless(session_factory, settings, mutation):  # type: ignore[no-untyped-def]
     # Given the small world, applied
     with session_factory.begin() as session:
-        truncate_synced_tables(session)
+        empty_synced_tables(session)
     base = [Event(f"msg_base_{n}", name, 1716883200000 + n, load_payload(name)) for n, name in enumerate(BASE)]
     for event in base:
         assert _deliver(session_factory, settings, event.svix_id, event.payload) == "processed"
