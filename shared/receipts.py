@@ -46,11 +46,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from shared.models import WebhookEvent
-
 # How many receipts one recovery pass looks at.
 RECOVERY_BATCH = 500
 
@@ -97,15 +92,19 @@ def touch_on(pipe: Any, queue_name: str, svix_ids: list[str]) -> None:
 
 
 Republish = Callable[[str, int | None, str], None]
+# Which of these svix-ids have a `webhook_events` row: asked of Postgres by the caller (the
+# sweeper), so that this module, which the ingress imports to publish, needs no database code.
+Recorded = Callable[[list[str]], set[str]]
 
 
 def recover_lost(
-    session: Session, client: Any, republish: Republish, *, queue_name: str, older_than_seconds: float
+    client: Any, recorded: Recorded, republish: Republish, *, queue_name: str, older_than_seconds: float
 ) -> int:
     """Re-enqueue accepted events whose message vanished before any worker recorded them.
 
-    ``republish(svix_id, svix_timestamp, body)`` enqueues one event again. Returns how many
-    were re-enqueued. See invariant 3 for which receipts are left alone.
+    ``recorded(svix_ids)`` says which of them Postgres holds; ``republish(svix_id, svix_timestamp,
+    body)`` enqueues one event again. Returns how many were re-enqueued. See invariant 3 for which
+    receipts are left alone.
     """
     receipts, index = receipt_keys(queue_name)
     cutoff = min(time.time() - older_than_seconds, _head_receipt_time(client, queue_name))
@@ -113,7 +112,7 @@ def recover_lost(
     svix_ids = [raw.decode() for raw in oldest]
     if not svix_ids:
         return 0
-    known = set(session.scalars(select(WebhookEvent.svix_id).where(WebhookEvent.svix_id.in_(svix_ids))))
+    known = recorded(svix_ids)
     forget(client, queue_name, sorted(known))
     lost = [svix_id for svix_id in svix_ids if svix_id not in known]
     requeued = []

@@ -11,6 +11,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -315,3 +317,17 @@ def test_svix_test_vectors_through_the_ingress(base_env, redis_client, vector):
     fresh = signed_headers(vector["body"], svix_id=vector["svix-id"], secret=vector["secret"])
     assert client.post(URL, data=vector["body"].encode(), headers=fresh).status_code == 200
     assert queued(redis_client, settings.queue_name)[0]["args"][2] == vector["body"]
+
+
+def test_the_ingress_loads_no_database_or_worker_code(base_env):
+    # Given the WSGI entry point granian's workers import (CONTRACT section 3: no Postgres)
+    probe = (
+        "import sys, ingress.wsgi; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'psycopg', 'alembic', 'worker'}),"
+        " 'shared.models' in sys.modules)"
+    )
+    # When a fresh interpreter imports it and builds the app
+    result = subprocess.run([sys.executable, "-c", probe], env=base_env, capture_output=True, text=True, check=False)
+    # Then neither the database layer nor the worker came with it (each costs every web worker's start)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "[] False", result.stdout

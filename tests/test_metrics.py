@@ -49,7 +49,7 @@ def total(samples: Samples, name: str) -> float:
 
 def test_scrape_points_count_what_happened(processes, session_factory, tmp_path):
     # Given an ingress and a worker, each with its own multiprocess directory
-    web = processes.start_web(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "web-metrics"))
+    web = processes.start_web(workers=2, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "web-metrics"))
     port = free_port()
     processes.start_worker(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "worker-metrics"), METRICS_PORT=str(port))
     worker_url = f"http://127.0.0.1:{port}/metrics"

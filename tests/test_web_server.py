@@ -168,7 +168,7 @@ class Trickle:
 def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processes, redis_client):
     # Given the web process with its default settings, and 64 connections trickling headers
     # plus 64 trickling a declared 100 KB body, one piece a second each
-    web = processes.start_web()
+    web = processes.start_web(workers=2)
     queue = processes.env["CLERK_SYNC_QUEUE"]
     attack = Trickle(web.url, header_connections=64, body_connections=64)
     try:
@@ -204,7 +204,7 @@ def accepts(url: str) -> bool:
 
 def test_sigterm_finishes_the_request_in_flight_and_loses_nothing(processes, redis_client):
     # Given the web process and a signed delivery whose body is half sent
-    web = processes.start_web()
+    web = processes.start_web(workers=2)
     queue = processes.env["CLERK_SYNC_QUEUE"]
     svix_id, body, headers = signed_request()
     sock = connect(web.url, timeout=SVIX_TIMEOUT_SECONDS)
@@ -230,7 +230,7 @@ def test_sigterm_finishes_the_request_in_flight_and_loses_nothing(processes, red
 
 def test_sigterm_under_load_never_answers_2xx_for_an_event_not_queued(processes, redis_client):
     # Given the web process taking a stream of deliveries from four clients
-    web = processes.start_web()
+    web = processes.start_web(workers=2)
     queue = processes.env["CLERK_SYNC_QUEUE"]
     answered: list[tuple[str, int]] = []
     lock = threading.Lock()

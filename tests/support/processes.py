@@ -81,8 +81,11 @@ class ProcessManager:
         self.procs.append(proc)
         return proc
 
-    def start_web(self, *, workers: int = 2, wait: bool = True, **env_overrides: str) -> Proc:
-        """The Procfile's `web` command, run as honcho runs it (``sh -c``, a session of its own)."""
+    def start_web(self, *, workers: int = 1, wait: bool = True, **env_overrides: str) -> Proc:
+        """The Procfile's `web` command, run as honcho runs it (``sh -c``, a session of its own).
+
+        One granian worker unless a test is about several (each costs ~2 s of CPU to start on a
+        2-vCPU VM, and the suite is CPU-bound)."""
         port = free_port()
         env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers), **env_overrides}
         proc = self._spawn("web", web_argv(), env)

@@ -114,8 +114,12 @@ def recover_lost(session: Session, publisher: EventPublisher, *, queue_name: str
     """Re-enqueue events whose message vanished in Redis (``shared.receipts``); none while paused."""
     if ledger.is_paused(session):
         return 0
+
+    def recorded(svix_ids: list[str]) -> set[str]:
+        return set(session.scalars(select(WebhookEvent.svix_id).where(WebhookEvent.svix_id.in_(svix_ids))))
+
     requeued = receipts.recover_lost(
-        session, publisher.redis, publisher.republish, queue_name=queue_name, older_than_seconds=older_than_seconds
+        publisher.redis, recorded, publisher.republish, queue_name=queue_name, older_than_seconds=older_than_seconds
     )
     if requeued:
         log.warning("lost_messages_requeued", count=requeued)
