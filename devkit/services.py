@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,16 +90,31 @@ def empty_tables(execute: Callable[[str], object]) -> None:
     )
 
 
+# A lease lasts this long unless its holder renews it (every LEASE_RENEW_SECONDS while it runs): a
+# run killed outright gives its index back within a few minutes, not hours. The processes it had
+# started stop with it (tests/support/processes.py), so nothing of it writes there afterwards.
+LEASE_SECONDS = 180
+LEASE_RENEW_SECONDS = float(os.environ.get("TEST_LEASE_RENEW_SECONDS", "30"))
+# Renew only a lease that is still ours.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+
+
 def _lease_index(admin: redis.Redis, token: str, *, wait_seconds: float) -> int:
     """The first free index of 1-15, waiting while all are leased (parallel runs on one machine)."""
     deadline = time.monotonic() + wait_seconds
     while True:
         for index in range(1, 16):
-            if admin.set(f"{LOCK_PREFIX}{index}", token, nx=True, ex=3 * 3600):
+            if admin.set(f"{LOCK_PREFIX}{index}", token, nx=True, ex=LEASE_SECONDS):
                 return index
         if time.monotonic() > deadline:
             raise RuntimeError(f"no free Redis db index (1-15) after {wait_seconds:g} s")
         time.sleep(1)
+
+
+def _renew_until(stop: threading.Event, admin: redis.Redis, key: str, token: str) -> None:
+    while not stop.wait(LEASE_RENEW_SECONDS):
+        with contextlib.suppress(redis.RedisError):  # Redis away for a moment: the next turn renews
+            admin.eval(_RENEW, 1, key, token, LEASE_SECONDS)
 
 
 @contextmanager
@@ -106,11 +123,15 @@ def redis_db_index(*, wait_seconds: float = 240) -> Iterator[int]:
     admin = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
     token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
     index = _lease_index(admin, token, wait_seconds=wait_seconds)
+    key = f"{LOCK_PREFIX}{index}"
+    stop = threading.Event()
+    threading.Thread(target=_renew_until, args=(stop, admin, key, token), daemon=True).start()
     client = redis.Redis.from_url(f"{REDIS_BASE_URL}/{index}")
     client.flushdb()
     try:
         yield index
     finally:
+        stop.set()
         client.flushdb()
-        if admin.get(f"{LOCK_PREFIX}{index}") == token.encode():
-            admin.delete(f"{LOCK_PREFIX}{index}")
+        if admin.get(key) == token.encode():
+            admin.delete(key)
