@@ -1,7 +1,7 @@
 # Two commands for a fresh clone: `make run` and `make test`. Everything else is a helper.
 PYTHON ?= python3
-# pytest-xdist workers for `make test`: the tests mostly wait on the processes they start, so more
-# workers than cores pays; each is a session of its own (database, Redis db index, queue). 0: serial.
+# pytest-xdist workers for `make test`, each a session of its own (database, Redis db index, queue);
+# 0: serial. The suite is CPU-bound: on 2 cores 4 was measured faster than 6 (docs/development.md).
 TEST_WORKERS ?= 4
 VENV ?= .venv
 BIN := $(VENV)/bin
