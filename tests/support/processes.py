@@ -91,7 +91,7 @@ class ProcessManager:
     def start_web(self, *, workers: int = 1, wait: bool = True, **env_overrides: str) -> Proc:
         """The Procfile's `web` command, run as honcho runs it (``sh -c``, a session of its own).
 
-        One granian worker unless a test is about several (each costs ~2 s of CPU to start on a
+        One granian worker unless a test is about several (each costs ~1.2 s of CPU to start on a
         2-vCPU VM, and the suite is CPU-bound)."""
         port = free_port()
         env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers), **env_overrides}
