@@ -61,6 +61,7 @@ def run_cli(
         out.touch()
         err.touch()
         request = {
+            "id": scratch,
             "args": list(args),
             "env": env,
             "cwd": str(cwd or Path.cwd()),
@@ -72,7 +73,11 @@ def run_cli(
         assert server.stdin is not None and server.stdout is not None
         server.stdin.write(json.dumps(request) + "\n")
         server.stdin.flush()
-        returncode = json.loads(server.stdout.readline())["returncode"]
+        # A reply to an earlier request (its test interrupted while waiting, by pytest-timeout) is skipped.
+        reply = json.loads(server.stdout.readline())
+        while reply["id"] != scratch:
+            reply = json.loads(server.stdout.readline())
+        returncode = reply["returncode"]
         argv = [bin_path("clerk-sync"), *args]
         if returncode == -9:
             raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())

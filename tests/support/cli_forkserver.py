@@ -8,8 +8,8 @@ CPU a run on a 2-vCPU VM, about a sixth of the suite's CPU when each run paid th
 This process imports modules and nothing else: no settings read, no connection opened, no
 thread started, so a forked run inherits no state a fresh process would not have.
 
-Protocol, one JSON line each way on stdin/stdout: ``{"args", "env", "cwd", "stdout", "stderr",
-"timeout"}`` (the two paths are files the run's output goes to) -> ``{"returncode"}`` (-9 when
+Protocol, one JSON line each way on stdin/stdout: ``{"id", "args", "env", "cwd", "stdout", "stderr",
+"timeout"}`` (the two paths are files the run's output goes to) -> ``{"id", "returncode"}`` (-9 when
 the run outlived ``timeout`` and was killed).
 """
 
@@ -97,7 +97,7 @@ def serve() -> None:
         if pid == 0:
             _run(request)
         returncode = _wait(pid, request["timeout"])
-        print(json.dumps({"returncode": returncode}), flush=True)
+        print(json.dumps({"id": request["id"], "returncode": returncode}), flush=True)
 
 
 if __name__ == "__main__":
