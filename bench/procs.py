@@ -13,6 +13,8 @@ from pathlib import Path
 
 import requests
 
+from devkit.services import STOP_WITH_PARENT
+
 
 @dataclass
 class Started:
@@ -59,7 +61,10 @@ class Started:
 def spawn(name: str, argv: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path) -> Started:
     log_path = log_dir / f"{name}-{time.strftime('%H%M%S')}-{os.urandom(2).hex()}.log"
     handle = log_path.open("wb")
-    popen = subprocess.Popen(argv, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    # Stopped with the benchmark even if it is killed outright (devkit.services.STOP_WITH_PARENT).
+    popen = subprocess.Popen(
+        [*STOP_WITH_PARENT, *argv], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
     return Started(name=name, popen=popen, log_path=log_path)
 
 

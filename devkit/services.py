@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +34,14 @@ SERVICE_TABLES = (
     "clerk_sync_control",
     "operator_actions",
 )
+
+
+# Prefix for a command that must stop when the process that starts it dies, even killed outright:
+# util-linux's setpriv asks the kernel for SIGTERM on the parent's death, then execs the command (no
+# Python runs between fork and exec, as it would in a preexec_fn). The tests and the benchmark start
+# the service's processes this way, so a run killed outright leaves none of them writing to its
+# database or Redis db index. Empty where setpriv is missing.
+STOP_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,14 +13,8 @@ from pathlib import Path
 
 import requests
 
-from devkit.services import ROOT, bin_path, free_port
+from devkit.services import ROOT, STOP_WITH_PARENT, bin_path, free_port
 from devkit.waiting import wait_for
-
-# What a test starts stops with the test run, even one killed outright: util-linux's setpriv asks the
-# kernel for SIGTERM when the pytest process dies, then execs the command (no Python runs between
-# fork and exec, as it would in a preexec_fn). Otherwise web, worker and beat would keep running,
-# and writing to the run's Redis db index after its lease ran out (devkit.services).
-WITH_THE_RUN = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def procfile_command(name: str) -> str:
@@ -82,7 +75,12 @@ class ProcessManager:
         # The Procfile names its programs bare, as honcho finds them: this venv's come first.
         env = {**env, "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])}
         popen = subprocess.Popen(
-            [*WITH_THE_RUN, *argv], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            [*STOP_WITH_PARENT, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         proc = Proc(name=name, popen=popen, log_path=log_path)
         self.procs.append(proc)
