@@ -70,6 +70,9 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
             # At DEBUG it prints each task's raw arguments: the event body, PII included.
             "celery.pool": {"level": "INFO"},
             "kombu": {"level": "WARNING"},
+            # billiard (Celery's pool) logs here with propagation off, e.g. "Process ... exited with
+            # 'signal 9 (SIGKILL)'": without a handler of its own, Python printed that as bare text.
+            "multiprocessing": {"handlers": ["default"], "propagate": False, "level": level},
             "alembic": {"level": level},
         },
     }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from typing import Any
 
 import psycopg
@@ -55,7 +58,9 @@ def test_process_logs_are_json_with_event_context_and_no_secrets(processes, sess
     assert post_event(web.url, updated, svix_id="msg_log_updated").status_code == 200
     assert post_event(web.url, updated, svix_id="msg_log_forged", secret=OTHER_SECRET).status_code == 401
     wait_for(lambda: processed(2), timeout=90, what="both events processed")
-    # (Read while they run: Celery's own "worker: Warm shutdown" on SIGTERM is printed raw.)
+    # (Read once both have stopped: their shutdown lines count too.)
+    web.stop()
+    worker.stop()
     web_log, worker_log = web.log(), worker.log()
 
     # Then every line of both processes is one JSON object
@@ -145,3 +150,27 @@ def test_beat_logs_json_without_a_line_per_routine_send(processes, settings, red
     records = json_lines(beat.log())
     assert any(record["event"] == "beat: Starting..." for record in records)
     assert not [record for record in records if "Sending due task" in record["event"]]
+
+
+def test_the_worker_log_stays_json_when_a_pool_process_is_lost_and_when_it_stops(processes):
+    # Given a worker logging JSON
+    worker = processes.start_worker(LOG_FORMAT="json", concurrency=1)
+    pool = subprocess.run(["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True).stdout.split()
+    assert len(pool) == 1, pool
+
+    # When its pool process is killed outright (as the OOM killer would) and a new one replaces it
+    os.kill(int(pool[0]), signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = subprocess.run(["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True).stdout.split()
+        return "exited with" in worker.log() and bool(now) and now != pool
+
+    wait_for(replaced, timeout=30, what="a new pool process")
+    # ...and the worker is then told to stop, as honcho, Heroku and systemd do (SIGTERM)
+    worker.stop()
+    assert worker.popen.returncode == 0, worker.log()[-2000:]
+
+    # Then every line it wrote is one JSON object, billiard's and the shutdown's included
+    records = json_lines(worker.log())
+    assert any("exited with 'signal 9 (SIGKILL)'" in str(r.get("event")) for r in records)
+    assert [r["how"] for r in records if r.get("event") == "worker_shutting_down"] == ["warm"]

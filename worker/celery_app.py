@@ -129,8 +129,10 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.celeryd_init.connect
-def _json_banner(sender: str, instance: Any, conf: Any, **_: Any) -> None:
-    """With JSON logs, the start-up banner is one JSON line instead of ASCII art on stdout."""
+def _start_and_stop_lines(sender: str, instance: Any, conf: Any, **_: Any) -> None:
+    """With JSON logs, the start-up banner is one JSON line instead of ASCII art on stdout; in
+    either format, the shutdown is said as a log line (``_quiet_shutdown_handlers``)."""
+    _quiet_shutdown_handlers(instance)
     if get_settings().log_format != "json":
         return
     instance.quiet = True
@@ -140,6 +142,27 @@ def _json_banner(sender: str, instance: Any, conf: Any, **_: Any) -> None:
         concurrency=getattr(instance, "concurrency", None) or conf.worker_concurrency,
         queues=sorted(queue.name for queue in conf.task_queues or ()),
     )
+
+
+def _quiet_shutdown_handlers(instance: Any) -> None:
+    """Celery's SIGTERM and SIGQUIT handlers print "worker: Warm shutdown (MainProcess)" raw on
+    stdout; installed again without it, and ``_log_shutdown`` says it as one JSON line."""
+    from celery.apps import worker as celery_worker
+
+    install_platform_tweaks = instance.install_platform_tweaks
+
+    def install_quietly(worker: Any) -> None:
+        install_platform_tweaks(worker)
+        celery_worker.install_worker_term_handler(worker, verbose=False)
+        celery_worker.install_worker_term_hard_handler(worker, verbose=False)
+
+    instance.install_platform_tweaks = install_quietly
+
+
+@signals.worker_shutting_down.connect
+def _log_shutdown(sig: str, how: str, exitcode: int, **_: Any) -> None:
+    """What Celery would have printed on stdout (``_quiet_shutdown_handlers``), as a log line."""
+    structlog.get_logger("clerk_sync.worker").info("worker_shutting_down", how=how.lower(), signal=sig)
 
 
 @signals.worker_init.connect
