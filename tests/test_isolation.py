@@ -36,19 +36,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_processes_a_test_started_stop_when_the_test_run_is_killed(base_env, tmp_path):
-    # Given a test process that has started beat through the ProcessManager, as the fixtures do
+def test_processes_a_test_started_stop_when_the_test_run_is_killed(processes):
+    # Given a test process that has started beat through a ProcessManager of its own, with this
+    # test's environment (what the `processes` fixture gives)
     runner, line = _start_script(
         f"""
         import time
         from pathlib import Path
         from tests.support.processes import ProcessManager
-        manager = ProcessManager(dict({base_env!r}), Path({str(tmp_path)!r}))
+        manager = ProcessManager(dict({processes.env!r}), Path({str(processes.log_dir)!r}))
         beat = manager.start_beat(RECOVERY_SECONDS="24")
         print(beat.popen.pid, flush=True)
         time.sleep(120)
         """,
-        base_env,
+        processes.env,
     )
     beat_pid = int(line)
     assert _alive(beat_pid)
