@@ -210,7 +210,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CLERK_INSTANCE_ID", "clerk_instance_id", None, _text,
              "Apply only events of this Clerk instance (ins_...); others are recorded ignored."),
     Variable("LOG_FORMAT", "log_format", None, partial(_choice, choices=("json", "console")),
-             "json (one object per line) or console; default json unless stdout is a terminal."),
+             "json (one object per line) or console; default json unless stdout is a terminal. In json, every"
+             " line a process writes is one object, Celery's and its pool's included: the worker's banner and its"
+             " shutdown notice are the `worker_starting` and `worker_shutting_down` events."),
     Variable("LOG_LEVEL", "log_level", "INFO",
              partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
     Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576", partial(_int, minimum=1),
