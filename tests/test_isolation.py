@@ -17,6 +17,7 @@ import redis
 
 from devkit.services import LEASE_SECONDS, LOCK_PREFIX, REDIS_BASE_URL, ROOT
 from devkit.waiting import wait_for
+from tests.support.processes import alive
 
 
 def _start_script(code: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -26,14 +27,6 @@ def _start_script(code: str, env: dict[str, str]) -> tuple[subprocess.Popen[str]
     )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_processes_a_test_started_stop_when_the_test_run_is_killed(processes):
@@ -52,15 +45,15 @@ def test_processes_a_test_started_stop_when_the_test_run_is_killed(processes):
         processes.env,
     )
     beat_pid = int(line)
-    assert _alive(beat_pid)
+    assert alive(beat_pid)
     # When that test process is killed outright (no teardown runs)
     runner.kill()
     runner.wait(timeout=10)
     # Then beat stops too, instead of running on with nobody to stop it
     try:
-        wait_for(lambda: not _alive(beat_pid), timeout=30, what="beat to stop with the killed test run")
+        wait_for(lambda: not alive(beat_pid), timeout=30, what="beat to stop with the killed test run")
     finally:
-        if _alive(beat_pid):
+        if alive(beat_pid):
             os.killpg(beat_pid, signal.SIGKILL)
 
 

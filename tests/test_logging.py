@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from typing import Any
 
 import psycopg
@@ -155,14 +154,14 @@ def test_beat_logs_json_without_a_line_per_routine_send(processes, settings, red
 def test_the_worker_log_stays_json_when_a_pool_process_is_lost_and_when_it_stops(processes):
     # Given a worker logging JSON
     worker = processes.start_worker(LOG_FORMAT="json", concurrency=1)
-    pool = subprocess.run(["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True).stdout.split()
+    pool = worker.children()
     assert len(pool) == 1, pool
 
     # When its pool process is killed outright (as the OOM killer would) and a new one replaces it
-    os.kill(int(pool[0]), signal.SIGKILL)
+    os.kill(pool[0], signal.SIGKILL)
 
     def replaced() -> bool:
-        now = subprocess.run(["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True).stdout.split()
+        now = worker.children()
         return "exited with" in worker.log() and bool(now) and now != pool
 
     wait_for(replaced, timeout=30, what="a new pool process")

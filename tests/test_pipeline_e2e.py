@@ -6,7 +6,6 @@ import copy
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -215,12 +214,10 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     wait_for(child_waiting_on_lock, timeout=60, what="the pool process blocked on the lock")
 
     # When that pool process is killed (not the worker) and the lock is released
-    pool_processes = subprocess.run(
-        ["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True
-    ).stdout.split()
+    pool_processes = worker.children()
     assert pool_processes, "no pool process found"
     for pid in pool_processes:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     locker.rollback()
     locker.close()
 

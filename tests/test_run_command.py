@@ -33,7 +33,7 @@ import requests
 from devkit.services import ROOT, bin_path
 from devkit.waiting import wait_for
 from shared.config import normalize_database_url
-from tests.support.processes import free_port
+from tests.support.processes import alive, free_port
 from tests.support.signing import SECRET
 
 LAUNCH = ROOT / "scripts" / "launch.py"
@@ -111,14 +111,6 @@ def _launcher_module() -> Any:
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def alive(pid: int) -> bool:
-    """A process that runs (not gone, not a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def server_processes(data_dir: Path) -> list[str]:

@@ -17,6 +17,14 @@ from devkit.services import ROOT, STOP_WITH_PARENT, bin_path, free_port
 from devkit.waiting import wait_for
 
 
+def alive(pid: int) -> bool:
+    """A process that runs (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def procfile_command(name: str) -> str:
     """The command the Procfile gives process ``name``."""
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -42,6 +50,11 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def children(self) -> list[int]:
+        """Its child processes' pids (a Celery worker's pool processes)."""
+        found = subprocess.run(["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True, check=False)
+        return [int(pid) for pid in found.stdout.split()]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (as honcho does; celery children included)."""
