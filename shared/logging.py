@@ -72,10 +72,15 @@ def logging_dict(*, log_format: str = "json", level: str = "INFO", stream: str =
             "kombu": {"level": "WARNING"},
             # billiard (Celery's pool) logs here with propagation off, e.g. "Process ... exited with
             # 'signal 9 (SIGKILL)'": without a handler of its own, Python printed that as bare text.
-            "multiprocessing": {"handlers": ["default"], "propagate": False, "level": level},
+            # Never DEBUG: some of its debug lines print a job's arguments (the event body, PII).
+            "multiprocessing": {"handlers": ["default"], "propagate": False, "level": _at_least_info(level)},
             "alembic": {"level": level},
         },
     }
+
+
+def _at_least_info(level: str) -> str:
+    return "INFO" if logging.getLevelName(level.upper()) < logging.INFO else level
 
 
 class RoutineBeatSends(logging.Filter):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
@@ -173,3 +175,20 @@ def test_the_worker_log_stays_json_when_a_pool_process_is_lost_and_when_it_stops
     records = json_lines(worker.log())
     assert any("exited with 'signal 9 (SIGKILL)'" in str(r.get("event")) for r in records)
     assert [r["how"] for r in records if r.get("event") == "worker_shutting_down"] == ["warm"]
+
+
+def test_celerys_pool_logger_writes_json_and_never_its_debug_lines(base_env):
+    # Given a process logging JSON at DEBUG, as the worker configures it
+    probe = (
+        "from shared.logging import configure_logging; configure_logging(log_format='json', level='DEBUG');"
+        "from billiard import util; util.get_logger();"
+        # When billiard (Celery's pool) logs an error, and a debug line that would carry a job's arguments
+        "util.error('Process %r exited with %r', 'ForkPoolWorker-1', 'signal 9 (SIGKILL)');"
+        "util.debug('Unknown job state: %s (args=%s)', 'x', 'alice@example.com')"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=base_env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    # Then the error is one JSON line and the debug line is not written at all
+    records = json_lines(result.stdout + result.stderr)
+    assert [r["event"] for r in records] == ["Process 'ForkPoolWorker-1' exited with 'signal 9 (SIGKILL)'"]
+    assert "alice@example.com" not in result.stdout + result.stderr
