@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Issue 19: the worker drains at least as fast as Celery hands out no-op tasks (an earlier issue asked 0.8x).
+WORKER_TARGET_RATIO = 1.0
 sys.path[:0] = [str(ROOT)]
 
 import psycopg  # noqa: E402
@@ -311,7 +313,7 @@ def bench_worker(h: Harness, args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_s": stats([r["messages_per_s"] for r in real]),
         "noop_tasks_per_s": stats([n["messages_per_s"] for n in noop]),
         "ratio": stats(ratios),
-        "target_ratio": 0.8,
+        "target_ratio": WORKER_TARGET_RATIO,
         "rss_growth_25_to_100pct_mb": stats(growth),
         "small_backlog": len(small_events),
         "rss_tree_peak_mb_small_backlog": stats([peak(q) for q in small]),
@@ -431,7 +433,7 @@ def print_table(report: dict[str, Any]) -> None:
             (f"worker applied events/s ({wrk['distinct']} distinct)", fmt(wrk["applied_events_per_s"]), ""),
             (f"worker messages/s ({wrk['backlog']} msgs)", fmt(wrk["messages_per_s"]), ""),
             ("no-op tasks/s", fmt(wrk["noop_tasks_per_s"]), ""),
-            ("worker / no-op (messages)", fmt(wrk["ratio"], 2), ">= 0.8"),
+            ("worker / no-op (messages)", fmt(wrk["ratio"], 2), f">= {WORKER_TARGET_RATIO}"),
             ("worker RSS growth 25%->100% MB", fmt(wrk["rss_growth_25_to_100pct_mb"], 1), "~0"),
         ]
         if "small_backlog" in wrk:
