@@ -9,7 +9,8 @@ and queue name, so workers never see each other's events.
 
 Markers are given here, from what a test does, so that they mean the same in every
 file: ``e2e`` for a test that starts the service's processes (it asks for
-``processes`` or the run command's ``launched``), ``property`` for a hypothesis test.
+``processes``, the run command's ``launched`` or the benchmark's ``capacity_run``),
+``property`` for a hypothesis test.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from shared.db import make_engine
 from tests.support.processes import ProcessManager
 from tests.support.signing import SECRET
 
-# Fixtures that start the service's own long-running processes.
-PROCESS_FIXTURES = frozenset({"processes", "launched"})
+# Fixtures that start the service's own long-running processes (the benchmark's run starts them too).
+PROCESS_FIXTURES = frozenset({"processes", "launched", "capacity_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
