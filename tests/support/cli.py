@@ -79,7 +79,7 @@ def run_cli(
             reply = json.loads(server.stdout.readline())
         returncode = reply["returncode"]
         argv = [bin_path("clerk-sync"), *args]
-        if returncode == -9:
+        if reply["timed_out"]:
             raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
         return subprocess.CompletedProcess(argv, returncode, out.read_text(), err.read_text())
 

@@ -9,8 +9,9 @@ This process imports modules and nothing else: no settings read, no connection o
 thread started, so a forked run inherits no state a fresh process would not have.
 
 Protocol, one JSON line each way on stdin/stdout: ``{"id", "args", "env", "cwd", "stdout", "stderr",
-"timeout"}`` (the two paths are files the run's output goes to) -> ``{"id", "returncode"}`` (-9 when
-the run outlived ``timeout`` and was killed).
+"timeout"}`` (the two paths are files the run's output goes to) -> ``{"id", "returncode", "timed_out"}``
+(``timed_out`` when the run outlived ``timeout`` and this process killed it; a kill from elsewhere is
+only its return code, -9).
 """
 
 from __future__ import annotations
@@ -74,16 +75,18 @@ def _run(request: dict) -> None:
         os._exit(code or 0)
 
 
-def _wait(pid: int, timeout: float) -> int:
+def _wait(pid: int, timeout: float) -> tuple[int, bool]:
+    """The run's exit code, and whether it was killed here for outliving ``timeout`` (a SIGKILL from
+    elsewhere, the kernel's OOM killer say, is an exit code like any other)."""
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status)
+            return os.waitstatus_to_exitcode(status), False
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return -signal.SIGKILL
+            return -signal.SIGKILL, True
         time.sleep(0.005)
 
 
@@ -96,8 +99,8 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             _run(request)
-        returncode = _wait(pid, request["timeout"])
-        print(json.dumps({"id": request["id"], "returncode": returncode}), flush=True)
+        returncode, timed_out = _wait(pid, request["timeout"])
+        print(json.dumps({"id": request["id"], "returncode": returncode, "timed_out": timed_out}), flush=True)
 
 
 if __name__ == "__main__":
