@@ -284,12 +284,21 @@ def run_step(h: Any, pipeline: Pipeline, rate: float, seconds: float) -> dict[st
 def holds(step: dict[str, Any]) -> bool:
     """A rate holds: p99 lag under 250 ms, nothing refused or lost, and the sender kept the rate
     (a step the senders could not offer in full says nothing about that rate)."""
-    return bool(
-        step["refused"] == 0
-        and step["lost"] == 0
-        and step["lag_p99_ms"] < HOLD_P99_MS
-        and step["achieved_rate"] >= SENDER_KEPT_RATE * step["rate"]
-    )
+    return not why_not(step)
+
+
+def why_not(step: dict[str, Any]) -> list[str]:
+    """What kept a step from holding, in words for its log line; empty when it held."""
+    reasons = []
+    if step["lag_p99_ms"] >= HOLD_P99_MS:
+        reasons.append(f"p99 lag {step['lag_p99_ms']:.0f} ms")
+    if step["lost"]:
+        reasons.append(f"{step['lost']} lost")
+    if step["refused"]:
+        reasons.append(f"{step['refused']} refused")
+    if step["achieved_rate"] < SENDER_KEPT_RATE * step["rate"]:
+        reasons.append(f"sender short ({step['achieved_rate']:.0f} of {step['rate']:.0f}/s)")
+    return reasons
 
 
 # --------------------------------------------------------------------------- the ramp
@@ -400,7 +409,8 @@ def converges(h: Any, pipeline: Pipeline) -> bool:
 def _report(name: str, step: dict[str, Any]) -> None:
     cpu = ", ".join(f"{group} {cores:.2f}" for group, cores in step["cpu_cores"].items())
     log(
-        f"capacity {name:>10} @ {step['rate']:>6.0f}/s: {'holds' if step['holds'] else 'FAILS'}  "
+        f"capacity {name:>10} @ {step['rate']:>6.0f}/s: "
+        f"{'holds' if step['holds'] else 'FAILS: ' + ', '.join(why_not(step)) + ';'}  "
         f"lag p50 {step['lag_p50_ms']:.0f} p99 {step['lag_p99_ms']:.0f} ms, sent {step['achieved_rate']:.0f}/s, "
         f"refused {step['refused']}, lost {step['lost']}; cpu {cpu}"
     )

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import capacity
-from bench.capacity import HOLD_P99_MS, STEP_FACTOR, Pipeline, holds, ramp
+from bench.capacity import HOLD_P99_MS, STEP_FACTOR, Pipeline, holds, ramp, why_not
 from bench.load import Connection, achieved_rate, request_bytes, send_steady
 
 
@@ -48,6 +48,12 @@ def _step(**changes: float) -> dict[str, float]:
 )
 def test_a_step_holds_only_when_lag_losses_and_the_sender_all_hold(changes, held):
     assert holds(_step(**changes)) is held
+
+
+def test_a_failed_step_says_why():
+    assert why_not(_step()) == []
+    step = _step(lag_p99_ms=304.4, lost=2, achieved_rate=700.0)
+    assert why_not(step) == ["p99 lag 304 ms", "2 lost", "sender short (700 of 800/s)"]
 
 
 def _pipeline(name: str, knee: float | None, steps: list[dict]) -> Pipeline:
