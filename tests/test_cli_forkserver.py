@@ -18,6 +18,7 @@ import pytest
 
 from tests.support import cli
 from tests.support.cli import run_cli
+from tests.support.processes import children
 
 
 @pytest.fixture
@@ -29,11 +30,6 @@ def silent_url() -> Iterator[str]:
 def test_a_run_that_outlives_its_timeout_is_a_timeout(base_env, tmp_path, silent_url):
     with pytest.raises(subprocess.TimeoutExpired):
         run_cli(base_env, "send", "user.created", "--url", silent_url, cwd=tmp_path, timeout=1)
-
-
-def _runs_of(server_pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True, check=False)
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def test_a_run_killed_from_outside_is_an_exit_code_not_a_timeout(base_env, tmp_path, silent_url):
@@ -50,7 +46,7 @@ def test_a_run_killed_from_outside_is_an_exit_code_not_a_timeout(base_env, tmp_p
     waiting = threading.Thread(target=run)
     waiting.start()
     deadline = time.monotonic() + 15
-    while not (runs := _runs_of(server.pid)) and time.monotonic() < deadline:
+    while not (runs := children(server.pid)) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(runs) == 1, runs
 

@@ -25,6 +25,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(child) for child in found.stdout.split()]
+
+
 def procfile_command(name: str) -> str:
     """The command the Procfile gives process ``name``."""
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -53,8 +59,7 @@ class Proc:
 
     def children(self) -> list[int]:
         """Its child processes' pids (a Celery worker's pool processes)."""
-        found = subprocess.run(["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True, check=False)
-        return [int(pid) for pid in found.stdout.split()]
+        return children(self.popen.pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (as honcho does; celery children included)."""
