@@ -69,14 +69,15 @@ def migrate(url: str, revision: str = "head") -> None:
 
 
 @contextmanager
-def temporary_database(revision: str = "head") -> Iterator[str]:
-    """Create `clerk_sync_test_<random>`, migrate it to ``revision``, drop it after."""
+def temporary_database(revision: str | None = "head") -> Iterator[str]:
+    """Create `clerk_sync_test_<random>`, migrate it to ``revision`` (None: not at all), drop it after."""
     name = f"clerk_sync_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        migrate(url, revision)
+        if revision is not None:
+            migrate(url, revision)
         yield url
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -174,6 +174,17 @@ def _shared_backoff(**_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _require_migrated(**_: Any) -> None:
+    """In the main process, before the pool forks: a database behind this code's schema stops the worker."""
+    from shared.schema import require_migrated
+
+    try:
+        require_migrated(get_settings(), "worker")
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+
+
+@signals.worker_init.connect
 def _load_hooks(**_: Any) -> None:
     """In the main process, before the pool forks: the application's hooks, or one line and exit."""
     from worker.pipeline import hooks

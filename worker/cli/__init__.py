@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from worker.cli.common import CliError, Parser, printable
+from worker.cli.common import CliError, Parser, as_database_error, printable
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -71,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clerk-sync: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        error = as_database_error(exc)
+        if error is None:
+            raise
+        print(f"clerk-sync: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 def _configure(*, logging: bool) -> Settings:

@@ -102,9 +102,35 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def database_error(exc: Exception) -> CliError:
     """An unreachable or failing database as one line (the driver's first line, no parameters)."""
+    return CliError(f"database unavailable: {_first_line(exc)}")
+
+
+# Postgres's undefined_table and undefined_column: the tables are not the ones this code expects.
+_NOT_MIGRATED_SQLSTATES = frozenset({"42P01", "42703"})
+
+
+def as_database_error(exc: BaseException) -> CliError | None:
+    """Any other error of the database, as one line; None when ``exc`` is not the database's.
+
+    Looked up in ``sys.modules``: a command that never imported the driver raised none of its errors.
+    """
+    psycopg = sys.modules.get("psycopg")
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if not (
+        (psycopg is not None and isinstance(exc, psycopg.Error))
+        or (sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.DBAPIError))
+    ):
+        return None
     original = getattr(exc, "orig", None) or exc
-    first = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    return CliError(f"database unavailable: {printable(first)}")
+    if getattr(original, "sqlstate", None) in _NOT_MIGRATED_SQLSTATES:
+        return CliError(f"the database is not migrated ({_first_line(exc)}): run `alembic upgrade head`")
+    return CliError(f"database error: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's first line (SQLAlchemy's wrapper adds the statement and hidden parameters after it)."""
+    original = getattr(exc, "orig", None) or exc
+    return printable((str(original).strip().splitlines() or [type(original).__name__])[0])
 
 
 @contextmanager

@@ -1,0 +1,67 @@
+"""Is the database migrated to the schema this code was written for? Asked as a process starts.
+
+A worker or console started before the release step (``alembic upgrade head``) would otherwise
+run and fail every event, or every page, on a missing table or column; it stops with one line
+instead. An unreachable database is no reason to refuse (an outage is waited out like any
+other), and a revision this code does not know is taken as a newer one (code rolled back after
+a migration): both are logged as warnings and the process starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import structlog
+
+from shared.config import ConfigError, Settings
+
+# This code's migrations (migrations/versions), oldest first: the last is the schema it needs.
+# Written out, not read from Alembic, which would run every migration module at each start;
+# tests/test_schema_check.py checks it is Alembic's chain.
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+UPGRADE_HINT = "run `alembic upgrade head` (the Procfile's release) first"
+
+
+class SchemaError(ConfigError):
+    """The database is not at the schema this code needs: the process must not start."""
+
+
+def refusal(revision: str | None) -> str | None:
+    """Why code needing ``REVISIONS[-1]`` must not run on a database at ``revision`` (None: never
+    migrated); None when it may (at the head, or at a revision this code does not know)."""
+    head = REVISIONS[-1]
+    if revision is None:
+        return f"the database has no clerk-sync schema: {UPGRADE_HINT}"
+    if revision != head and revision in REVISIONS:
+        return f"the database schema is at revision {revision}, this code needs {head}: {UPGRADE_HINT}"
+    return None
+
+
+def database_revision(conn: psycopg.Connection[Any]) -> str | None:
+    """The revision Alembic recorded, or None when it recorded none (no ``alembic_version`` or no row)."""
+    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return None if row is None else str(row[0])
+
+
+def require_migrated(settings: Settings, process: str) -> None:
+    """Raise SchemaError when the database is behind this code; log and go on when it can't be told."""
+    log = structlog.get_logger("clerk_sync.schema").bind(process=process)
+    try:
+        with psycopg.connect(
+            settings.libpq_url,
+            connect_timeout=settings.timings.database_connect_timeout,
+            application_name="clerk-sync",
+        ) as conn:
+            revision = database_revision(conn)
+    except psycopg.Error as exc:
+        log.warning("schema_not_checked", error=type(exc).__name__)
+        return
+    reason = refusal(revision)
+    if reason is not None:
+        raise SchemaError(reason)
+    if revision not in REVISIONS:
+        log.warning("schema_revision_unknown", database_revision=revision, code_head=REVISIONS[-1])
