@@ -1,24 +1,24 @@
 """gunicorn settings for the `console` process (CONTRACT section 7).
 
 Settings are validated here, in the arbiter, before any worker forks: without
-CONSOLE_USERS or CONSOLE_SECRET_KEY, with a malformed variable, or with a database not
-migrated to this code's schema (``shared.schema``), the whole process stops with one line and
-exit code 3 (a worker that exited would only be restarted).
+CONSOLE_USERS or CONSOLE_SECRET_KEY, or with a malformed variable, the whole process stops
+with one line and exit code 3 (a worker that exited would only be restarted).
 """
 
 import os
 
 from shared.config import ConfigError, exit_on_config_error, load_settings
 from shared.logging import configure_logging, logging_dict
-from shared.schema import require_migrated
+from shared.schema import wait_until_migrated
 
 try:
     _settings = load_settings()
     _settings.require_console()
-    configure_logging(log_format=_settings.log_format, level=_settings.log_level)
-    require_migrated(_settings, "console")
 except ConfigError as _exc:
     exit_on_config_error(_exc)
+configure_logging(log_format=_settings.log_format, level=_settings.log_level)
+# Before the console binds: a database behind this code's schema is waited for (shared.schema).
+wait_until_migrated(_settings, "console")
 
 _host = f"[{_settings.console_bind}]" if ":" in _settings.console_bind else _settings.console_bind
 bind = f"{_host}:{_settings.console_port}"

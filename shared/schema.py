@@ -1,35 +1,37 @@
 """Is the database migrated to the schema this code was written for? Asked as a process starts.
 
-A worker or console started before the release step (``alembic upgrade head``) would otherwise
-run and fail every event, or every page, on a missing table or column; it stops with one line
-instead. An unreachable database is no reason to refuse (an outage is waited out like any
-other), and a revision this code does not know is taken as a newer one (code rolled back after
-a migration): both are logged as warnings and the process starts.
+A worker or console started before the release step (``alembic upgrade head``), or beside it (as an
+orchestrator starts a migration job and the new processes together), would otherwise run and fail
+every event, or every page, on a missing table or column. It waits instead, saying every minute
+what to run, and starts once the database is migrated; events wait safely in the queue meanwhile.
+An unreachable database is no reason to wait here (an outage is waited out like any other), and a
+revision this code does not know is taken as a newer one (code rolled back after a migration):
+both are logged as warnings and the process starts.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
 import structlog
 
-from shared.config import ConfigError, Settings
+from shared.config import Settings
 
 # This code's migrations (migrations/versions), oldest first: the last is the schema it needs.
 # Written out, not read from Alembic, which would run every migration module at each start;
 # tests/test_schema_check.py checks it is Alembic's chain.
 REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
-UPGRADE_HINT = "run `alembic upgrade head` (the Procfile's release) first"
+UPGRADE_HINT = "run `alembic upgrade head` (the Procfile's release)"
+# How often a process waiting for the migration looks again, and says so.
+RECHECK_SECONDS = 2.0
+LOG_EVERY_SECONDS = 60.0
 
 
-class SchemaError(ConfigError):
-    """The database is not at the schema this code needs: the process must not start."""
-
-
-def refusal(revision: str | None) -> str | None:
-    """Why code needing ``REVISIONS[-1]`` must not run on a database at ``revision`` (None: never
-    migrated); None when it may (at the head, or at a revision this code does not know)."""
+def behind(revision: str | None) -> str | None:
+    """Why code needing ``REVISIONS[-1]`` cannot run on a database at ``revision`` (None: never
+    migrated); None when it can (at the head, or at a revision this code does not know)."""
     head = REVISIONS[-1]
     if revision is None:
         return f"the database has no clerk-sync schema: {UPGRADE_HINT}"
@@ -47,21 +49,32 @@ def database_revision(conn: psycopg.Connection[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
-def require_migrated(settings: Settings, process: str) -> None:
-    """Raise SchemaError when the database is behind this code; log and go on when it can't be told."""
+def wait_until_migrated(settings: Settings, process: str) -> None:
+    """Return once the database is at this code's schema (or newer, or not answering); until then
+    look again every ``RECHECK_SECONDS`` and log why, at once and then every minute."""
     log = structlog.get_logger("clerk_sync.schema").bind(process=process)
-    try:
-        with psycopg.connect(
-            settings.libpq_url,
-            connect_timeout=settings.timings.database_connect_timeout,
-            application_name="clerk-sync",
-        ) as conn:
-            revision = database_revision(conn)
-    except psycopg.Error as exc:
-        log.warning("schema_not_checked", error=type(exc).__name__)
-        return
-    reason = refusal(revision)
-    if reason is not None:
-        raise SchemaError(reason)
+    began = time.monotonic()
+    logged_at: float | None = None
+    while True:
+        try:
+            with psycopg.connect(
+                settings.libpq_url,
+                connect_timeout=settings.timings.database_connect_timeout,
+                application_name="clerk-sync",
+            ) as conn:
+                revision = database_revision(conn)
+        except psycopg.Error as exc:
+            log.warning("schema_not_checked", error=type(exc).__name__)
+            return
+        reason = behind(revision)
+        if reason is None:
+            break
+        now = time.monotonic()
+        if logged_at is None or now - logged_at >= LOG_EVERY_SECONDS:
+            log.warning("schema_behind", reason=reason, waited_seconds=round(now - began))
+            logged_at = now
+        time.sleep(RECHECK_SECONDS)
     if revision not in REVISIONS:
         log.warning("schema_revision_unknown", database_revision=revision, code_head=REVISIONS[-1])
+    elif logged_at is not None:
+        log.info("schema_migrated", revision=revision, waited_seconds=round(time.monotonic() - began))

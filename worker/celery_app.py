@@ -174,14 +174,11 @@ def _shared_backoff(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _require_migrated(**_: Any) -> None:
-    """In the main process, before the pool forks: a database behind this code's schema stops the worker."""
-    from shared.schema import require_migrated
+def _wait_until_migrated(**_: Any) -> None:
+    """In the main process, before it consumes: a database behind this code's schema is waited for."""
+    from shared.schema import wait_until_migrated
 
-    try:
-        require_migrated(get_settings(), "worker")
-    except ConfigError as exc:
-        exit_on_config_error(exc)
+    wait_until_migrated(get_settings(), "worker")
 
 
 @signals.worker_init.connect
