@@ -607,6 +607,14 @@ _SCRUBBED_USER = dict.fromkeys((*USER_PII, "external_id", "phone_number", "priva
 Tables = dict[str, dict[str, dict[str, Any]]]
 
 
+def _whole_membership(data: dict[str, Any]) -> bool:
+    """Whether a membership delete carries the whole membership (older shapes carry less): only
+    then do its fields count like an update's (``DeletedMembership.as_membership``)."""
+    return all(isinstance(data.get(key), dict) for key in ("organization", "public_user_data")) and (
+        data.get("updated_at") is not None
+    )
+
+
 def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_metadata: bool = False) -> Tables:
     """Apply each distinct event once in Clerk's order: what the tables must hold when drained.
 
@@ -614,7 +622,8 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
       ``updated_at``) than what it holds; a deleted row still takes older data it
       never saw (it keeps its last known fields);
     - a membership delete carries the membership: its data counts like an update,
-      so a stale copy (older ``updated_at``) changes no field;
+      so a stale copy (older ``updated_at``) changes no field; one that does not carry a
+      whole membership (no organization, user or ``updated_at``) only deletes;
     - deleted_at is the earliest delete: the entity's own, or for a membership its
       user's or organization's, for an invitation or a domain its organization's;
     - an invitation is never deleted: its status is the newest event's;
@@ -635,7 +644,7 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
         row = tables[table].setdefault(
             clerk_id, {"clerk_id": clerk_id, **copy.deepcopy(_EMPTY[table])} | {"deleted_at": None}
         )
-        carries_data = action != "deleted" or table == "organization_memberships"
+        carries_data = action != "deleted" or (table == "organization_memberships" and _whole_membership(data))
         if carries_data:
             version = _ms(data.get("updated_at") or data.get("created_at"))
             if version > versions.get((table, clerk_id), -1):
