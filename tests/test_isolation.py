@@ -37,8 +37,13 @@ def test_processes_a_test_started_stop_when_the_test_run_is_killed(processes):
         import time
         from pathlib import Path
         from tests.support.processes import ProcessManager
+        from devkit.waiting import wait_for
         manager = ProcessManager(dict({processes.env!r}), Path({str(processes.log_dir)!r}))
         beat = manager.start_beat(RECOVERY_SECONDS="24")
+        # setpriv asks for the parent-death signal before it execs; a parent killed before that
+        # leaves no one to signal (the kernel's rule), so the run under test waits for the exec.
+        cmdline = Path(f"/proc/{{beat.popen.pid}}/cmdline")
+        wait_for(lambda: not cmdline.read_bytes().startswith(b"setpriv"), timeout=30, what="setpriv's exec")
         print(beat.popen.pid, flush=True)
         time.sleep(120)
         """,
