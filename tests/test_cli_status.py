@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
+import psycopg
+import requests
+
+from devkit.services import temporary_database
 from shared.publish import EventPublisher
 from tests.support.cli import run_cli
+from tests.support.console import PASSWORD, console_env, log_in
 from tests.support.ledger import add_event
 from tests.support.pipeline import deliver_one
 from tests.support.processes import free_port
@@ -42,6 +48,7 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["counts"] == {"pending": 2, "processed": 2, "ignored": 0, "failed": 1, "dead": 3}
+    assert report["estimated"] == []  # a ledger this small is counted
     assert report["dead"] == 3
     assert report["paused"] is False
     assert 2 * 3600 <= report["oldest_unprocessed_age_seconds"] < 3 * 3600
@@ -69,6 +76,43 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
         ["failed", "1"],
         ["dead", "3"],
     ]
+
+
+def test_a_large_ledger_counts_done_events_from_statistics_and_the_rest_exactly(processes, base_env, tmp_path):
+    # Given a ledger Postgres takes for 100 times its 20,000 rows (the statistics of a big one, without
+    # the minutes of writing it): 90 % processed, 10 % ignored, and a few events an operator acts on
+    with temporary_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO webhook_events (svix_id, status) SELECT 'msg_' || n,"
+            " CASE WHEN n <= 7 THEN 'dead' WHEN n <= 10 THEN 'failed' WHEN n <= 12 THEN 'pending'"
+            " WHEN n % 10 = 0 THEN 'ignored' ELSE 'processed' END FROM generate_series(1, 20000) n"
+        )
+        conn.execute("ALTER TABLE webhook_events SET (autovacuum_enabled = false)")
+        conn.execute("ANALYZE webhook_events")
+        conn.execute("UPDATE pg_class SET reltuples = reltuples * 100 WHERE oid = 'webhook_events'::regclass")
+        env = {**base_env, "DATABASE_URL": url}
+
+        # When an operator asks for the status, and opens the console's overview
+        result = run_cli(env, "status", "--json", cwd=tmp_path)
+        table = run_cli(env, "status", cwd=tmp_path)
+        console = processes.start_console(**console_env(DATABASE_URL=url))
+        http = requests.Session()
+        assert log_in(http, console.url, PASSWORD).status_code == 302
+        overview = http.get(f"{console.url}/", timeout=10).text
+
+    # Then the statuses an operator acts on are exact, and processed and ignored are Postgres's
+    # estimate of two million rows, said to be one
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["estimated"] == ["ignored", "processed"]
+    counts = report["counts"]
+    assert (counts["dead"], counts["failed"], counts["pending"]) == (7, 3, 2)
+    assert abs(counts["processed"] - 1_800_000) < 60_000 and abs(counts["ignored"] - 200_000) < 20_000, counts
+    rows = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines()[-5:]}
+    assert rows["processed"] == [f"~{counts['processed']}", "(estimated)"]
+    assert rows["dead"] == ["7"]
+    assert f"~{counts['processed']}</abbr>" in overview
+    assert re.search(r'id="count-dead">\s*<span class="number">7</span>', overview), overview
 
 
 def test_status_without_redis_prints_the_database_part_and_exits_1(session_factory, base_env, tmp_path):

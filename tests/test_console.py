@@ -15,29 +15,12 @@ import requests
 
 from devkit.waiting import wait_for
 from shared.models import WebhookEvent
-from tests.support.console import OPERATOR, PASSWORD, console_env
+from tests.support.console import OPERATOR, PASSWORD, console_env, csrf_token, hidden_input, log_in
 from tests.support.ledger import add_event, audit_rows, statuses
 from tests.support.processes import free_port
 
 PAGES = ("/", "/dead", "/events/msg_x", "/entities?q=user_a", "/audit", "/dead/discard-all")
 CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard", "/dead/discard-all")
-
-
-def hidden_input(html: str, name: str) -> str:
-    """The value of a form's hidden input."""
-    match = re.search(rf'name="{name}" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
-def csrf_token(html: str) -> str:
-    return hidden_input(html, "csrf_token")
-
-
-def log_in(http: requests.Session, url: str, password: str, **headers: str) -> requests.Response:
-    token = csrf_token(http.get(f"{url}/login", timeout=10).text)
-    form = {"csrf_token": token, "username": OPERATOR, "password": password, "next": "/"}
-    return http.post(f"{url}/login", data=form, timeout=30, allow_redirects=False, headers=headers)
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import requests
 
 from shared.passwords import hash_password
 
@@ -39,3 +42,20 @@ def browser_page(*, width: int = 1280, height: int = 900) -> Iterator[Any]:
             yield context.new_page()
         finally:
             browser.close()
+
+
+def hidden_input(html: str, name: str) -> str:
+    """The value of a form's hidden input."""
+    match = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def csrf_token(html: str) -> str:
+    return hidden_input(html, "csrf_token")
+
+
+def log_in(http: requests.Session, url: str, password: str, **headers: str) -> requests.Response:
+    token = csrf_token(http.get(f"{url}/login", timeout=10).text)
+    form = {"csrf_token": token, "username": OPERATOR, "password": password, "next": "/"}
+    return http.post(f"{url}/login", data=form, timeout=30, allow_redirects=False, headers=headers)

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"oldest unprocessed: {'none' if age is None else f'{age:.0f} s ago'}")
         print(f"dead letters:       {report['dead']}")
         print()
-        print_table(("status", "events"), list(report["counts"].items()))
+        estimated = set(report["estimated"])
+        rows = [(name, f"~{n} (estimated)" if name in estimated else n) for name, n in report["counts"].items()]
+        print_table(("status", "events"), rows)
     if not queue["available"]:
         print("clerk-sync: the queue (Redis) is unavailable", file=sys.stderr)
         return 1

@@ -40,12 +40,61 @@ def raw_connection(session: Any) -> psycopg.Connection[Any]:
     return session.connection().connection.driver_connection  # type: ignore[no-any-return]
 
 
-def status_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Rows per status, every status of the contract present (zeros included)."""
+# The statuses the partial index ix_webhook_events_not_done holds: always counted exactly (they are
+# few, and what an operator acts on).
+_NOT_DONE = ("pending", "failed", "dead")
+_DONE = tuple(sorted(set(EVENT_STATUSES) - set(_NOT_DONE)))
+# Above this many rows, processed and ignored are estimated from Postgres's statistics instead of
+# counted: the ledger keeps a row per event for ever (tens of millions in a year of a busy
+# application), and a count would scan all of it on every `status` and every console refresh.
+EXACT_COUNT_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    counts: dict[str, int]  # every status of the contract (zeros included)
+    estimated: tuple[str, ...] = ()  # the statuses whose count is Postgres's estimate
+
+
+def status_counts(conn: psycopg.Connection[Any], *, exact_limit: int = EXACT_COUNT_LIMIT) -> StatusCounts:
+    """Rows per status: exact below ``exact_limit`` rows, else exact for the statuses not done and
+    estimated for the others (``estimated``)."""
     counts = dict.fromkeys(EVENT_STATUSES, 0)
-    for status, count in conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status"):
+    rows, done_share = _estimates(conn)
+    if rows is None or rows < exact_limit or not any(done_share.values()):
+        for status, count in conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status"):
+            counts[status] = int(count)
+        return StatusCounts(counts)
+    query = "SELECT status, count(*) FROM webhook_events WHERE status IN ('pending', 'failed', 'dead') GROUP BY status"
+    for status, count in conn.execute(query):
         counts[status] = int(count)
-    return counts
+    done = max(0.0, rows - sum(counts[status] for status in _NOT_DONE))
+    total_share = sum(done_share.values())
+    for status, share in done_share.items():
+        counts[status] = round(done * share / total_share)
+    return StatusCounts(counts, estimated=_DONE)
+
+
+def _estimates(conn: psycopg.Connection[Any]) -> tuple[float | None, dict[str, float]]:
+    """The ledger's rows as the planner estimates them (its statistics scaled to the table's size
+    now), and the share of each done status among ANALYZE's most common values (0 when it is not
+    one); (None, {}) before any ANALYZE."""
+    row = conn.execute(
+        "SELECT reltuples, relpages, pg_relation_size(oid) / current_setting('block_size')::int"
+        " FROM pg_class WHERE oid = 'webhook_events'::regclass"
+    ).fetchone()
+    if row is None or row[0] < 0 or row[1] <= 0:
+        return None, {}
+    reltuples, relpages, pages = row
+    sampled = conn.execute(
+        "SELECT most_common_vals::text::text[], most_common_freqs FROM pg_stats"
+        " WHERE schemaname = current_schema() AND tablename = 'webhook_events' AND attname = 'status'"
+    ).fetchone()
+    if sampled is None or sampled[0] is None:
+        return None, {}
+    frequencies = dict(zip(sampled[0], sampled[1], strict=True))
+    share = {status: float(frequencies.get(status, 0.0)) for status in _DONE}
+    return float(reltuples) / float(relpages) * float(pages), share
 
 
 def oldest_unprocessed_age(conn: psycopg.Connection[Any]) -> float | None:
@@ -109,11 +158,13 @@ def _routed_to(unacked: list[bytes], queue: str) -> int:
 
 def report(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
     """Everything `status` and the console's overview report, as one JSON-ready dict."""
-    counts = status_counts(conn)
+    counted = status_counts(conn)
     return {
         "paused": is_paused(conn),
-        "counts": counts,
-        "dead": counts["dead"],
+        "counts": counted.counts,
+        # The statuses whose count is an estimate (a ledger of more than EXACT_COUNT_LIMIT rows).
+        "estimated": list(counted.estimated),
+        "dead": counted.counts["dead"],
         "oldest_unprocessed_age_seconds": oldest_unprocessed_age(conn),
         "queue": asdict(queue_depth(settings)),
     }
