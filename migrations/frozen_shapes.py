@@ -32,3 +32,18 @@ def synced_keys(table: str) -> list[sa.Constraint]:
         sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{table}")),
         sa.UniqueConstraint("clerk_id", name=op.f(f"uq_{table}_clerk_id")),
     ]
+
+
+def replace_ledger_index(name: str, new_name: str, columns: list[str], where: str | None) -> None:
+    """Build ``new_name`` on webhook_events (``columns``, partial when ``where``), then drop ``name``:
+    both CONCURRENTLY, outside the revision's transaction, so the workers keep writing meanwhile."""
+    with op.get_context().autocommit_block():
+        op.create_index(
+            new_name,
+            "webhook_events",
+            columns,
+            postgresql_where=sa.text(where) if where else None,
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
+        op.drop_index(name, table_name="webhook_events", postgresql_concurrently=True, if_exists=True)

@@ -15,8 +15,7 @@ Built CONCURRENTLY, as 0003 did: the workers keep writing webhook_events meanwhi
 
 from typing import Sequence, Union
 
-import sqlalchemy as sa
-from alembic import op
+from migrations.frozen_shapes import replace_ledger_index
 
 revision: str = "0005"
 down_revision: Union[str, Sequence[str], None] = "0004"
@@ -26,22 +25,9 @@ depends_on: Union[str, Sequence[str], None] = None
 NOT_DONE = "status IN ('pending', 'failed', 'dead')"
 
 
-def _replace(name: str, new_name: str, where: str | None) -> None:
-    with op.get_context().autocommit_block():
-        op.create_index(
-            new_name,
-            "webhook_events",
-            ["status", "next_attempt_at"],
-            postgresql_where=sa.text(where) if where else None,
-            postgresql_concurrently=True,
-            if_not_exists=True,
-        )
-        op.drop_index(name, table_name="webhook_events", postgresql_concurrently=True, if_exists=True)
-
-
 def upgrade() -> None:
-    _replace("ix_webhook_events_status_due", "ix_webhook_events_not_done", NOT_DONE)
+    replace_ledger_index("ix_webhook_events_status_due", "ix_webhook_events_not_done", ["status", "next_attempt_at"], NOT_DONE)
 
 
 def downgrade() -> None:
-    _replace("ix_webhook_events_not_done", "ix_webhook_events_status_due", None)
+    replace_ledger_index("ix_webhook_events_not_done", "ix_webhook_events_status_due", ["status", "next_attempt_at"], None)

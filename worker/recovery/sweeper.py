@@ -10,7 +10,7 @@ import datetime as dt
 import json
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import receipts
@@ -21,6 +21,10 @@ from worker.pipeline import ledger
 log = structlog.get_logger("clerk_sync.sweeper")
 
 SWEEP_BATCH = 500
+# The retention purge works in transactions of this many rows, for at most PURGE_SECONDS a run: the
+# pool process running it applies no events meanwhile, and what is left the next hourly run takes.
+PURGE_CHUNK = 1000
+PURGE_SECONDS = 5.0
 NO_BODY_ERROR = "payload no longer stored (scrubbed or purged): the event cannot be enqueued again"
 
 
@@ -126,16 +130,26 @@ def recover_lost(session: Session, publisher: EventPublisher, *, queue_name: str
     return requeued
 
 
-def purge_payloads(session: Session, *, retention_days: int) -> int:
-    """Drop payloads of processed/ignored events past retention; dead rows stay whole."""
+def purge_payloads(session: Session, *, retention_days: int, limit: int = PURGE_CHUNK) -> int:
+    """Drop the bodies of up to ``limit`` processed/ignored events past retention, oldest first;
+    dead rows stay whole. Found through ``ix_webhook_events_holding_body``: only rows with a body."""
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)
-    result = session.execute(
-        update(WebhookEvent)
+    due = (
+        select(WebhookEvent.id)
         .where(
             WebhookEvent.status.in_(("processed", "ignored")),
             WebhookEvent.received_at < cutoff,
             or_(WebhookEvent.payload.is_not(None), WebhookEvent.raw_body.is_not(None)),
         )
-        .values(payload=None, raw_body=None)
+        .order_by(WebhookEvent.received_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id.in_(due.scalar_subquery()))
+        # null(): a plain None would store JSON's null, which IS NOT NULL (rows purged before this
+        # hold it, and the purge now turns them into SQL's NULL too).
+        .values(payload=null(), raw_body=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ a traceback. The next run after Postgres is back catches up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import TypeVar
@@ -73,11 +74,18 @@ def sweep() -> int:
 
 @app.task(name=PURGE_PAYLOADS_TASK, ignore_result=True)
 def purge_payloads() -> int:
+    """Chunk after chunk, each its own transaction, until none is left or PURGE_SECONDS have passed."""
     settings = get_settings()
 
     def purge(session: Session) -> int:
         return sweeper.purge_payloads(session, retention_days=settings.payload_retention_days)
 
-    count = _in_transaction(settings, purge, fallback=0)
+    deadline = time.monotonic() + sweeper.PURGE_SECONDS
+    count = 0
+    while True:
+        purged = _in_transaction(settings, purge, fallback=0)
+        count += purged
+        if purged < sweeper.PURGE_CHUNK or time.monotonic() >= deadline:
+            break
     log.info("payloads_purged", count=count)
     return count
