@@ -119,8 +119,10 @@ _TABLE_OF = {"user": "users", "organization": "organizations", "organizationMemb
 
 
 def _ms(value: Any) -> int:
+    """Clerk's seconds (up to 2100-01-01) or milliseconds, in milliseconds (the rule of
+    shared.clerk_objects.millis, written out: the references use none of clerk-sync's code)."""
     number = int(value)
-    return number * 1000 if number < 10**12 else number
+    return number * 1000 if number <= 4_102_444_800 else number
 
 
 def changes(payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:

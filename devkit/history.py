@@ -451,9 +451,14 @@ def random_history(
 # The reference model
 
 
+# 2100-01-01 in seconds: Clerk's times up to it are seconds, later ones milliseconds (the valid
+# ranges, 2000-2100 in each unit, do not overlap: shared.clerk_objects).
+_SECONDS_UP_TO = 4_102_444_800
+
+
 def _ms(value: Any) -> int:
     number = int(value)
-    return number * 1000 if number < 10**12 else number
+    return number * 1000 if number <= _SECONDS_UP_TO else number
 
 
 def _primary(data: dict[str, Any], wanted_key: str, list_key: str, value_key: str) -> str | None:

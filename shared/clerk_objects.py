@@ -22,6 +22,8 @@ from msgspec import Meta, Struct
 # 2000-01-01 and 2100-01-01, in seconds and in milliseconds.
 _MIN_SECONDS, _MAX_SECONDS = 946_684_800, 4_102_444_800
 _MIN_MILLIS, _MAX_MILLIS = _MIN_SECONDS * 1000, _MAX_SECONDS * 1000
+# A Clerk time up to this is in seconds, a larger one in milliseconds (``millis``).
+SECONDS_UP_TO = _MAX_SECONDS
 
 # Bounds checked by msgspec; the gap between the two ranges is checked by ``check_times``.
 ClerkTime = Annotated[int, Meta(ge=_MIN_SECONDS, le=_MAX_MILLIS)]
@@ -51,7 +53,7 @@ Count = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
 
 def millis(value: int) -> int:
     """A validated Clerk time in milliseconds."""
-    return value * 1000 if value <= _MAX_SECONDS else value
+    return value * 1000 if value <= SECONDS_UP_TO else value
 
 
 def check_times(obj: Struct, *names: str) -> None:

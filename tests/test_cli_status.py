@@ -180,3 +180,24 @@ def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, s
     ]
     nobody = run_cli(base_env, "events", "--entity", "user_nobody", cwd=tmp_path)
     assert (nobody.returncode, nobody.stdout.strip()) == (0, "no events about user_nobody")
+
+
+def test_events_reads_envelope_times_in_seconds_or_milliseconds_as_the_worker_does(
+    session_factory, settings, base_env, tmp_path
+):
+    # Given two updates of one user: one stamped 2000-01-01 in milliseconds, one 2023 in seconds
+    # (the smallest valid time in milliseconds is below 1e12, the threshold read once)
+    early, late = load_payload("user.updated"), load_payload("user.updated")
+    early["timestamp"], late["timestamp"] = 946_684_800_000, 1_700_000_000
+    for svix_id, payload in (("msg_late", late), ("msg_early", early)):
+        deliver_one(session_factory, Delivery(svix_id, None, json.dumps(payload)), settings=settings)
+
+    # When the user's timeline is asked for
+    result = run_cli(base_env, "events", "--entity", early["data"]["id"], "--json", cwd=tmp_path)
+
+    # Then the event of 2000 comes first, each time read in milliseconds
+    assert result.returncode == 0, result.stderr
+    assert [(e["svix_id"], e["clerk_timestamp_ms"]) for e in json.loads(result.stdout)] == [
+        ("msg_early", 946_684_800_000),
+        ("msg_late", 1_700_000_000_000),
+    ]

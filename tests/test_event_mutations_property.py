@@ -91,6 +91,7 @@ def _deliver(session_factory, app_settings, svix_id: str, payload: dict[str, Any
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutation=mutations())
 @example(mutation=_without(load_payload("organizationMembership.deleted"), "updated_at", "created_at"))
+@example(mutation={**load_payload("user.deleted"), "timestamp": 946_684_800_000})  # 2000-01-01 in milliseconds
 def test_a_mutated_payload_is_applied_as_the_model_says_or_dead_and_harmless(session_factory, settings, mutation):  # type: ignore[no-untyped-def]
     # Given the small world, applied
     with session_factory.begin() as session:

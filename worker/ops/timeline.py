@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Numeric, case, extract, func, or_, select
 from sqlalchemy.orm import Session
 
+from shared.clerk_objects import SECONDS_UP_TO
 from shared.models import WebhookEvent
 
 
@@ -20,10 +21,11 @@ def touches_entity(entity_id: str) -> ColumnElement[bool]:
 
 
 def _envelope_millis() -> ColumnElement[Any]:
-    """The envelope ``timestamp`` in ms (Clerk sends ms; a value below 1e12 is seconds)."""
+    """The envelope ``timestamp`` in ms (Clerk sends ms; a value up to 2100-01-01 in seconds is seconds,
+    as ``shared.clerk_objects.millis`` reads it)."""
     raw = WebhookEvent.payload["timestamp"]
     number = case((func.jsonb_typeof(raw) == "number", raw.astext.cast(Numeric)), else_=None)
-    return case((number < 10**12, number * 1000), else_=number)
+    return case((number <= SECONDS_UP_TO, number * 1000), else_=number)
 
 
 def timeline(session: Session, entity_id: str) -> list[tuple[WebhookEvent, int | None]]:
