@@ -7,15 +7,11 @@ with one line and exit code 3 (a worker that exited would only be restarted).
 
 import os
 
-from shared.config import ConfigError, exit_on_config_error, load_settings
+from shared.config import Settings, load_settings_or_exit
 from shared.logging import configure_logging, logging_dict
 from shared.schema import wait_until_migrated
 
-try:
-    _settings = load_settings()
-    _settings.require_console()
-except ConfigError as _exc:
-    exit_on_config_error(_exc)
+_settings = load_settings_or_exit(Settings.require_console)
 configure_logging(log_format=_settings.log_format, level=_settings.log_level)
 # Before the console binds: a database behind this code's schema is waited for (shared.schema).
 wait_until_migrated(_settings, "console")

@@ -39,7 +39,7 @@ from typing import Any
 import structlog
 
 from shared import metrics
-from shared.config import ConfigError, Settings, exit_on_config_error, load_settings
+from shared.config import Settings, load_settings_or_exit
 from shared.logging import configure_logging, logging_dict
 from shared.parent_death import term_on_parent_death
 
@@ -235,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"WSGI app to serve (default {DEFAULT_APP}; make bench serves its references)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        settings.require_webhook_secrets()
-    except ConfigError as exc:
-        exit_on_config_error(exc)
+    settings = load_settings_or_exit(Settings.require_webhook_secrets)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     # Before granian's workers import prometheus_client: each writes its samples there, and
     # GET /metrics sums them. Unset, a private directory is made and removed at exit.

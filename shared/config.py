@@ -407,6 +407,18 @@ def exit_on_config_error(exc: ConfigError) -> NoReturn:
     raise SystemExit(3)
 
 
+def load_settings_or_exit(*requirements: Callable[[Settings], None]) -> Settings:
+    """The settings of a process starting up, each of ``requirements`` checked (``Settings.require_*``):
+    on a bad or missing value, one line and the whole process exits (``exit_on_config_error``)."""
+    try:
+        settings = load_settings()
+        for requirement in requirements:
+            requirement(settings)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+    return settings
+
+
 def reference() -> str:
     """The variables as a Markdown table (docs/configuration.md)."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
