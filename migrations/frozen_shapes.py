@@ -8,6 +8,8 @@ never an edit of one below. Checked by migrating a fresh database to head and co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -47,3 +49,18 @@ def replace_ledger_index(name: str, new_name: str, columns: list[str], where: st
             if_not_exists=True,
         )
         op.drop_index(name, table_name="webhook_events", postgresql_concurrently=True, if_exists=True)
+
+
+def ledger_index_swap(
+    name: str, new_name: str, columns: list[str], where: str | None
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A revision's ``upgrade`` and ``downgrade`` when all it does is replace ledger index ``name`` by
+    ``new_name`` (``replace_ledger_index``), and back."""
+
+    def upgrade() -> None:
+        replace_ledger_index(name, new_name, columns, where)
+
+    def downgrade() -> None:
+        replace_ledger_index(new_name, name, columns, None)
+
+    return upgrade, downgrade

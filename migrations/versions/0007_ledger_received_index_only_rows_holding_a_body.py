@@ -10,12 +10,13 @@ ever) that was a walk over every old row each hour, past the statement timeout o
 held tens of millions; the index now holds only the rows with a body (the retention window's,
 and dead ones), so the purge reads what it purges, and the index shrinks as bodies are purged.
 
-Built CONCURRENTLY, as 0005 did: the workers keep writing webhook_events meanwhile.
+The new index is built and the old one dropped CONCURRENTLY (``frozen_shapes.replace_ledger_index``,
+as for 0005), so the workers keep writing webhook_events meanwhile.
 """
 
 from typing import Sequence, Union
 
-from migrations.frozen_shapes import replace_ledger_index
+from migrations.frozen_shapes import ledger_index_swap
 
 revision: str = "0007"
 down_revision: Union[str, Sequence[str], None] = "0006"
@@ -24,10 +25,6 @@ depends_on: Union[str, Sequence[str], None] = None
 
 HOLDING_BODY = "payload IS NOT NULL OR raw_body IS NOT NULL"
 
-
-def upgrade() -> None:
-    replace_ledger_index("ix_webhook_events_received", "ix_webhook_events_holding_body", ["received_at"], HOLDING_BODY)
-
-
-def downgrade() -> None:
-    replace_ledger_index("ix_webhook_events_holding_body", "ix_webhook_events_received", ["received_at"], None)
+upgrade, downgrade = ledger_index_swap(
+    "ix_webhook_events_received", "ix_webhook_events_holding_body", ["received_at"], HOLDING_BODY
+)
