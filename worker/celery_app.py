@@ -174,14 +174,6 @@ def _shared_backoff(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _wait_until_migrated(**_: Any) -> None:
-    """In the main process, before it consumes: a database behind this code's schema is waited for."""
-    from shared.schema import wait_until_migrated
-
-    wait_until_migrated(get_settings(), "worker")
-
-
-@signals.worker_init.connect
 def _load_hooks(**_: Any) -> None:
     """In the main process, before the pool forks: the application's hooks, or one line and exit."""
     from worker.pipeline import hooks
@@ -193,6 +185,15 @@ def _load_hooks(**_: Any) -> None:
     if table:
         names = sorted({registered.name for listed in table.values() for registered in listed})
         structlog.get_logger("clerk_sync.worker").info("hooks_loaded", hooks=names, event_types=sorted(table))
+
+
+@signals.worker_init.connect
+def _wait_until_migrated(**_: Any) -> None:
+    """In the main process, before it consumes (after every check that can refuse to start): a
+    database behind this code's schema is waited for."""
+    from shared.schema import wait_until_migrated
+
+    wait_until_migrated(get_settings(), "worker")
 
 
 @signals.worker_process_init.connect
