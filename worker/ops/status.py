@@ -60,8 +60,9 @@ def status_counts(conn: psycopg.Connection[Any], *, exact_limit: int = EXACT_COU
     """Rows per status: exact below ``exact_limit`` rows, else exact for the statuses not done and
     estimated for the others (``estimated``)."""
     counts = dict.fromkeys(EVENT_STATUSES, 0)
-    rows, done_share = _estimates(conn)
-    if rows is None or rows < exact_limit or not any(done_share.values()):
+    rows = _estimated_rows(conn)
+    done_share = _done_shares(conn) if rows is not None and rows >= exact_limit else {}
+    if rows is None or not any(done_share.values()):
         for status, count in conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status"):
             counts[status] = int(count)
         return StatusCounts(counts)
@@ -75,26 +76,27 @@ def status_counts(conn: psycopg.Connection[Any], *, exact_limit: int = EXACT_COU
     return StatusCounts(counts, estimated=_DONE)
 
 
-def _estimates(conn: psycopg.Connection[Any]) -> tuple[float | None, dict[str, float]]:
+def _estimated_rows(conn: psycopg.Connection[Any]) -> float | None:
     """The ledger's rows as the planner estimates them (its statistics scaled to the table's size
-    now), and the share of each done status among ANALYZE's most common values (0 when it is not
-    one); (None, {}) before any ANALYZE."""
+    now); None before any ANALYZE."""
     row = conn.execute(
         "SELECT reltuples, relpages, pg_relation_size(oid) / current_setting('block_size')::int"
         " FROM pg_class WHERE oid = 'webhook_events'::regclass"
     ).fetchone()
     if row is None or row[0] < 0 or row[1] <= 0:
-        return None, {}
+        return None
     reltuples, relpages, pages = row
+    return float(reltuples) / float(relpages) * float(pages)
+
+
+def _done_shares(conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """The share of each done status among ANALYZE's most common values (0 when it is not one)."""
     sampled = conn.execute(
         "SELECT most_common_vals::text::text[], most_common_freqs FROM pg_stats"
         " WHERE schemaname = current_schema() AND tablename = 'webhook_events' AND attname = 'status'"
     ).fetchone()
-    if sampled is None or sampled[0] is None:
-        return None, {}
-    frequencies = dict(zip(sampled[0], sampled[1], strict=True))
-    share = {status: float(frequencies.get(status, 0.0)) for status in _DONE}
-    return float(reltuples) / float(relpages) * float(pages), share
+    frequencies = {} if sampled is None or sampled[0] is None else dict(zip(sampled[0], sampled[1], strict=True))
+    return {status: float(frequencies.get(status, 0.0)) for status in _DONE}
 
 
 def oldest_unprocessed_age(conn: psycopg.Connection[Any]) -> float | None:
