@@ -41,6 +41,18 @@ JUNK = st.recursive(
         st.booleans(),
         st.integers(min_value=-(2**80), max_value=2**80),
         st.sampled_from([0, -1, 1e30, -1e30, 1.5, 10**12 - 1, 4_102_444_800_001, 2**63]),
+        # The edges of Clerk's times: 2000-01-01 and 2100-01-01 in seconds and in milliseconds, and past them.
+        st.sampled_from(
+            [
+                946_684_799,
+                946_684_800,
+                4_102_444_800,
+                4_102_444_801,
+                946_684_799_999,
+                946_684_800_000,
+                4_102_444_800_000,
+            ]
+        ),
         st.text(max_size=20),
         st.sampled_from(["", "ünïcødé ✓", "user_", "org_x", "<script>alert(1)</script>", "\ud800", "1716883500000"]),
     ),
