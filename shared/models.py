@@ -32,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, declared_attr,
 # Re-exported: the statuses live in an import-free module (the CLI's fast start needs them).
 from shared.statuses import EVENT_STATUSES as EVENT_STATUSES
 from shared.statuses import FINAL_STATUSES as FINAL_STATUSES
+from shared.statuses import NOT_DONE_SQL
 from shared.statuses import EventStatus as EventStatus
 
 NAMING_CONVENTION = {
@@ -205,7 +206,7 @@ class WebhookEvent(Base):
             "ix_webhook_events_not_done",
             "status",
             "next_attempt_at",
-            postgresql_where=text("status IN ('pending', 'failed', 'dead')"),
+            postgresql_where=text(NOT_DONE_SQL),
         ),
         Index("ix_webhook_events_entity", "entity_id"),
         Index("ix_webhook_events_user", "user_clerk_id", postgresql_where=text("user_clerk_id IS NOT NULL")),

@@ -20,3 +20,7 @@ class EventStatus(enum.StrEnum):
 EVENT_STATUSES = tuple(status.value for status in EventStatus)
 # An event in one of these is done: a redelivery of its svix-id changes nothing.
 FINAL_STATUSES = frozenset({EventStatus.PROCESSED, EventStatus.IGNORED, EventStatus.DEAD})
+# Not applied yet, or waiting for an operator: the few rows every reader by status asks for, and all
+# that the ledger's partial index ix_webhook_events_not_done holds (its predicate is NOT_DONE_SQL).
+NOT_DONE_STATUSES = (EventStatus.PENDING, EventStatus.FAILED, EventStatus.DEAD)
+NOT_DONE_SQL = "status IN ({})".format(", ".join(f"'{status.value}'" for status in NOT_DONE_STATUSES))

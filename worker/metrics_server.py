@@ -29,6 +29,7 @@ from shared import metrics
 from shared.config import Settings
 from shared.publish import control_queue
 from shared.redis_client import redis_client
+from shared.statuses import NOT_DONE_SQL
 
 log = structlog.get_logger("clerk_sync.metrics")
 
@@ -38,12 +39,7 @@ _PRIORITY_STEPS = (3, 6, 9)
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 _WAITING_SQL = text(
-    """
-    SELECT status, count(*) AS n, min(received_at) AS oldest
-    FROM webhook_events
-    WHERE status IN ('pending', 'failed', 'dead')
-    GROUP BY status
-    """
+    f"SELECT status, count(*) AS n, min(received_at) AS oldest FROM webhook_events WHERE {NOT_DONE_SQL} GROUP BY status"  # noqa: S608 - a constant of shared.statuses
 )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.redis_client import redis_client
-from shared.statuses import EVENT_STATUSES
+from shared.statuses import EVENT_STATUSES, NOT_DONE_SQL, NOT_DONE_STATUSES
 
 if TYPE_CHECKING:
     import psycopg
@@ -40,10 +40,9 @@ def raw_connection(session: Any) -> psycopg.Connection[Any]:
     return session.connection().connection.driver_connection  # type: ignore[no-any-return]
 
 
-# The statuses the partial index ix_webhook_events_not_done holds: always counted exactly (they are
-# few, and what an operator acts on).
-_NOT_DONE = ("pending", "failed", "dead")
-_DONE = tuple(sorted(set(EVENT_STATUSES) - set(_NOT_DONE)))
+# The statuses not done are always counted exactly (few, through their index, and what an operator
+# acts on); the others may be estimated.
+_DONE = tuple(sorted(set(EVENT_STATUSES) - set(NOT_DONE_STATUSES)))
 # Above this many rows, processed and ignored are estimated from Postgres's statistics instead of
 # counted: the ledger keeps a row per event for ever (tens of millions in a year of a busy
 # application), and a count would scan all of it on every `status` and every console refresh.
@@ -61,30 +60,29 @@ def status_counts(conn: psycopg.Connection[Any], *, exact_limit: int = EXACT_COU
     estimated for the others (``estimated``)."""
     counts = dict.fromkeys(EVENT_STATUSES, 0)
     rows = _estimated_rows(conn)
-    done_share = _done_shares(conn) if rows is not None and rows >= exact_limit else {}
-    if rows is None or not any(done_share.values()):
-        for status, count in conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status"):
-            counts[status] = int(count)
-        return StatusCounts(counts)
-    query = "SELECT status, count(*) FROM webhook_events WHERE status IN ('pending', 'failed', 'dead') GROUP BY status"
-    for status, count in conn.execute(query):
+    done_share = _done_shares(conn) if rows >= exact_limit else {}
+    estimating = any(done_share.values())
+    where = f" WHERE {NOT_DONE_SQL}" if estimating else ""
+    for status, count in conn.execute(f"SELECT status, count(*) FROM webhook_events{where} GROUP BY status"):  # noqa: S608 - constants
         counts[status] = int(count)
-    done = max(0.0, rows - sum(counts[status] for status in _NOT_DONE))
+    if not estimating:
+        return StatusCounts(counts)
+    done = max(0.0, rows - sum(counts[status] for status in NOT_DONE_STATUSES))
     total_share = sum(done_share.values())
     for status, share in done_share.items():
         counts[status] = round(done * share / total_share)
     return StatusCounts(counts, estimated=_DONE)
 
 
-def _estimated_rows(conn: psycopg.Connection[Any]) -> float | None:
+def _estimated_rows(conn: psycopg.Connection[Any]) -> float:
     """The ledger's rows as the planner estimates them (its statistics scaled to the table's size
-    now); None before any ANALYZE."""
+    now); 0 before any ANALYZE (a new ledger: counted)."""
     row = conn.execute(
         "SELECT reltuples, relpages, pg_relation_size(oid) / current_setting('block_size')::int"
         " FROM pg_class WHERE oid = 'webhook_events'::regclass"
     ).fetchone()
     if row is None or row[0] < 0 or row[1] <= 0:
-        return None
+        return 0.0
     reltuples, relpages, pages = row
     return float(reltuples) / float(relpages) * float(pages)
 
