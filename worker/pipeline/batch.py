@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 from sqlalchemy.exc import DataError
@@ -32,7 +32,7 @@ from worker.pipeline import apply, hooks, ledger, roundtrips
 from worker.pipeline.apply import Change
 from worker.pipeline.errors import DatabaseUnavailable, Failure, classify, describe
 from worker.pipeline.handlers import HANDLERS
-from worker.pipeline.ledger import Delivery, Entry
+from worker.pipeline.ledger import Claim, Delivery, Entry
 
 log = structlog.get_logger("clerk_sync.worker")
 
@@ -141,41 +141,15 @@ def _transaction(
         )
         if conflicting and early is not None:
             raise _OtherBodies
-        stored = ledger.stored_bodies(trips, [s for s in conflicting if claims[s].status not in FINAL_STATUSES])
-        outcomes: dict[str, _Outcome] = {}
-        finished: dict[str, tuple[EventStatus, str | None]] = {}
-        pending: list[Entry] = []
-        for entry in entries:
-            claim, conflict = claims[entry.svix_id], entry.svix_id in conflicting
-            if claim.status in FINAL_STATUSES:
-                label = claim.status.value if claim.inserted else "duplicate"
-                outcomes[entry.svix_id] = _Outcome(claim.status, label, entry.reason, conflict)
-                continue
-            if conflict:
-                body = stored.get(entry.svix_id)
-                entry = ledger.read(Delivery(entry.svix_id, entry.delivery.svix_timestamp, body)) if body else entry
-                if body is None or entry.event is None:
-                    entry = _refused(entry, "the stored body can no longer be applied (scrubbed, or not a valid event)")
-            if entry.event is None:  # a row left not final by an earlier delivery, and a body that is no event
-                outcomes[entry.svix_id] = _Outcome(EventStatus.DEAD, "dead", entry.reason, conflict)
-                finished[entry.svix_id] = (EventStatus.DEAD, entry.reason)
-                continue
-            outcomes[entry.svix_id] = _Outcome(EventStatus.PENDING, "pending", None, conflict)
-            pending.append(entry)
+        endings = _Endings(conflicting)
+        pending = _to_apply(trips, entries, claims, endings)
         if pending and ledger.paused_in(paused_flag.fetchall()):
             log.info("events_held_paused", count=len(pending))
-            # A new row went in provisionally as processed: it is recorded pending after all.
-            finished.update((e.svix_id, (EventStatus.PENDING, None)) for e in pending if claims[e.svix_id].provisional)
+            for entry in pending:
+                # A new row went in provisionally as processed: it is recorded pending after all.
+                endings.end(entry.svix_id, EventStatus.PENDING, None, record=claims[entry.svix_id].provisional)
             pending = []
-        for entry in pending:
-            event = entry.event
-            assert event is not None
-            if _foreign(event, settings):
-                reason = f"from Clerk instance {event.instance_id}, not {settings.clerk_instance_id}"
-                outcomes[entry.svix_id] = _Outcome(
-                    EventStatus.IGNORED, "ignored", reason, outcomes[entry.svix_id].conflict
-                )
-                finished[entry.svix_id] = (EventStatus.IGNORED, reason)
+        _ignore_foreign(pending, endings, settings)
         applying = _changes(pending, settings)
         if early is None:
             locks = apply.lock(trips, [c for _, c in applying])
@@ -189,20 +163,85 @@ def _transaction(
             scrub_pii=settings.deleted_user_pii == "scrub",
             sync_private_metadata=settings.sync_private_metadata,
         )
-        hooked = [(e.svix_id, e.event) for e, _ in applying if e.event is not None]
-        if hooked and hooks.installed(settings):
-            # The application's hooks, in this transaction, on the session as usual (out of pipeline
-            # mode: one round trip more). One that raises fails the batch, which then splits.
-            with trips.suspended():
-                # The application's statements are planned as the server is configured, not as ours.
-                session.execute(roundtrips.DEFAULT_PLANS)
-                hooks.run(session, hooked, settings=settings)
+        _run_hooks(session, trips, applying, settings)
         for (entry, _), applied in zip(applying, results, strict=True):
-            status = EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED
-            outcomes[entry.svix_id] = _Outcome(status, status.value, applied.reason, outcomes[entry.svix_id].conflict)
-            finished[entry.svix_id] = (status, applied.reason)
+            endings.end(
+                entry.svix_id, EventStatus.PROCESSED if applied.changed else EventStatus.IGNORED, applied.reason
+            )
+        finished = endings.finished
         ledger.finish(trips, {e.svix_id: finished[e.svix_id] for e in entries if e.svix_id in finished}, claims)
-    return [(entry, outcomes[entry.svix_id]) for entry in entries]
+    return [(entry, endings.outcomes[entry.svix_id]) for entry in entries]
+
+
+@dataclass
+class _Endings:
+    """How each event of a batch ends: its outcome (its log line and metric after the commit) and,
+    where its ledger row must change, the status and reason ``ledger.finish`` records."""
+
+    conflicting: set[str]  # svix-ids redelivered with another body than the stored one
+    outcomes: dict[str, _Outcome] = field(default_factory=dict)
+    finished: dict[str, tuple[EventStatus, str | None]] = field(default_factory=dict)
+
+    def end(
+        self, svix_id: str, status: EventStatus, reason: str | None, *, label: str | None = None, record: bool = True
+    ) -> None:
+        self.outcomes[svix_id] = _Outcome(status, label or status.value, reason, svix_id in self.conflicting)
+        if record:
+            self.finished[svix_id] = (status, reason)
+
+
+def _to_apply(
+    trips: roundtrips.Trips, entries: list[Entry], claims: dict[str, Claim], endings: _Endings
+) -> list[Entry]:
+    """The events to apply, each as stored (a conflicting redelivery is applied with its stored body);
+    the others' endings: already final (a duplicate), or dead (a body that is no valid event)."""
+    stored = ledger.stored_bodies(trips, [s for s in endings.conflicting if claims[s].status not in FINAL_STATUSES])
+    pending: list[Entry] = []
+    for entry in entries:
+        claim = claims[entry.svix_id]
+        if claim.status in FINAL_STATUSES:
+            label = None if claim.inserted else "duplicate"
+            endings.end(entry.svix_id, claim.status, entry.reason, label=label, record=False)
+            continue
+        if entry.svix_id in endings.conflicting:
+            entry = _as_stored(entry, stored.get(entry.svix_id))
+        if entry.event is None:  # a row left not final by an earlier delivery, and a body that is no event
+            endings.end(entry.svix_id, EventStatus.DEAD, entry.reason)
+            continue
+        endings.end(entry.svix_id, EventStatus.PENDING, None, record=False)
+        pending.append(entry)
+    return pending
+
+
+def _as_stored(entry: Entry, body: str | None) -> Entry:
+    """A conflicting redelivery, read again from the body its row keeps."""
+    entry = ledger.read(Delivery(entry.svix_id, entry.delivery.svix_timestamp, body)) if body else entry
+    if body is None or entry.event is None:
+        return _refused(entry, "the stored body can no longer be applied (scrubbed, or not a valid event)")
+    return entry
+
+
+def _ignore_foreign(pending: list[Entry], endings: _Endings, settings: Settings) -> None:
+    """Events of another Clerk instance end ignored (``_changes`` leaves them out)."""
+    for entry in pending:
+        event = entry.event
+        assert event is not None
+        if _foreign(event, settings):
+            reason = f"from Clerk instance {event.instance_id}, not {settings.clerk_instance_id}"
+            endings.end(entry.svix_id, EventStatus.IGNORED, reason)
+
+
+def _run_hooks(
+    session: Session, trips: roundtrips.Trips, applying: list[tuple[Entry, Change]], settings: Settings
+) -> None:
+    """The application's hooks, in this transaction, on the session as usual (out of pipeline mode:
+    one round trip more). One that raises fails the batch, which then splits."""
+    hooked = [(e.svix_id, e.event) for e, _ in applying if e.event is not None]
+    if hooked and hooks.installed(settings):
+        with trips.suspended():
+            # The application's statements are planned as the server is configured, not as ours.
+            session.execute(roundtrips.DEFAULT_PLANS)
+            hooks.run(session, hooked, settings=settings)
 
 
 def _foreign(event: Event, settings: Settings) -> bool:
