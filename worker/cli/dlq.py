@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.cli.common import (
     CliError,
@@ -161,7 +161,13 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         event = dead_letters.detail(row)
     if args.json:
         print(json.dumps(event, indent=2))
-        return 0
+    else:
+        _print_event(event)
+    return 0
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    """An event's page as text: its fields, conflicting redeliveries, errors, then its body."""
     for field in ("svix_id", "status", "event_type", "entity_id", "attempts", "last_error", "svix_timestamp"):
         print(f"{field + ':':<17} {'' if event[field] is None else printable(event[field])}")
     for field in ("received_at", "processed_at", "next_attempt_at", "updated_at", "body_sha256"):
@@ -173,13 +179,21 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {printable(entry.get('at', ''))}  body sha256 {printable(entry.get('body_sha256', ''))}")
     print(f"errors ({len(event['errors'])}):")
     for number, entry in enumerate(event["errors"], start=1):
-        if not isinstance(entry, dict):
-            print(f"  {number}. {printable(entry)}")
-        elif "error" in entry:
-            print(f"  {number}. {printable(entry.get('at', ''))}  {printable(entry['error'])}")
-        else:  # a note such as a replay, not an attempt
-            notes = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "at")
-            print(f"  {number}. {printable(entry.get('at', ''))}  ({printable(notes)})")
+        print(f"  {number}. {_error_line(entry)}")
+    _print_body(event)
+
+
+def _error_line(entry: Any) -> str:
+    """One entry of an event's errors: an attempt's error, or a note such as a replay."""
+    if not isinstance(entry, dict):
+        return printable(entry)
+    if "error" in entry:
+        return f"{printable(entry.get('at', ''))}  {printable(entry['error'])}"
+    notes = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "at")
+    return f"{printable(entry.get('at', ''))}  ({printable(notes)})"
+
+
+def _print_body(event: dict[str, Any]) -> None:
     if event["payload"] is not None:
         print("payload:")
         # json.dumps escapes every control character (\u001b), so the payload is safe as is.
@@ -189,7 +203,6 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         print("\n".join(printable(line) for line in event["raw_body"].splitlines()))
     else:
         print("payload: (no longer stored)")
-    return 0
 
 
 def _selected(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[list[str], DeadFilter | None]:
