@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import requests
@@ -244,6 +247,26 @@ def _start_retrying_worker(processes, *, max_attempts: int) -> None:
     processes.start_beat(**fast)
 
 
+@contextmanager
+def _users_locked(database_url: str) -> Iterator[psycopg.Connection]:
+    """A lock on ``users`` that every write to it times out on, held until the block ends (or the
+    connection given rolls back)."""
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        yield holder
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def _row_when(session_factory, svix_id: str, status_holds: Callable[[str], bool], **waiting: Any) -> WebhookEvent:
+    """The event's ledger row once its status is one ``status_holds`` accepts (``wait_for``'s options)."""
+    return wait_for(
+        lambda: (event := ledger_row(session_factory, svix_id)) and status_holds(event.status) and event, **waiting
+    )
+
+
 def _enqueue_user_created(settings, svix_id: str) -> None:
     publisher = EventPublisher(settings)
     try:
@@ -258,28 +281,27 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
 ):
     # Given a worker with a budget of 3 attempts and a lock the test holds on users
     _start_retrying_worker(processes, max_attempts=3)
-    holder = psycopg.connect(database_url)
-    try:
-        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-
+    with _users_locked(database_url) as lock:
         # When a user.created arrives and its first attempt times out waiting for the lock
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
-        failed = wait_for(
-            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "failed" and event,
+        failed = _row_when(
+            session_factory,
+            svix_id,
+            lambda status: status == "failed",
             timeout=90,
             interval=0.05,
             what="first attempt failed on the lock",
         )
-        holder.rollback()  # the lock is released while budget remains
-    finally:
-        holder.close()
+        lock.rollback()  # the lock is released while budget remains
 
     # Then the event is recorded failed with its error, and a later attempt applies it
     assert failed.attempts == 1
     assert failed.last_error == "LockNotAvailable (55P03)"
-    done = wait_for(
-        lambda: (event := ledger_row(session_factory, svix_id)) and event.status != "failed" and event,
+    done = _row_when(
+        session_factory,
+        svix_id,
+        lambda status: status != "failed",
         timeout=90,
         what="retried after the lock was released",
     )
@@ -294,21 +316,13 @@ def test_transient_failure_is_retried_and_applied_once_the_lock_is_released(
 def test_transient_failure_ends_dead_after_the_budget(processes, session_factory, settings, database_url):
     # Given a worker with a budget of 2 attempts and a lock the test holds on users throughout
     _start_retrying_worker(processes, max_attempts=2)
-    holder = psycopg.connect(database_url)
-    try:
-        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-
+    with _users_locked(database_url):
         # When a user.created arrives and every attempt times out waiting for the lock
         svix_id = new_svix_id()
         _enqueue_user_created(settings, svix_id)
-        dead = wait_for(
-            lambda: (event := ledger_row(session_factory, svix_id)) and event.status == "dead" and event,
-            timeout=120,
-            what="event dead after its budget",
+        dead = _row_when(
+            session_factory, svix_id, lambda status: status == "dead", timeout=120, what="event dead after its budget"
         )
-    finally:
-        holder.rollback()
-        holder.close()
 
     # Then it is dead after exactly its budget, with every attempt's error kept
     assert dead.attempts == 2

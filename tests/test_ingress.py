@@ -147,37 +147,32 @@ def test_no_headers_and_no_body(client, settings, redis_client):
     assert redis_client.llen(settings.queue_name) == 0
 
 
+MALFORMED_SIGNATURES = [
+    "v1",
+    "v1,",
+    "v1,not-base64!!",
+    "v1,abc",
+    "v1,a,b",
+    "garbage",
+    " ",
+    ",",
+    "v2,c29tZXRoaW5n",
+    "v1,c29tZXRoaW5n",
+    "v1,\u00e9\u00e9\u00e9\u00e9",
+    "v1," + "A" * 5000,
+]
+MALFORMED_TIMESTAMPS = ["", "soon", "nan", "inf", "-inf", "1e30", "-1", "0x10", "12 34"]
+
+
 @pytest.mark.parametrize(
-    "signature",
-    [
-        "v1",
-        "v1,",
-        "v1,not-base64!!",
-        "v1,abc",
-        "v1,a,b",
-        "garbage",
-        " ",
-        ",",
-        "v2,c29tZXRoaW5n",
-        "v1,c29tZXRoaW5n",
-        "v1,\u00e9\u00e9\u00e9\u00e9",
-        "v1," + "A" * 5000,
-    ],
+    ("header", "value"),
+    [("svix-signature", value) for value in MALFORMED_SIGNATURES]
+    + [("svix-timestamp", value) for value in MALFORMED_TIMESTAMPS],
 )
-def test_malformed_signature_header_is_rejected_never_500(client, settings, redis_client, signature):
+def test_malformed_signature_or_timestamp_is_rejected_never_500(client, settings, redis_client, header, value):
     body = body_of()
     headers = signed_headers(body)
-    headers["svix-signature"] = signature
-    response = client.post(URL, data=body, headers=headers)
-    assert response.status_code in (400, 401), response.get_data(as_text=True)
-    assert redis_client.llen(settings.queue_name) == 0
-
-
-@pytest.mark.parametrize("timestamp", ["", "soon", "nan", "inf", "-inf", "1e30", "-1", "0x10", "12 34"])
-def test_malformed_timestamp_is_rejected_never_500(client, settings, redis_client, timestamp):
-    body = body_of()
-    headers = signed_headers(body)
-    headers["svix-timestamp"] = timestamp
+    headers[header] = value
     response = client.post(URL, data=body, headers=headers)
     assert response.status_code in (400, 401), response.get_data(as_text=True)
     assert redis_client.llen(settings.queue_name) == 0
