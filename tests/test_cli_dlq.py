@@ -17,7 +17,7 @@ from shared.publish import EventPublisher
 from tests.support.cli import TESTER, one_line_error, run_cli
 from tests.support.ledger import add_event, audit_rows, statuses, wait_until_final
 from tests.support.processes import free_port
-from tests.support.signing import load_payload, post_event
+from tests.support.signing import load_payload, post_events
 from worker.ops import dead_letters
 from worker.ops.dead_letters import DeadFilter, Instruction, OperationError, UnknownEvent
 from worker.ops.inputs import parse_since
@@ -36,10 +36,13 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
     # When a signed event with no data.id, a body that is not JSON, the blocked user's
     # user.created and an unsynced session.created arrive
     poison = {"type": "user.created", "object": "event", "timestamp": 1716883200012, "data": {"first_name": "X"}}
-    assert post_event(web.url, poison, svix_id="msg_dlq_poison").status_code == 200
-    assert post_event(web.url, "this is not json", svix_id="msg_dlq_notjson").status_code == 200
-    assert post_event(web.url, user_created, svix_id="msg_dlq_blocked").status_code == 200
-    assert post_event(web.url, load_payload("session.created"), svix_id="msg_dlq_ignored").status_code == 200
+    arrivals = {
+        "msg_dlq_poison": poison,
+        "msg_dlq_notjson": "this is not json",
+        "msg_dlq_blocked": user_created,
+        "msg_dlq_ignored": load_payload("session.created"),
+    }
+    assert set(post_events(web.url, arrivals).values()) == {200}
 
     # Then the three bad ones end dead with readable errors, the unsynced one ignored
     assert wait_until_final(session_factory, 4) == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,15 @@ def post_event(
     headers = signed_headers(body, svix_id=svix_id, **sign_options)
     http = session or requests
     return http.post(f"{base_url}/webhooks/clerk", data=body.encode(), headers=headers, timeout=timeout)
+
+
+def post_events(base_url: str, events: Mapping[str, dict[str, Any] | str]) -> dict[str, int]:
+    """POST each signed event (svix-id -> payload), in order: svix-id -> the HTTP status."""
+    with requests.Session() as http:
+        return {
+            svix_id: post_event(base_url, payload, svix_id=svix_id, session=http).status_code
+            for svix_id, payload in events.items()
+        }
 
 
 def user_created(user_id: str) -> dict[str, Any]:
