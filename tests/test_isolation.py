@@ -42,8 +42,14 @@ def test_processes_a_test_started_stop_when_the_test_run_is_killed(processes):
         beat = manager.start_beat(RECOVERY_SECONDS="24")
         # setpriv asks for the parent-death signal before it execs; a parent killed before that
         # leaves no one to signal (the kernel's rule), so the run under test waits for the exec.
+        # Popen returns while setpriv's own exec is still loading it, when the command line reads
+        # empty: only a command line that is there and is not setpriv's is the exec after it.
         cmdline = Path(f"/proc/{{beat.popen.pid}}/cmdline")
-        wait_for(lambda: not cmdline.read_bytes().startswith(b"setpriv"), timeout=30, what="setpriv's exec")
+        wait_for(
+            lambda: (argv := cmdline.read_bytes()) and not argv.startswith(b"setpriv"),
+            timeout=30,
+            what="setpriv's exec",
+        )
         print(beat.popen.pid, flush=True)
         time.sleep(120)
         """,
