@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import psycopg
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from devkit.services import migrate, temporary_database
+from devkit.services import ROOT, SERVICE_TABLES, bin_path, migrate, temporary_database
 from shared.models import Base
 from tests.support.signing import load_payload
 
@@ -106,6 +108,49 @@ def test_an_accepted_invitation_recorded_before_0006_gains_its_invitee():
         # Then the event names the user who accepted, and a purged one stays as it was
         rows = dict(conn.execute("SELECT svix_id, user_clerk_id FROM webhook_events").fetchall())
         assert rows == {"msg_acc_old": accepted["data"]["user_id"], "msg_acc_purged": None}
+
+
+def test_bodies_written_from_0008_on_are_compressed_with_lz4_and_older_ones_stay_readable():
+    # Given a database at 0007 holding a body large enough for Postgres to compress (with pglz, its default)
+    body = load_payload("user.created")
+    body["data"]["unsafe_metadata"] = {"notes": [f"note {n}" for n in range(400)]}
+    insert = (
+        "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload)"
+        " VALUES (%s, 'user.created', 'processed', 1, %s)"
+    )
+    with temporary_database("0007") as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(insert, ("msg_before", json.dumps(body)))
+
+        # When it is migrated to head and the same body arrives again under another svix-id
+        migrate(url)
+        conn.execute(insert, ("msg_after", json.dumps(body)))
+
+        # Then the new one is stored with lz4, the old one stays as it was, and both read back whole
+        stored = conn.execute("SELECT svix_id, pg_column_compression(payload), payload FROM webhook_events").fetchall()
+        assert {svix_id: method for svix_id, method, _ in stored} == {"msg_before": "pglz", "msg_after": "lz4"}
+        assert all(payload == body for _, _, payload in stored)
+        # And so is every column holding a body, an object as Clerk sent it, or its metadata
+        columns = "SELECT attrelid::regclass::text, attname FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped"
+        lz4 = set(conn.execute(f"{columns} AND attcompression = 'l'"))
+        holding = set(
+            conn.execute(
+                f"{columns} AND attrelid::regclass::text = ANY(%s)"
+                " AND (attname IN ('payload', 'raw_body', 'clerk_data') OR attname LIKE '%%\\_metadata')",
+                (list(SERVICE_TABLES),),
+            )
+        )
+        assert lz4 == holding
+        assert ("users", "unsafe_metadata") in lz4 and ("organization_domains", "clerk_data") in lz4
+
+        # And a downgrade gives the columns back to the server's default
+        subprocess.run(
+            [bin_path("alembic"), "downgrade", "0007"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url},
+            check=True,
+            capture_output=True,
+        )
+        assert set(conn.execute(f"{columns} AND attcompression = 'l'")) == set()
 
 
 def test_the_schema_at_head_is_the_models():
