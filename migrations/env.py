@@ -7,6 +7,7 @@ racing each other run the migrations once.
 
 from __future__ import annotations
 
+import structlog
 from alembic import context
 from sqlalchemy import text
 
@@ -16,6 +17,8 @@ from shared.logging import configure_logging
 from shared.models import Base
 
 MIGRATION_LOCK_ID = 0x636C65726B  # "clerk"
+
+log = structlog.get_logger("clerk_sync.migrations")
 
 target_metadata = Base.metadata
 
@@ -43,6 +46,11 @@ def run_migrations_online() -> None:
 
 
 def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
+    # What a migration tells the operator (0008: a server without lz4 keeps pglz) is a NOTICE,
+    # which psycopg drops unless asked: a log line each.
+    connection.connection.driver_connection.add_notice_handler(
+        lambda notice: log.info("migration_notice", message=notice.message_primary)
+    )
     connection.execute(text("SET lock_timeout = '5s'"))
     connection.execute(text("SET statement_timeout = '5min'"))
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})

@@ -12,7 +12,7 @@ as they were written (each is read with the method it was stored with), and new 
 with lz4. Each ALTER holds its table's lock for a moment.
 
 A server older than PostgreSQL 14, or built without lz4, keeps pglz: the upgrade says so in a
-NOTICE and goes on.
+NOTICE (logged as ``migration_notice``, migrations/env.py) and goes on.
 """
 
 from typing import Sequence, Union
