@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import structlog
 from alembic import context
+from psycopg.errors import Diagnostic
 from sqlalchemy import text
 
 from shared.config import ConfigError, exit_on_config_error, get_settings
@@ -19,6 +20,8 @@ from shared.models import Base
 MIGRATION_LOCK_ID = 0x636C65726B  # "clerk"
 
 log = structlog.get_logger("clerk_sync.migrations")
+# What starts the NOTICEs a migration raises for the operator (``_log_own_notice``).
+NOTICE_PREFIX = "clerk-sync: "
 
 target_metadata = Base.metadata
 
@@ -45,12 +48,17 @@ def run_migrations_online() -> None:
         _migrate(connectable)
 
 
+def _log_own_notice(notice: Diagnostic) -> None:
+    """What a migration tells the operator (0008: a server without lz4 keeps pglz) is a NOTICE
+    starting ``NOTICE_PREFIX``, which psycopg would drop: a log line each. Other notices (an
+    application's trigger, say) are not logged: they may quote a row."""
+    message = notice.message_primary or ""
+    if message.startswith(NOTICE_PREFIX):
+        log.info("migration_notice", message=message.removeprefix(NOTICE_PREFIX))
+
+
 def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
-    # What a migration tells the operator (0008: a server without lz4 keeps pglz) is a NOTICE,
-    # which psycopg drops unless asked: a log line each.
-    connection.connection.driver_connection.add_notice_handler(
-        lambda notice: log.info("migration_notice", message=notice.message_primary)
-    )
+    connection.connection.driver_connection.add_notice_handler(_log_own_notice)
     connection.execute(text("SET lock_timeout = '5s'"))
     connection.execute(text("SET statement_timeout = '5min'"))
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})

@@ -191,6 +191,8 @@ def test_bare_machine_runs_on_embedded_servers_and_keeps_data(tmp_path, data_dir
     urls = json.loads((data_dir / "urls.json").read_text())
     assert urls["REDIS_URL"] == f"redis+socket://{data_dir / 'redis' / 'redis.sock'}"
     assert requests.get(f"{base_url}/readyz", timeout=5).status_code == 200
+    # And the migrations told that this server (pgserver's, built without lz4) keeps pglz
+    assert "this server was built without lz4: pglz stays" in (tmp_path / "first.log").read_text()
 
     # And it created a first console account, printed its password once, and the console's URL
     console = f"http://127.0.0.1:{env['CONSOLE_PORT']}/"

@@ -46,12 +46,12 @@ def _compress_with(method: str) -> None:
         DO $$
         BEGIN
             IF current_setting('server_version_num')::int < 140000 THEN
-                RAISE NOTICE 'PostgreSQL 14 or newer sets a column''s compression: pglz stays';
+                RAISE NOTICE 'clerk-sync: PostgreSQL 14 or newer sets a column''s compression: pglz stays';
                 RETURN;
             END IF;
             {executes}
         EXCEPTION WHEN feature_not_supported THEN
-            RAISE NOTICE 'this server was built without lz4: pglz stays';
+            RAISE NOTICE 'clerk-sync: this server was built without lz4: pglz stays';
         END
         $$
         """
