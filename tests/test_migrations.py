@@ -153,6 +153,42 @@ def test_bodies_written_from_0008_on_are_compressed_with_lz4_and_older_ones_stay
         assert set(conn.execute(f"{columns} AND attcompression = 'l'")) == set()
 
 
+def test_migrations_log_their_own_notices_and_never_an_applications():
+    # Given a database at 0005 with an application's trigger that raises a NOTICE quoting the row
+    # it sees, and an event 0006 updates
+    accepted = load_payload("organizationInvitation.accepted")
+    with temporary_database("0005") as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION app_audit() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE NOTICE 'audit %', NEW.payload; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER app_audit BEFORE UPDATE ON webhook_events FOR EACH ROW EXECUTE FUNCTION app_audit()"
+        )
+        conn.execute(
+            "INSERT INTO webhook_events (svix_id, event_type, status, attempts, payload)"
+            " VALUES ('msg_audited', 'organizationInvitation.accepted', 'processed', 1, %s)",
+            (json.dumps(accepted),),
+        )
+
+        # When it is migrated to head
+        done = subprocess.run(
+            [bin_path("alembic"), "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+        # Then it succeeds, and nothing of the trigger's notice (the payload it quoted) is logged
+        assert done.returncode == 0, done.stderr
+        output = done.stdout + done.stderr
+        assert "audit" not in output
+        assert accepted["data"]["email_address"] not in output
+        assert conn.execute("SELECT user_clerk_id FROM webhook_events").fetchone() == (accepted["data"]["user_id"],)
+
+
 def test_the_schema_at_head_is_the_models():
     # Given a database migrated to head
     with temporary_database() as url:
