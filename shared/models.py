@@ -126,11 +126,11 @@ class Organization(AccountMixin, SyncedMixin, Base):
 
     name: Mapped[str | None] = mapped_column(Text)
     slug: Mapped[str | None] = mapped_column(Text)
+    # The user who created it.
+    created_by: Mapped[str | None] = mapped_column(String(64))
     # Clerk's count as of the organization object held (Clerk does not resend it when members change).
     members_count: Mapped[int | None] = mapped_column(Integer)
     max_allowed_memberships: Mapped[int | None] = mapped_column(Integer)
-    # The user who created it.
-    created_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class OrganizationObjectMixin:
