@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import psycopg
+import pytest
 from sqlalchemy import select, text
 
 from shared.db import PING_AFTER_IDLE_SECONDS, POOL_SIZE
@@ -199,6 +200,14 @@ def test_a_conflicting_redelivery_in_a_batch_applies_the_stored_body_and_the_res
     assert len(conflicts) == 1
 
 
+@pytest.fixture
+def cut_connections(session_factory, database_url):  # type: ignore[no-untyped-def]
+    """Cuts the run's pooled connections when called; afterwards the pool starts afresh, so that a
+    connection cut here and never checked out again cannot fail the next test's first statement."""
+    yield lambda: _terminate_our_connections(database_url)
+    session_factory.kw["bind"].dispose()
+
+
 def _terminate_our_connections(database_url: str) -> int:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return len(
@@ -209,12 +218,12 @@ def _terminate_our_connections(database_url: str) -> int:
         )
 
 
-def test_a_pooled_connection_that_died_idle_is_replaced_before_the_batch(session_factory, settings, database_url):
+def test_a_pooled_connection_that_died_idle_is_replaced_before_the_batch(session_factory, settings, cut_connections):
     # Given pooled connections that Postgres dropped while they sat idle (a restart, an idle timeout)
     process_batch(
         session_factory, [Delivery("msg_warm", 1700000000, json.dumps(user_created("user_batch_4")))], settings=settings
     )
-    assert _terminate_our_connections(database_url) >= 1
+    assert cut_connections() >= 1
     time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
 
     # When the next batch comes: the pool pings a connection that sat idle and replaces it
@@ -229,7 +238,7 @@ def test_a_pooled_connection_that_died_idle_is_replaced_before_the_batch(session
 
 
 def test_a_connection_that_died_a_moment_ago_costs_one_attempt_and_nothing_else(
-    session_factory, settings, database_url
+    session_factory, settings, cut_connections
 ):
     # Given a pooled connection Postgres dropped just after its last batch (no ping: it was not idle)
     process_batch(
@@ -237,7 +246,7 @@ def test_a_connection_that_died_a_moment_ago_costs_one_attempt_and_nothing_else(
         [Delivery("msg_warm2", 1700000000, json.dumps(user_created("user_batch_6")))],
         settings=settings,
     )
-    assert _terminate_our_connections(database_url) >= 1
+    assert cut_connections() >= 1
     delivery = Delivery("msg_next", 1700000000, json.dumps(user_created("user_batch_7")))
 
     # When the next batch meets it: the outage path (the task's backoff keeps the message and tries
