@@ -624,8 +624,8 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
     """Apply each distinct event once in Clerk's order: what the tables must hold when drained.
 
     - created/updated: the row takes the event's data if it is newer (by Clerk's
-      ``updated_at``) than what it holds; a deleted row still takes older data it
-      never saw (it keeps its last known fields);
+      ``updated_at``, then by the envelope's ``timestamp``) than what it holds; a deleted
+      row still takes older data it never saw (it keeps its last known fields);
     - a membership delete carries the membership: its data counts like an update,
       so a stale copy (older ``updated_at``) changes no field; one that does not carry a
       whole membership (no organization, user or ``updated_at``) only deletes;
@@ -638,7 +638,7 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
     """
     distinct = {event.svix_id: event for event in events}
     tables: Tables = {name: {} for name in _EMPTY}
-    versions: dict[tuple[str, str], int] = {}
+    versions: dict[tuple[str, str], tuple[int, int]] = {}
     for event in sorted(distinct.values(), key=lambda e: e.at):
         family, _, action = event.type.rpartition(".")
         table = _TABLE_OF.get(family)
@@ -651,8 +651,8 @@ def reference_tables(events: list[Event], *, scrub_pii: bool = False, private_me
         )
         carries_data = action != "deleted" or (table == "organization_memberships" and _whole_membership(data))
         if carries_data:
-            version = _ms(data.get("updated_at") or data.get("created_at"))
-            if version > versions.get((table, clerk_id), -1):
+            version = (_ms(data.get("updated_at") or data.get("created_at")), _ms(event.payload["timestamp"]))
+            if version > versions.get((table, clerk_id), (-1, -1)):
                 versions[(table, clerk_id)] = version
                 row.update(_ROW_OF[table](data))
                 if private_metadata:  # SYNC_PRIVATE_METADATA on: kept in its column and in clerk_data

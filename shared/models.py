@@ -1,8 +1,9 @@
 """The synced tables (CONTRACT section 4) and the event ledger.
 
-Every synced row carries two version columns besides what the application reads:
+Every synced row carries version columns besides what the application reads:
 ``clerk_updated_at`` (milliseconds, Clerk's ``updated_at`` of the data the row
-holds) and ``deleted_at`` (the tombstone). They are what make out-of-order and
+holds; ``clerk_event_at``, the timestamp of the event that brought it, breaks a
+tie) and ``deleted_at`` (the tombstone). They are what make out-of-order and
 duplicate deliveries converge: see ``worker/pipeline/apply.py``.
 """
 
@@ -68,6 +69,9 @@ class SyncedMixin:
     deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     # Version of the data held: Clerk's updated_at in milliseconds.
     clerk_updated_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Between two versions of one updated_at, Clerk's order: the envelope timestamp (ms) of the
+    # event that brought the data held; null for data from the Backend API (it loses every tie).
+    clerk_event_at: Mapped[int | None] = mapped_column(BigInteger)
     synced_at: Mapped[dt.datetime] = _now_column()
     # The object as Clerk last sent it (the data the row holds), without private_metadata unless
     # SYNC_PRIVATE_METADATA is on; null for a tombstone that never saw data.

@@ -22,7 +22,7 @@ from shared.config import Settings
 # This code's migrations (migrations/versions), oldest first: the last is the schema it needs.
 # Written out, not read from Alembic, which would run every migration module at each start;
 # tests/test_schema_check.py checks it is Alembic's chain.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 UPGRADE_HINT = "run `alembic upgrade head` (the Procfile's release)"
 # How often a process waiting for the migration looks again, and says so.
 RECHECK_SECONDS = 2.0

@@ -13,11 +13,17 @@ import hashlib
 import json
 from typing import Any
 
+import msgspec
 from sqlalchemy import func, select, text
 
+from shared.clerk_objects import UserData
 from shared.models import Organization, OrganizationMembership, User, WebhookEvent
+from shared.resources import USERS
 from tests.support.pipeline import deliver_one
 from tests.support.signing import FIXTURES, load_payload
+from worker.pipeline.apply import apply_changes
+from worker.pipeline.batch import process_batch
+from worker.pipeline.handlers import change_from_object
 from worker.pipeline.ledger import Delivery
 
 USER_ID = "user_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
@@ -134,6 +140,61 @@ def test_timestamps_in_seconds_and_milliseconds_order_together(session_factory, 
     deleted["timestamp"] = 1716883800
     assert deliver(session_factory, settings, deleted) == "processed"
     assert ms(one(session_factory, User, USER_ID).deleted_at) == 1716883800000
+
+
+def _same_version_twice() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two updates of one user with one updated_at and different data: the second sent later."""
+    first, second = load_payload("user.updated"), load_payload("user.updated")
+    first["data"]["first_name"], second["data"]["first_name"] = "First", "Second"
+    second["timestamp"] = first["timestamp"] + 40
+    return first, second
+
+
+def test_a_tie_between_two_versions_of_one_updated_at_goes_to_the_later_event_in_any_order(session_factory, settings):
+    first, second = _same_version_twice()
+    # Given the later event, then the earlier one (Clerk's order reversed)
+    assert deliver(session_factory, settings, second, svix_id="msg_second") == "processed"
+    assert deliver(session_factory, settings, first, svix_id="msg_first") == "ignored"
+    # Then the later event's data stays, and the earlier one is recorded as older
+    assert one(session_factory, User, USER_ID).first_name == "Second"
+    assert event_row(session_factory, "msg_first").last_error == "older than what the tables hold"
+
+
+def test_a_tie_delivered_in_clerks_order_takes_the_later_event_alone_and_in_one_batch(session_factory, settings):
+    first, second = _same_version_twice()
+    # Given the two in Clerk's order, one at a time
+    assert deliver(session_factory, settings, first, svix_id="msg_first") == "processed"
+    assert deliver(session_factory, settings, second, svix_id="msg_second") == "processed"
+    user = one(session_factory, User, USER_ID)
+    assert (user.first_name, user.clerk_event_at) == ("Second", second["timestamp"])
+
+    # And two more of a newer version in one batch, the later one first
+    third, fourth = _same_version_twice()
+    for payload, name in ((third, "Third"), (fourth, "Fourth")):
+        payload["data"]["updated_at"] += 1000
+        payload["data"]["first_name"] = name
+    statuses = process_batch(
+        session_factory,
+        [Delivery("msg_fourth", None, json.dumps(fourth)), Delivery("msg_third", None, json.dumps(third))],
+        settings=settings,
+    )
+    assert statuses == {"msg_fourth": "processed", "msg_third": "ignored"}
+    assert one(session_factory, User, USER_ID).first_name == "Fourth"
+
+
+def test_an_api_object_of_the_version_held_loses_the_tie_to_the_event(session_factory, settings):
+    # Given the user as its event brought it
+    first, _ = _same_version_twice()
+    assert deliver(session_factory, settings, first) == "processed"
+    # When the Backend API's copy of the same version, with other data, is applied (backfill's path)
+    api_copy = {**first["data"], "first_name": "From the API"}
+    with session_factory() as session, session.begin():
+        applied = apply_changes(
+            session, [change_from_object(USERS, msgspec.convert(api_copy, UserData), sent=api_copy)], scrub_pii=False
+        )
+    # Then the event's data stays: the API object has no envelope to order it after the event
+    assert applied[0].changed is False
+    assert one(session_factory, User, USER_ID).first_name == "First"
 
 
 def test_late_create_after_delete_keeps_fields_and_tombstone(session_factory, settings):

@@ -96,7 +96,16 @@ def test_a_new_column_is_scrubbed_unless_it_is_said_to_be_kept():
 
 
 def test_clerks_columns_are_the_models_but_the_syncs_bookkeeping_and_the_applications_own():
-    bookkeeping = {"id", "clerk_id", "created_at", "updated_at", "deleted_at", "clerk_updated_at", "synced_at"}
+    bookkeeping = {
+        "id",
+        "clerk_id",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+        "clerk_updated_at",
+        "clerk_event_at",
+        "synced_at",
+    }
     application = {"users": {"plan"}, "organizations": {"plan"}}
     for resource in RESOURCES:
         table = resource.model.__table__.columns.keys()  # type: ignore[attr-defined]

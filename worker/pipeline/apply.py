@@ -6,7 +6,8 @@ applies a batch of them in the caller's transaction, with one statement per tabl
 and returns, per change, whether it changed anything:
 
 - data is written only when it is newer than what the row holds, so an old event or API
-  snapshot never overwrites a newer one, and an update seen before its create wins;
+  snapshot never overwrites a newer one, and an update seen before its create wins; between
+  two versions of one ``updated_at``, the later event (by its envelope timestamp) wins;
 - a delete leaves a tombstone (``deleted_at``) that nothing clears, the earliest delete
   winning; older data arriving after it still fills in the last known fields;
 - deleting a parent (a user, an organization) makes its children inactive, including
@@ -49,6 +50,9 @@ class Change:
     clerk_id: str
     row: Mapping[str, Any] | None = None  # the resource's columns, when the change carries data
     version: int | None = None  # the data's updated_at, ms
+    # The envelope timestamp of the event carrying the data, ms: Clerk's order between two versions
+    # of one updated_at. None for a Backend API object (no envelope): it loses a tie.
+    event_at: int | None = None
     created_at: int | None = None  # the data's created_at, ms
     deleted_at: dt.datetime | None = None  # when the change is a delete
     parents: Mapping[str, str] = field(default_factory=dict)  # parent resource name -> clerk_id
@@ -63,10 +67,17 @@ class Applied:
 
 @dataclass
 class Row:
-    """What a locked row holds: its data's version and its tombstone."""
+    """What a locked row holds: its data's version (and its event's timestamp) and its tombstone."""
 
     version: int | None
+    event_at: int | None
     deleted_at: dt.datetime | None
+
+    def older_than(self, change: Change) -> bool:
+        """Whether ``change``'s data is newer than the data held: by updated_at, then by event."""
+        if self.version is None:
+            return True
+        return (self.version, self.event_at or 0) < (change.version or 0, change.event_at or 0)
 
 
 @dataclass
@@ -141,7 +152,7 @@ class Locks:
 
     def rows(self) -> dict[tuple[str, str], Row]:
         return {
-            (name, row.clerk_id): Row(row.clerk_updated_at, row.deleted_at)
+            (name, row.clerk_id): Row(row.clerk_updated_at, row.clerk_event_at, row.deleted_at)
             for name, cursor in self.cursors
             for row in cursor.fetchall()
         }
@@ -177,7 +188,7 @@ def _lock_statement(resource: Resource) -> TextClause:
         f" OR {column} = ANY(CAST(:deleted_{parent} AS text[]))" for parent, column in resource.parent_columns.items()
     )
     return text(
-        f"SELECT clerk_id, clerk_updated_at, deleted_at FROM {table}"  # noqa: S608 - names from the resource table
+        f"SELECT clerk_id, clerk_updated_at, clerk_event_at, deleted_at FROM {table}"  # noqa: S608 - names from the resource table
         f" WHERE clerk_id = ANY(CAST(:ids AS text[])){by_parent} ORDER BY clerk_id FOR UPDATE"
     )
 
@@ -211,14 +222,14 @@ def _plan(changes: Sequence[Change], current: Mapping[tuple[str, str], Row]) -> 
     for change in changes:
         key = (change.resource.name, change.clerk_id)
         row = state.get(key)
-        newer = change.row is not None and (row is None or row.version is None or row.version < (change.version or 0))
+        newer = change.row is not None and (row is None or row.older_than(change))
         earlier = change.deleted_at is not None and (
             row is None or row.deleted_at is None or row.deleted_at > change.deleted_at
         )
         if row is None:
-            row = state[key] = Row(None, None)
+            row = state[key] = Row(None, None, None)
         if newer:
-            row.version = change.version
+            row.version, row.event_at = change.version, change.event_at
             plan.data[key] = change
         if earlier:
             row.deleted_at = change.deleted_at
@@ -267,20 +278,25 @@ def _upsert_statement(resource: Resource) -> TextClause:
     values = ", ".join(_value(resource, c, types[c]) for c in columns)
     return text(
         f"""
-        INSERT INTO {table} AS t (clerk_id, {", ".join(columns)}, clerk_updated_at, updated_at, created_at)
-        SELECT u.clerk_id, {values}, u.version, to_timestamp(u.version / 1000.0),
+        INSERT INTO {table} AS t
+            (clerk_id, {", ".join(columns)}, clerk_updated_at, clerk_event_at, updated_at, created_at)
+        SELECT u.clerk_id, {values}, u.version, u.event_at, to_timestamp(u.version / 1000.0),
                COALESCE(to_timestamp(u.created / 1000.0), now())
-        FROM unnest(CAST(:clerk_id AS text[]), {arrays}, CAST(:version AS bigint[]), CAST(:created AS bigint[]))
-             AS u(clerk_id, {", ".join(columns)}, version, created)
+        FROM unnest(CAST(:clerk_id AS text[]), {arrays}, CAST(:version AS bigint[]), CAST(:event_at AS bigint[]),
+                    CAST(:created AS bigint[]))
+             AS u(clerk_id, {", ".join(columns)}, version, event_at, created)
         ORDER BY u.clerk_id
         ON CONFLICT (clerk_id) DO UPDATE SET
             {", ".join(f"{c} = excluded.{c}" for c in columns)},
             clerk_updated_at = excluded.clerk_updated_at,
+            clerk_event_at = excluded.clerk_event_at,
             updated_at = excluded.updated_at,
             -- Clerk's created_at when the object has one (a tombstone's insert time is later).
             created_at = LEAST(t.created_at, excluded.created_at),
             synced_at = now()
-        WHERE t.clerk_updated_at IS NULL OR t.clerk_updated_at < excluded.clerk_updated_at
+        WHERE t.clerk_updated_at IS NULL
+           OR (t.clerk_updated_at, COALESCE(t.clerk_event_at, 0))
+              < (excluded.clerk_updated_at, COALESCE(excluded.clerk_event_at, 0))
         """  # noqa: S608 - names from the resource table
     )
 
@@ -295,6 +311,7 @@ def _write_data(trips: roundtrips.Trips, resource: Resource, plan: _Plan, *, kee
     params: dict[str, list[Any]] = {
         "clerk_id": [c.clerk_id for c in changes],
         "version": [c.version for c in changes],
+        "event_at": [c.event_at for c in changes],
         "created": [c.created_at for c in changes],
     }
     for column in resource.columns:

@@ -22,10 +22,11 @@ def _time(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
-def change_from_object(resource: Any, data: Any, *, sent: Any) -> Change:
+def change_from_object(resource: Any, data: Any, *, sent: Any, event_at: int | None = None) -> Change:
     """A created/updated object (a webhook's data or a Backend API object): its data, versioned by updated_at.
 
-    ``sent`` is the object as Clerk sent it (JSON bytes, or the decoded API object), kept as clerk_data.
+    ``sent`` is the object as Clerk sent it (JSON bytes, or the decoded API object), kept as clerk_data;
+    ``event_at`` the envelope timestamp of the webhook carrying it (a tie's tie-break), None from the API.
     """
     row = resource.row(data)
     return Change(
@@ -33,6 +34,7 @@ def change_from_object(resource: Any, data: Any, *, sent: Any) -> Change:
         clerk_id=data.id,
         row={**row, CLERK_DATA: sent},
         version=millis(data.updated_at),
+        event_at=event_at,
         created_at=None if data.created_at is None else millis(data.created_at),
         parents=resource.parents_in(row),
         user_id=resource.user_in(row),
@@ -40,7 +42,12 @@ def change_from_object(resource: Any, data: Any, *, sent: Any) -> Change:
 
 
 def upsert(event: Event) -> Change:
-    return change_from_object(event.resource, event.data, sent=event.clerk_data)  # type: ignore[attr-defined]
+    return change_from_object(
+        event.resource,
+        event.data,  # type: ignore[attr-defined]
+        sent=event.clerk_data,  # type: ignore[attr-defined]
+        event_at=event.timestamp_ms,
+    )
 
 
 def delete(event: Event) -> Change:
@@ -54,7 +61,8 @@ def delete_membership(event: Event) -> Change:
     tombstone = delete(event)
     if whole is None:
         return tombstone
-    return replace(change_from_object(event.resource, whole, sent=event.clerk_data), deleted_at=tombstone.deleted_at)
+    change = change_from_object(event.resource, whole, sent=event.clerk_data, event_at=event.timestamp_ms)
+    return replace(change, deleted_at=tombstone.deleted_at)
 
 
 Handler = Callable[[Event], Change]
