@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 import time
 from dataclasses import replace
 
@@ -303,3 +305,45 @@ def test_an_event_whose_ledger_row_postgres_refuses_is_recorded_bare(session_fac
     assert row.payload is None and json.loads(row.raw_body) == refused
     with session_factory() as session:
         assert set(session.scalars(select(User.clerk_id))) == {"user_batch_3"}
+
+
+def _ends(session_factory, settings, svix_id: str, payload: str) -> WebhookEvent:  # type: ignore[no-untyped-def]
+    """The ledger row of ``payload`` delivered alone (after a batch with a good event failed with it)."""
+    good = Delivery(f"{svix_id}_good", None, json.dumps(user_created(f"user_{svix_id}")))
+    results = process_batch(session_factory, [Delivery(svix_id, None, payload), good], settings=settings)
+    assert results[good.svix_id] == "processed"
+    with session_factory() as session:
+        return session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id)).one()
+
+
+def test_a_value_too_long_for_its_column_ends_dead_at_once_with_its_body_kept(session_factory, settings):
+    # Given an organization whose creator's id is longer than any Clerk id (the column holds 64)
+    organization = load_payload("organization.created")
+    organization["data"]["created_by"] = "user_" + "x" * 70
+    # Then it is dead at its first attempt, named by Postgres's error, the body kept as the payload
+    row = _ends(session_factory, settings, "msg_too_long", json.dumps(organization))
+    assert (row.status, row.attempts, row.last_error) == ("dead", 1, "StringDataRightTruncation (22001)")
+    assert row.payload == organization and row.raw_body is None
+
+
+def test_a_value_too_large_for_its_index_ends_dead_at_once(session_factory, settings):
+    # Given a domain whose name no btree entry can hold (incompressible, over 2.7 kB)
+    domain = load_payload("organizationDomain.created")
+    rng = random.Random(0)
+    domain["data"]["name"] = "".join(rng.choice(string.ascii_lowercase) for _ in range(9000)) + ".com"
+    # Then it is dead at its first attempt: no retry will ever make it fit
+    row = _ends(session_factory, settings, "msg_too_large", json.dumps(domain))
+    assert (row.status, row.attempts) == ("dead", 1)
+    assert row.last_error is not None and row.last_error.startswith("ProgramLimitExceeded (54000)")
+    assert row.payload == domain
+
+
+def test_a_body_postgres_cannot_store_as_jsonb_ends_dead_kept_as_text(session_factory, settings):
+    # Given a user event carrying a number beyond jsonb's range in a field nobody reads
+    user = load_payload("user.created")
+    body = json.dumps(user)[:-1] + ', "extra": 1e1000000}'
+    # Then it is dead at its first attempt and its body is kept as text
+    row = _ends(session_factory, settings, "msg_not_jsonb", body)
+    assert (row.status, row.attempts) == ("dead", 1)
+    assert row.last_error == "invalid_payload: the body is JSON that Postgres cannot store as jsonb"
+    assert row.payload is None and row.raw_body == body

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -98,13 +99,27 @@ def _apply(factory: sessionmaker[Session], entries: list[Entry], *, settings: Se
             return _apply_in(session, entries, settings=settings)
     except DataError:
         # A body Postgres refuses as jsonb (it accepted nothing of the batch): keep such bodies as text.
-        if len(entries) != 1 or entries[0].payload is None:
+        # Another value it refuses (too long for its column) is the event's own failure, body kept.
+        if len(entries) != 1 or entries[0].payload is None or _storable(factory, entries[0].payload):
             raise
         entry = ledger.without_payload(entries[0])
         if entry.status is EventStatus.PENDING:
             entry = _refused(entry, "invalid_payload: the body is JSON that Postgres cannot store as jsonb")
         with factory.begin() as session:
             return _apply_in(session, [entry], settings=settings)
+
+
+def _storable(factory: sessionmaker[Session], payload: str) -> bool:
+    """Whether Postgres takes ``payload`` as jsonb (asked only after a batch of one met a DataError)."""
+    try:
+        with factory.begin() as session:
+            session.execute(_AS_JSONB, {"payload": payload})
+    except DataError:
+        return False
+    return True
+
+
+_AS_JSONB = text("SELECT CAST(:payload AS jsonb) IS NULL")
 
 
 def _refused(entry: Entry, reason: str) -> Entry:

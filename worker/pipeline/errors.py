@@ -29,8 +29,9 @@ from shared.events import InvalidEvent
 
 # SQLSTATE classes: 08 connection exception, 57P0x the server going away, 53 resources.
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
-# 22 data exception (bad value), 23 integrity violation: no retry will ever fix them.
-_PERMANENT_SQLSTATE_CLASSES = ("22", "23")
+# 22 data exception (bad value), 23 integrity violation, 54 program limit exceeded (a value too
+# large for an index entry, nesting too deep): no retry will ever fix them.
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23", "54")
 _RETRY_NOW_SQLSTATES = ("40001", "40P01")  # serialization failure, deadlock detected
 HOOK_FAILED = "hook_failed"
 
