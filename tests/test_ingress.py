@@ -115,6 +115,21 @@ def test_rotation_header_with_several_signatures(client, settings, redis_client)
     assert redis_client.llen(settings.queue_name) == 1
 
 
+@pytest.mark.parametrize(
+    "around", ["v1,!!!x {valid}", "v1 {valid}", "{valid}  v1,abcde", "v1a,AAAA,BB {valid}", "garbage  {valid}"]
+)
+def test_a_valid_signature_counts_whatever_malformed_entries_stand_beside_it(base_env, redis_client, around):
+    # Given two secrets, the body signed by the second one only, beside entries that are not signatures
+    settings = load_settings({**base_env, "CLERK_WEBHOOK_SECRET": f"{OTHER_SECRET}, {SECRET}"})
+    client = create_app(settings).test_client()
+    body = body_of()
+    headers = signed_headers(body)
+    headers["svix-signature"] = around.format(valid=headers["svix-signature"])
+    # Then it is accepted and enqueued
+    assert client.post(URL, data=body, headers=headers).status_code == 200
+    assert redis_client.llen(settings.queue_name) == 1
+
+
 def test_unbranded_webhook_headers(client, settings, redis_client):
     body = body_of()
     headers = signed_headers(body, svix_id="msg_unbranded", prefix="webhook")
