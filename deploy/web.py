@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
@@ -149,6 +150,19 @@ def connects(address: str | tuple[str, int]) -> bool:
     return True
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another server listens on HOST:PORT: nginx would fail to bind it, but web's readiness
+    probe would reach the other server and take it for nginx."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE  # anything else (a privileged port): nginx says
+    return False
+
+
 class Supervisor:
     """Starts granian then nginx, and stops them in the opposite order."""
 
@@ -239,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     # Before granian's workers import prometheus_client: each writes its samples there, and
     # GET /metrics sums them. Unset, a private directory is made and removed at exit.
+    if port_in_use(settings.host, settings.port):
+        log.error("port_in_use", host=settings.host, port=settings.port)
+        return 1
     metrics.ensure_multiproc_dir()
     supervisor = Supervisor(settings, app=args.app)
     for signum in (signal.SIGTERM, signal.SIGINT):

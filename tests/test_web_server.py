@@ -321,7 +321,10 @@ def test_web_exits_when_its_port_is_taken(base_env):
         port = taken.getsockname()[1]
         env = {**base_env, "PORT": str(port), "HOST": "127.0.0.1"}
 
-        # When web starts there, then it exits non-zero (it does not run without its listener)
+        # When web starts there, then it exits non-zero (it does not run without its listener),
+        # saying why in one line and never that it listens (its readiness probe reached the other)
         result = run_web_until_exit(env)
     assert result.returncode != 0
-    assert "web_server_exited" in result.stdout
+    assert "web_listening" not in result.stdout
+    said = [json.loads(line) for line in result.stdout.splitlines() if "port_in_use" in line]
+    assert [(line["event"], line["port"]) for line in said] == [("port_in_use", port)]
