@@ -5,7 +5,10 @@ It never parses business fields and never touches Postgres.
 
 from __future__ import annotations
 
-from flask import Flask
+import json
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
 
 from shared import metrics
 from shared.config import Settings, get_settings
@@ -29,4 +32,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     # Prometheus scrape point: this ingress's own metrics, summed over the server's workers.
     app.add_url_rule("/metrics", "metrics", metrics.exposition)
+    app.register_error_handler(HTTPException, _json_error)
     return app
+
+
+def _json_error(exc: HTTPException) -> Response:
+    """What Flask answers itself (an unknown path, a wrong method) in the ingress's JSON shape,
+    its headers (``Allow``) kept: a sender's log shows one reason, not an HTML page."""
+    response = exc.get_response()
+    response.set_data(json.dumps({"error": (exc.name or "error").lower().replace(" ", "_")}) + "\n")
+    response.mimetype = "application/json"
+    return response

@@ -267,9 +267,12 @@ def test_signed_body_that_is_not_json_is_still_only_enqueued(client, settings, r
     assert queued(redis_client, settings.queue_name)[0]["args"][2] == body
 
 
-def test_other_methods_and_paths(client, settings, redis_client):
-    assert client.get(URL).status_code == 405
-    assert client.post("/webhooks/other", data="{}").status_code == 404
+def test_other_methods_and_paths_are_refused_in_json(client, settings, redis_client):
+    wrong_method = client.get(URL)
+    assert (wrong_method.status_code, wrong_method.get_json()) == (405, {"error": "method_not_allowed"})
+    assert "POST" in wrong_method.headers["Allow"]
+    unknown = client.post("/webhooks/other", data="{}")
+    assert (unknown.status_code, unknown.get_json()) == (404, {"error": "not_found"})
     assert redis_client.llen(settings.queue_name) == 0
 
 
