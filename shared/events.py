@@ -13,6 +13,7 @@ permanent: it ends ``dead`` at once and nothing of it reaches the synced tables.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Union, cast
@@ -143,6 +144,8 @@ def parse(body: str | bytes) -> Event | Unsynced:
     # The substring test is cheap; the exact rule (not an escaped backslash) only runs when it matches.
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         head = _head(body)
+        if unsynced := _unsynced_type(head):  # recorded without its body: nothing of it is stored
+            return Unsynced(unsynced)
         raise InvalidEvent(
             "the body holds \\u0000, which Postgres cannot store",
             event_type=_type_of(head),
@@ -154,13 +157,15 @@ def parse(body: str | bytes) -> Event | Unsynced:
     except msgspec.ValidationError as exc:
         error = exc
     except msgspec.DecodeError:
+        if unsynced := _unsynced_type(_lenient_head(body)):
+            return Unsynced(unsynced)
         raise InvalidEvent("the body is not JSON") from None
     except RecursionError:
         raise InvalidEvent(_TOO_DEEP) from None
     head = _head(body)
     event_type = _type_of(head)
-    if event_type is not None and event_type not in SYNCED_TYPES:
-        return Unsynced(event_type)
+    if unsynced := _unsynced_type(head):
+        return Unsynced(unsynced)
     raise InvalidEvent(_describe(error), event_type=event_type, storable=head is not None, entity_id=_entity_of(head))
 
 
@@ -171,10 +176,28 @@ def _head(body: str | bytes) -> _Head | None:
     """The body's type and data.id, when it is a JSON object at all."""
     try:
         return _head_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.ValidationError:
         return None
+    except msgspec.DecodeError:
+        return _lenient_head(body)
     except RecursionError:
         raise InvalidEvent(_TOO_DEEP) from None
+
+
+def _lenient_head(body: str | bytes) -> _Head | None:
+    """The head of a body msgspec refuses but Python's json reads (a lone surrogate's escape, which
+    Postgres refuses too): enough to tell an unsynced type, which is recorded without its body."""
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return _Head(value.get("type"), value.get("data")) if isinstance(value, dict) else None
+
+
+def _unsynced_type(head: _Head | None) -> str | None:
+    """The body's type when it is one that is not synced: ``ignored``, whatever else the body holds."""
+    event_type = _type_of(head)
+    return event_type if event_type is not None and event_type not in SYNCED_TYPES else None
 
 
 # What of an invalid body's type and data.id the ledger keeps: printable ASCII (Postgres text holds no

@@ -172,6 +172,18 @@ def test_a_body_that_is_no_event_is_refused_in_one_line(body, reason):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    ['"a\\u0000b"', '"a\\ud800b"'],
+    ids=["a NUL", "a lone surrogate"],
+)
+def test_a_type_that_is_not_synced_is_unsynced_whatever_its_body_holds_that_postgres_refuses(extra):
+    # Given a session event (recorded without its body) holding what Postgres cannot store
+    body = '{"type": "session.created", "timestamp": 1716883200012, "data": {"id": "sess_1"}, "zz": ' + extra + "}"
+    # Then it is merely not synced, as any session event
+    assert parse(body) == Unsynced("session.created")
+
+
 def test_an_escaped_backslash_before_u0000_is_text_not_a_nul():
     body = mutated("user.updated", _set("data.first_name", "a\\u0000"))  # the six characters \u0000
     assert "\\\\u0000" in body
