@@ -137,20 +137,21 @@ def _clerk_key(name: str, raw: str) -> str:
 
 
 def _console_users(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """Accounts as name:hash. An error names an entry by its position, never by its text: an entry
+    without its colon is all name, and may be a password pasted by mistake."""
     from shared.passwords import is_hash
 
     users: dict[str, str] = {}
-    for entry in (part.strip() for part in raw.split(",")):
+    for position, entry in enumerate((part.strip() for part in raw.split(",")), start=1):
         if not entry:
             continue
-        user, _, password_hash = entry.partition(":")
+        user, colon, password_hash = entry.partition(":")
+        if not colon or not is_hash(password_hash):
+            raise ConfigError(f"{name}: entry {position} is not name:hash (`clerk-sync console-password` prints one)")
         if not re.fullmatch(r"[\w.@+-]{1,64}", user):
-            raise ConfigError(f"{name}: each account is name:hash, with a name of 1-64 letters, digits or . @ + - _")
-        if not is_hash(password_hash):
-            # Never echo the value: it may be a password pasted by mistake.
-            raise ConfigError(f"{name}: the hash of {user!r} is not one `clerk-sync console-password` prints")
+            raise ConfigError(f"{name}: entry {position} has a name that is not 1-64 letters, digits or . @ + - _")
         if user in users:
-            raise ConfigError(f"{name}: {user!r} is named twice")
+            raise ConfigError(f"{name}: entry {position} names an account an earlier entry names")
         users[user] = password_hash
     if not users:
         raise ConfigError(f"{name}: no account in it (name:hash, separated by commas)")

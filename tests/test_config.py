@@ -229,3 +229,26 @@ def test_the_configuration_reference_in_the_docs_is_the_one_the_code_reads():
     from shared.config import reference
 
     assert reference() in (ROOT / "docs" / "configuration.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("raw", "position"),
+    [
+        ("Tr0ub4dor.and.3xtra", 1),
+        ("ops:{hash}, Tr0ub4dor.and.3xtra", 2),
+        ("ops:{hash},Tr0ub4dor.and.3xtra:plain", 2),
+        ("Tr0ub4dor and 3xtra:{hash}", 1),
+        ("ops:{hash},ops:{hash}", 2),
+    ],
+)
+def test_a_bad_console_account_is_named_by_its_position_never_by_its_text(raw, position):
+    # Given CONSOLE_USERS with a malformed entry that may be a password pasted by mistake
+    from shared.passwords import hash_password
+
+    value = raw.format(hash=hash_password("not-the-point"))
+
+    # Then the error names the entry's position and no part of the value
+    message = config_error(good_env(CONSOLE_USERS=value))
+    assert message.startswith("CONSOLE_USERS: ") and f"entry {position} " in message
+    for word in ("Tr0ub4dor", "3xtra", "ops", "plain", "scrypt"):
+        assert word not in message, message

@@ -28,7 +28,7 @@ CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard",
     [
         ({"CONSOLE_USERS": ""}, "CONSOLE_USERS is not set"),
         ({"CONSOLE_SECRET_KEY": ""}, "CONSOLE_SECRET_KEY is not set"),
-        ({"CONSOLE_USERS": "ops:plaintext-password"}, "CONSOLE_USERS: the hash of 'ops'"),
+        ({"CONSOLE_USERS": "ops:plaintext-password"}, "CONSOLE_USERS: entry 1 is not name:hash"),
         ({"CONSOLE_PORT": "eighty"}, "CONSOLE_PORT: must be a whole number"),
     ],
 )
