@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -28,6 +29,9 @@ from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timi
 MIN_SECRET_BYTES = 16
 # The console's session key signs cookies: a short one could be guessed.
 MIN_SESSION_KEY_CHARS = 32
+# Ceilings of durations: beyond them a setting means nothing, or overflows dates and timeouts.
+DAY = 86400
+WEEK = 7 * DAY
 
 
 N = TypeVar("N", int, float)
@@ -74,22 +78,31 @@ def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
     return raw
 
 
-def _number(name: str, raw: str, *, parse: Callable[[str], N], kind: str, minimum: N) -> N:
+def _number(name: str, raw: str, *, parse: Callable[[str], N], kind: str, minimum: N, maximum: N) -> N:
+    """Every number has a range: one past it (inf, nan, 1e12 seconds) fails later, at run time,
+    in timedelta arithmetic or in Postgres, far from the variable that caused it."""
     try:
         value = parse(raw)
     except ValueError:
         raise ConfigError(f"{name}: must be {kind}, got {raw!r}") from None
-    if not value >= minimum:  # also refuses nan
-        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {raw.strip()!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: must be {_plain(minimum)} to {_plain(maximum)}, got {_plain(value)}")
     return value
 
 
-def _int(name: str, raw: str, *, minimum: int = 0) -> int:
-    return _number(name, raw, parse=int, kind="a whole number", minimum=minimum)
+def _plain(number: float) -> str:
+    """A number as an operator writes it: 86400, not 86400.0 or 8.64e+04."""
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
-def _float(name: str, raw: str, *, minimum: float = 0.0) -> float:
-    return _number(name, raw, parse=float, kind="a number", minimum=minimum)
+def _int(name: str, raw: str, *, minimum: int, maximum: int) -> int:
+    return _number(name, raw, parse=int, kind="a whole number", minimum=minimum, maximum=maximum)
+
+
+def _float(name: str, raw: str, *, minimum: float, maximum: float) -> float:
+    return _number(name, raw, parse=float, kind="a number", minimum=minimum, maximum=maximum)
 
 
 def _choice(name: str, raw: str, *, choices: tuple[str, ...], upper: bool = False) -> str:
@@ -123,11 +136,9 @@ def _address(name: str, raw: str) -> str:
     return value
 
 
-def _port(name: str, raw: str) -> int:
-    value = _int(name, raw, minimum=1)
-    if value > 65535:
-        raise ConfigError(f"{name}: must be a port number (1-65535), got {value}")
-    return value
+def _port(name: str, raw: str, *, minimum: int = 1) -> int:
+    """A TCP port; ``minimum=0`` where 0 means "do not listen"."""
+    return _int(name, raw, minimum=minimum, maximum=65535)
 
 
 def _clerk_key(name: str, raw: str) -> str:
@@ -216,46 +227,52 @@ VARIABLES: tuple[Variable, ...] = (
              " shutdown notice are the `worker_starting` and `worker_shutting_down` events."),
     Variable("LOG_LEVEL", "log_level", "INFO",
              partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
-    Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576", partial(_int, minimum=1),
-             "Largest webhook body the ingress accepts (413 above)."),
-    Variable("PORT", "port", "8000", _port, "Port the web process listens on."),
+    Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576",
+             partial(_int, minimum=1, maximum=100 * 1024 * 1024),
+             "Largest webhook body the ingress accepts (413 above); at most 104857600 (100 MiB)."),
+    Variable("PORT", "port", "8000", _port, "Port the web process listens on (1-65535)."),
     Variable("HOST", "host", "0.0.0.0", _address,  # noqa: S104 - a server listens
              "Address the web process listens on."),
-    Variable("WEB_CONCURRENCY", "web_concurrency", "2", partial(_int, minimum=1),
-             "Web server worker processes (granian workers)."),
-    Variable("WEB_THREADS", "web_threads", "4", partial(_int, minimum=1),
-             "Request threads per web worker process; each keeps one Redis connection."),
+    Variable("WEB_CONCURRENCY", "web_concurrency", "2", partial(_int, minimum=1, maximum=256),
+             "Web server worker processes (granian workers), 1-256."),
+    Variable("WEB_THREADS", "web_threads", "4", partial(_int, minimum=1, maximum=1024),
+             "Request threads per web worker process, 1-1024; each keeps one Redis connection."),
     Variable("DELETED_USER_PII", "deleted_user_pii", "keep", partial(_choice, choices=("keep", "scrub")),
              "scrub: clear a deleted user's personal data from their row and stored payloads."),
     Variable("SYNC_PRIVATE_METADATA", "sync_private_metadata", "false", _bool,
              "true: also keep Clerk's private_metadata (columns and clerk_data); it is private to the backend."),
-    Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1),
-             "Attempts before an event that keeps failing is dead."),
-    Variable("RETRY_BASE_SECONDS", "retry_base_seconds", "30", partial(_float, minimum=0.0),
-             "First retry delay; each later one doubles (with jitter)."),
-    Variable("STALE_PENDING_SECONDS", "stale_pending_seconds", "60", partial(_int, minimum=1),
-             "A pending event untouched this long is presumed lost and enqueued again."),
-    Variable("RECOVERY_SECONDS", "recovery_seconds", "120", partial(_float, minimum=MINIMUM_BOUND_SECONDS),
-             "An event held by a worker that dies is applied by another within this; every recovery "
-             "timing derives from it (docs/guarantees.md)."),
-    Variable("PAYLOAD_RETENTION_DAYS", "payload_retention_days", "30", partial(_int, minimum=0),
-             "Payloads of processed and ignored events are dropped after this many days."),
-    Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0", partial(_int, minimum=0),
-             "Run reconcile (report only) this often from beat; 0 never."),
+    Variable("RETRY_MAX_ATTEMPTS", "max_attempts", "8", partial(_int, minimum=1, maximum=500),
+             "Attempts before an event that keeps failing is dead, 1-500."),
+    Variable("RETRY_BASE_SECONDS", "retry_base_seconds", "30", partial(_float, minimum=0, maximum=DAY),
+             "First retry delay, 0-86400 (a day); each later one doubles (with jitter), up to a week."),
+    Variable("STALE_PENDING_SECONDS", "stale_pending_seconds", "60",
+             partial(_int, minimum=1, maximum=WEEK),
+             "A pending event untouched this long is presumed lost and enqueued again; 1-604800 (a week)."),
+    Variable("RECOVERY_SECONDS", "recovery_seconds", "120",
+             partial(_float, minimum=MINIMUM_BOUND_SECONDS, maximum=DAY),
+             "An event held by a worker that dies is applied by another within this, 24-86400 (a day); every"
+             " recovery timing derives from it (docs/guarantees.md)."),
+    Variable("PAYLOAD_RETENTION_DAYS", "payload_retention_days", "30", partial(_int, minimum=0, maximum=3650),
+             "Payloads of processed and ignored events are dropped after this many days, 0-3650 (ten years)."),
+    Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0",
+             partial(_int, minimum=0, maximum=WEEK),
+             "Run reconcile (report only) this often from beat, at most 604800 (a week); 0 never."),
     Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
     Variable("CLERK_SYNC_HOOKS", "hook_modules", None, _module_names,
              "Modules of application hooks the worker imports at start, separated by commas or spaces "
              "(docs/hooks.md); besides those of the clerk_sync.hooks entry point group."),
-    Variable("METRICS_PORT", "metrics_port", "9808", partial(_int, minimum=0),
-             "The worker's Prometheus port; 0 disables it."),
+    Variable("METRICS_PORT", "metrics_port", "9808", partial(_port, minimum=0),
+             "The worker's Prometheus port (1-65535); 0 disables it."),
     Variable("METRICS_BIND", "metrics_bind", "0.0.0.0", _address,  # noqa: S104 - Prometheus scrapes from elsewhere
              "Address the worker's Prometheus endpoint listens on (127.0.0.1: this host only)."),
-    Variable("DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout_seconds", "10", partial(_float, minimum=0.001),
-             "A worker statement waiting longer for a lock fails the attempt (retried)."),
-    Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", None, partial(_float, minimum=0.001),
-             "A worker statement running longer fails the attempt (retried); default and ceiling: what "
-             "the task's soft time limit leaves after the database wait (15 with RECOVERY_SECONDS=120)."),
-    Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console."),
+    Variable("DB_LOCK_TIMEOUT_SECONDS", "db_lock_timeout_seconds", "10",
+             partial(_float, minimum=0.001, maximum=DAY),
+             "A worker statement waiting longer for a lock fails the attempt (retried); 0.001-86400 (a day)."),
+    Variable("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", None,
+             partial(_float, minimum=0.001, maximum=DAY),
+             "A worker statement running longer fails the attempt (retried), at least 0.001; default and ceiling:"
+             " what the task's soft time limit leaves after the database wait (15 with RECOVERY_SECONDS=120)."),
+    Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console (1-65535)."),
     Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _address,
              "Address the console listens on; put it behind a TLS proxy before widening it."),
     Variable("CONSOLE_USERS", "console_users", None, _console_users,

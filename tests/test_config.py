@@ -252,3 +252,62 @@ def test_a_bad_console_account_is_named_by_its_position_never_by_its_text(raw, p
     assert message.startswith("CONSOLE_USERS: ") and f"entry {position} " in message
     for word in ("Tr0ub4dor", "3xtra", "ops", "plain", "scrypt"):
         assert word not in message, message
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "NaN", "1e400", "Infinity"])
+@pytest.mark.parametrize(
+    "name",
+    ["RETRY_BASE_SECONDS", "RECOVERY_SECONDS", "DB_LOCK_TIMEOUT_SECONDS", "DB_STATEMENT_TIMEOUT_SECONDS"],
+)
+def test_a_number_that_is_not_finite_is_refused(name, value):
+    message = config_error(good_env(**{name: value}))
+    assert message.startswith(f"{name}: ") and "finite" in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "largest"),
+    [
+        ("MAX_BODY_BYTES", "104857600"),
+        ("WEB_CONCURRENCY", "256"),
+        ("WEB_THREADS", "1024"),
+        ("RETRY_MAX_ATTEMPTS", "500"),
+        ("RETRY_BASE_SECONDS", "86400"),
+        ("STALE_PENDING_SECONDS", "604800"),
+        ("RECOVERY_SECONDS", "86400"),
+        ("PAYLOAD_RETENTION_DAYS", "3650"),
+        ("RECONCILE_INTERVAL_SECONDS", "604800"),
+        ("DB_LOCK_TIMEOUT_SECONDS", "86400"),
+        ("PORT", "65535"),
+        ("CONSOLE_PORT", "65535"),
+        ("METRICS_PORT", "65535"),
+    ],
+)
+def test_every_number_has_a_largest_value_and_the_error_names_the_range(name, largest):
+    # The largest value is read (with a recovery bound whose statement timeout allows a day's lock wait)
+    load_settings(good_env(**{name: largest}))
+
+    # One more is refused, in one line naming the variable and the range
+    above = str(int(largest) + 1)
+    message = config_error(good_env(**{name: above}))
+    assert message.startswith(f"{name}: ") and f"to {largest}, got {above}" in message, message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RECOVERY_SECONDS", "1e12"),
+        ("STALE_PENDING_SECONDS", "1000000000000"),
+        ("PAYLOAD_RETENTION_DAYS", "3000000"),
+        ("DB_LOCK_TIMEOUT_SECONDS", "3000000"),
+        ("DB_STATEMENT_TIMEOUT_SECONDS", "1e12"),
+        ("RETRY_MAX_ATTEMPTS", "99999999999999999999"),
+    ],
+)
+def test_a_number_too_large_to_use_is_refused(name, value):
+    assert config_error(good_env(**{name: value})).startswith(f"{name}: ")
+
+
+def test_metrics_port_0_still_disables_the_endpoint_and_takes_the_ports_parser():
+    assert load_settings(good_env(METRICS_PORT="0")).metrics_port == 0
+    assert config_error(good_env(METRICS_PORT="99999")) == "METRICS_PORT: must be 0 to 65535, got 99999"
+    assert config_error(good_env(PORT="0")) == "PORT: must be 1 to 65535, got 0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -211,6 +212,25 @@ def test_a_deadlock_met_again_and_again_spends_no_budget(session_factory, settin
     row = ledger_row(session_factory, "msg_deadlock")
     assert (status, row.status, row.attempts) == ("failed", "failed", 0)
     assert row.next_attempt_at is not None and row.last_error == "DeadlockDetected (40P01)"
+
+
+def test_the_retry_delay_stops_doubling_at_a_week(session_factory, settings, database_url):
+    # Given the longest retry settings allowed, and an event that has failed 299 times
+    longest = dataclasses.replace(settings, max_attempts=500, retry_base_seconds=86400.0)
+    body = json.dumps(load_payload("user.created"))
+    with trigger_on_users(database_url, "RAISE EXCEPTION 'not now';"):
+        assert deliver_one(session_factory, Delivery("msg_long", None, body), settings=longest) == "failed"
+        with session_factory.begin() as session:
+            session.execute(text("UPDATE webhook_events SET attempts = 299 WHERE svix_id = 'msg_long'"))
+
+        # When it fails once more
+        status = deliver_one(session_factory, Delivery("msg_long", None, body), settings=longest)
+
+    # Then it waits for its retry at most a week (86400 s doubled 299 times overflows a date)
+    row = ledger_row(session_factory, "msg_long")
+    assert (status, row.attempts) == ("failed", 300)
+    wait = row.next_attempt_at - row.updated_at
+    assert ledger.MAX_RETRY_DELAY / 2 <= wait <= ledger.MAX_RETRY_DELAY + dt.timedelta(seconds=5), wait
 
 
 def test_the_error_of_a_refused_write_names_no_value(session_factory, settings, database_url):

@@ -37,6 +37,8 @@ from shared.models import ControlFlag, EventStatus, WebhookEvent
 from worker.pipeline.roundtrips import Trips
 
 PAUSED_FLAG = "paused"
+# The longest retry delay: doubling stops here (RETRY_MAX_ATTEMPTS may be in the hundreds).
+MAX_RETRY_DELAY = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -373,8 +375,9 @@ def record_failure(
 
 
 def _next_attempt(attempts: int, base_seconds: float) -> dt.datetime:
-    """Exponential backoff with full jitter on the upper half: 30 s, 1, 2, 4 ... min."""
-    delay = base_seconds * (2 ** (attempts - 1))
+    """Exponential backoff with full jitter on the upper half: 30 s, 1, 2, 4 ... min, up to
+    ``MAX_RETRY_DELAY`` (an uncapped doubling overflows a date after some 30 attempts)."""
+    delay = min(base_seconds * (2 ** min(attempts - 1, 64)), MAX_RETRY_DELAY.total_seconds())
     delay = delay / 2 + random.uniform(0, delay / 2)
     return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
 
