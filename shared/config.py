@@ -169,6 +169,14 @@ def _console_users(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(users.items())
 
 
+def _instance_id(name: str, raw: str) -> str:
+    """Compared verbatim with each event's instance: a stray space would have every event ignored."""
+    value = raw.strip()
+    if not re.fullmatch(r"ins_[A-Za-z0-9]+", value):
+        raise ConfigError(f"{name}: must be a Clerk instance id, ins_ followed by letters and digits")
+    return value
+
+
 def _module_names(name: str, raw: str) -> tuple[str, ...]:
     """Dotted module names (importing them is the worker's job, at its start)."""
     names = tuple(dict.fromkeys(part for part in re.split(r"[\s,]+", raw) if part))
@@ -219,8 +227,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Clerk Backend API key (sk_...), for backfill, reconcile and ensure_user only."),
     Variable("CLERK_API_URL", "clerk_api_url", "https://api.clerk.com",
              lambda name, raw: _url(name, raw, schemes=("http", "https")).rstrip("/"), "Clerk Backend API base URL."),
-    Variable("CLERK_INSTANCE_ID", "clerk_instance_id", None, _text,
-             "Apply only events of this Clerk instance (ins_...); others are recorded ignored."),
+    Variable("CLERK_INSTANCE_ID", "clerk_instance_id", None, _instance_id,
+             "Apply only events of this Clerk instance (ins_ and letters and digits); others are recorded ignored."),
     Variable("LOG_FORMAT", "log_format", None, partial(_choice, choices=("json", "console")),
              "json (one object per line) or console; default json unless stdout is a terminal. In json, every"
              " line a process writes is one object, Celery's and its pool's included: the worker's banner and its"

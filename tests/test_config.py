@@ -311,3 +311,17 @@ def test_metrics_port_0_still_disables_the_endpoint_and_takes_the_ports_parser()
     assert load_settings(good_env(METRICS_PORT="0")).metrics_port == 0
     assert config_error(good_env(METRICS_PORT="99999")) == "METRICS_PORT: must be 0 to 65535, got 99999"
     assert config_error(good_env(PORT="0")) == "PORT: must be 1 to 65535, got 0"
+
+
+def test_the_clerk_instance_id_is_read_without_surrounding_whitespace():
+    # A trailing space made every event `ignored` ("from Clerk instance ins_x, not ins_x ")
+    assert load_settings(good_env(CLERK_INSTANCE_ID=" ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S \n")).clerk_instance_id == (
+        "ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S"
+    )
+
+
+@pytest.mark.parametrize(
+    "value", ["2g7np7Hrk0SN6kj5", "ins_", "ins_a b", "ins_abc-1", "app_2g7np7Hrk0SN6kj5", "INS_abc"]
+)
+def test_a_clerk_instance_id_not_of_clerks_form_is_refused(value):
+    assert config_error(good_env(CLERK_INSTANCE_ID=value)).startswith("CLERK_INSTANCE_ID: ")
