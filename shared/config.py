@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
 
@@ -29,6 +29,8 @@ from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timi
 MIN_SECRET_BYTES = 16
 # The console's session key signs cookies: a short one could be guessed.
 MIN_SESSION_KEY_CHARS = 32
+# A host name as DNS allows it (letters, digits, hyphens; dot-separated labels).
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*")
 # Ceilings of durations: beyond them a setting means nothing, or overflows dates and timeouts.
 DAY = 86400
 WEEK = 7 * DAY
@@ -65,6 +67,7 @@ def _secrets(name: str, raw: str) -> tuple[str, ...]:
 
 
 def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
+    """A URL of one of ``schemes`` naming a well-formed host (no error ever quotes it: it may hold a password)."""
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -75,6 +78,86 @@ def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
     # A unix-socket URL has no host; every other one must name one.
     if not (parts.hostname or "socket" in parts.scheme or parts.scheme == "unix" or "host=" in parts.query):
         raise ConfigError(f"{name}: URL names no host")
+    if parts.hostname and not _is_host(parts.hostname):
+        raise ConfigError(f"{name}: the URL's host is neither an IP address nor a host name")
+    if parts.port == 0:
+        raise ConfigError(f"{name}: the URL's port must be 1 to 65535")
+    return raw
+
+
+def _query(name: str, query: str) -> dict[str, str]:
+    """A URL's query parameters, each given once as key=value (libpq and kombu read the rest apart)."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        pairs = []
+    params = dict(pairs)
+    if len(params) != len(pairs) or not all(params.values()) or (query and not pairs):
+        raise ConfigError(f"{name}: each query parameter must be given once, as key=value")
+    return params
+
+
+# libpq's connection parameters (PQconndefaults of the libpq psycopg ships), and JDBC's ssl=true.
+LIBPQ_PARAMETERS = frozenset((
+    "application_name", "channel_binding", "client_encoding", "connect_timeout", "dbname", "fallback_application_name",
+    "gssdelegation", "gssencmode", "gsslib", "host", "hostaddr", "keepalives", "keepalives_count", "keepalives_idle",
+    "keepalives_interval", "krbsrvname", "load_balance_hosts", "max_protocol_version", "min_protocol_version",
+    "oauth_client_id", "oauth_client_secret", "oauth_issuer", "oauth_scope", "options", "passfile", "password", "port",
+    "replication", "require_auth", "requirepeer", "scram_client_key", "scram_server_key", "service",
+    "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcert", "sslcertmode", "sslcompression", "sslcrl",
+    "sslcrldir", "sslkey", "sslkeylogfile", "sslmode", "sslnegotiation", "sslpassword", "sslrootcert", "sslsni",
+    "target_session_attrs", "tcp_user_timeout", "user", "ssl",
+))  # fmt: skip
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _database_url(name: str, raw: str) -> str:
+    """A Postgres URL libpq will take: a bad one surfaced only at the first connection, as a traceback."""
+    _url(name, raw, schemes=("postgresql", "postgresql+psycopg", "postgres"))
+    params = _query(name, urlsplit(raw).query)
+    if not params.keys() <= LIBPQ_PARAMETERS:
+        raise ConfigError(f"{name}: a query parameter is not one of libpq's connection parameters")
+    if params.get("sslmode", "prefer") not in SSLMODES:
+        raise ConfigError(f"{name}: sslmode must be one of {', '.join(SSLMODES)}")
+    if params.get("ssl", "true") != "true":
+        raise ConfigError(f"{name}: ssl may only be true (it means sslmode=require)")
+    for host in params.get("host", "/").split(","):
+        if not (host.startswith("/") or _is_host(host)):
+            raise ConfigError(f"{name}: the host parameter is not a socket directory, an IP address or a host name")
+    if not re.fullmatch(r"\d{1,5}(,\d{1,5})*", params.get("port", "5432")):
+        raise ConfigError(f"{name}: the port parameter must be a port number")
+    return raw
+
+
+# The query parameters both kombu (the worker) and redis-py (web, CLI) read alike, all of them for TLS.
+REDIS_TLS_PARAMETERS: dict[str, tuple[str, ...] | None] = {
+    "ssl_cert_reqs": ("required", "optional", "none"),
+    "ssl_check_hostname": ("true", "false"),
+    "ssl_ca_certs": None,  # a path
+    "ssl_certfile": None,
+    "ssl_keyfile": None,
+}
+
+
+def _redis_url(name: str, raw: str) -> str:
+    """The broker's URL, read by kombu in the worker and by redis-py everywhere else: what one of
+    them reads differently (a db that is not a number, a socket_timeout) is refused here."""
+    _url(name, raw, schemes=("redis", "rediss", "redis+socket"))
+    parts = urlsplit(raw)
+    params = _query(name, parts.query)
+    if parts.scheme == "redis+socket":
+        if params or not parts.path:
+            raise ConfigError(f"{name}: a redis+socket:// URL is the socket's path, without a query (database 0)")
+        return raw
+    if not re.fullmatch(r"(/\d*)?", parts.path):
+        raise ConfigError(f"{name}: the URL's path must be empty or a database number, like /0")
+    allowed = REDIS_TLS_PARAMETERS if parts.scheme == "rediss" else {}
+    if not params.keys() <= allowed.keys():
+        raise ConfigError(f"{name}: takes no query parameter but, with rediss://, {', '.join(REDIS_TLS_PARAMETERS)}")
+    for key, value in params.items():
+        choices = allowed[key]
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{name}: {key} must be one of {', '.join(choices)}")
     return raw
 
 
@@ -128,12 +211,18 @@ def _bool(name: str, raw: str) -> bool:
 def _address(name: str, raw: str) -> str:
     """An IP address (IPv6 with or without brackets) or a host name to bind a listening socket to."""
     value = raw.strip().removeprefix("[").removesuffix("]")
+    if not _is_host(value):
+        raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}")
+    return value
+
+
+def _is_host(value: str) -> bool:
+    """An IP address (IPv6 without brackets) or a host name (letters, digits, hyphens, dots)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        if not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*", value):
-            raise ConfigError(f"{name}: must be an IP address or a host name, got {raw!r}") from None
-    return value
+        return bool(HOST_NAME.fullmatch(value))
+    return True
 
 
 def _port(name: str, raw: str, *, minimum: int = 1) -> int:
@@ -220,9 +309,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("CLERK_WEBHOOK_SECRET", "webhook_secrets", None, _secrets,
              "Svix signing secret(s), whsec_...; several, separated by spaces or commas, while rotating."),
     Variable("DATABASE_URL", "database_url", "postgresql+psycopg://postgres@localhost:5432/clerk_sync",
-             partial(_url, schemes=("postgresql", "postgresql+psycopg", "postgres")), "Postgres URL."),
-    Variable("REDIS_URL", "redis_url", "redis://localhost:6379/0",
-             partial(_url, schemes=("redis", "rediss", "redis+socket")), "Redis URL: the Celery broker."),
+             _database_url, "Postgres URL (postgresql://, postgres:// or postgresql+psycopg://); query parameters"
+             " are libpq's, sslmode one of disable, allow, prefer, require, verify-ca, verify-full."),
+    Variable("REDIS_URL", "redis_url", "redis://localhost:6379/0", _redis_url,
+             "Redis URL: the Celery broker. redis://host:port/db (rediss:// for TLS, with its ssl_cert_reqs,"
+             " ssl_check_hostname, ssl_ca_certs, ssl_certfile, ssl_keyfile parameters only) or"
+             " redis+socket:///path/to/socket (database 0)."),
     Variable("CLERK_SECRET_KEY", "clerk_secret_key", None, _clerk_key,
              "Clerk Backend API key (sk_...), for backfill, reconcile and ensure_user only."),
     Variable("CLERK_API_URL", "clerk_api_url", "https://api.clerk.com",

@@ -325,3 +325,84 @@ def test_the_clerk_instance_id_is_read_without_surrounding_whitespace():
 )
 def test_a_clerk_instance_id_not_of_clerks_form_is_refused(value):
     assert config_error(good_env(CLERK_INSTANCE_ID=value)).startswith("CLERK_INSTANCE_ID: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",  # the web and CLI used db 0, the worker died
+        "redis://127.0.0.1:6379/-1",
+        "redis://local host:6379/0",
+        "redis://127.0.0.1:0/0",
+        "redis://127.0.0.1:6379/0?socket_timeout=abc",  # a traceback in the web
+        "redis://127.0.0.1:6379/0?db=2",  # redis-py reads it, kombu does not
+        "redis://127.0.0.1:6379/0?ssl_cert_reqs=none",  # TLS options without TLS
+        "rediss://127.0.0.1:6380/0?ssl_cert_reqs=bogus",
+        "rediss://127.0.0.1:6380/0?ssl_check_hostname=yes",
+        "rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_cert_reqs=required",
+        "redis+socket:///run/redis.sock?virtual_host=2",
+        "redis+socket://",
+    ],
+)
+def test_a_redis_url_its_readers_would_read_apart_is_refused(url):
+    assert config_error(good_env(REDIS_URL=url)).startswith("REDIS_URL: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/99",
+        "redis://localhost",
+        "redis://localhost/",
+        "redis://:p%40ss@redis.internal:6379/0",
+        "redis://[::1]:6379/1",
+        "rediss://default:pw@redis.example.com:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ssl/ca.pem",
+        "redis+socket:///var/lib/clerk-sync/redis/redis.sock",
+    ],
+)
+def test_redis_urls_of_every_form_in_use_are_read(url):
+    assert load_settings(good_env(REDIS_URL=url)).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:S3cretPw@ho st:5432/db",
+        "postgresql://postgres:S3cretPw@db.internal:5432/db?sslmode=bogus",
+        "postgresql://postgres:S3cretPw@db.internal:5432/db?sslmode",
+        "postgresql://postgres:S3cretPw@db.internal:5432/db?sslmod=require",
+        "postgresql://postgres:S3cretPw@db.internal:5432/db?ssl=false",
+        "postgresql://postgres:S3cretPw@/db?host=not a host",
+        "postgresql://postgres:S3cretPw@/db?host=/run/postgresql&port=five",
+        "postgresql://postgres:S3cretPw@db.internal:0/db",
+    ],
+)
+def test_a_database_url_libpq_would_refuse_is_refused_without_its_password(url):
+    message = config_error(good_env(DATABASE_URL=url))
+    assert message.startswith("DATABASE_URL: ")
+    assert "S3cretPw" not in message and "db.internal" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@/clerk_sync?host=/tmp/clerk-sync/postgres",  # the embedded server's
+        "postgresql://u:pw@db.internal:5432/db?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem&application_name=x",
+        "postgres://u@[::1]:5432/db?connect_timeout=5&sslmode=disable",
+        "postgresql://u@db.internal/db?ssl=true",
+    ],
+)
+def test_database_urls_with_libpq_parameters_are_read(url):
+    assert load_settings(good_env(DATABASE_URL=url)).database_url == url
+
+
+def test_release_refuses_a_bad_database_url_in_one_line_without_its_password(base_env):
+    # Given a DATABASE_URL whose sslmode libpq would refuse at the first connection
+    env = {**base_env, "DATABASE_URL": "postgresql://postgres:S3cretPw@127.0.0.1:5432/db?sslmode=bogus"}
+
+    # When the release command runs, Then it stops with one line naming the variable and no password
+    result = _run_until_exit([bin_path("alembic"), "upgrade", "head"], env)
+    assert result.returncode == 3
+    lines = _config_lines(result.stdout + result.stderr)
+    assert len(lines) == 1 and "DATABASE_URL: sslmode" in lines[0], result.stderr
+    assert "S3cretPw" not in result.stdout + result.stderr
