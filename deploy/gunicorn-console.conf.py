@@ -20,7 +20,7 @@ _host = f"[{_settings.console_bind}]" if ":" in _settings.console_bind else _set
 bind = f"{_host}:{_settings.console_port}"
 # A handful of operators: one process, a few threads (a login's scrypt check takes ~0.1 s of CPU).
 worker_class = "gthread"
-workers = int(os.environ.get("CONSOLE_CONCURRENCY", "1"))
+workers = _settings.console_concurrency
 threads = 4
 timeout = 60
 graceful_timeout = 10

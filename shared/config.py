@@ -326,7 +326,9 @@ VARIABLES: tuple[Variable, ...] = (
              " line a process writes is one object, Celery's and its pool's included: the worker's banner and its"
              " shutdown notice are the `worker_starting` and `worker_shutting_down` events."),
     Variable("LOG_LEVEL", "log_level", "INFO",
-             partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True), "Log level."),
+             partial(_choice, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True),
+             "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case. Celery's worker and beat take it"
+             " from here, not from a --loglevel flag."),
     Variable("MAX_BODY_BYTES", "max_body_bytes", "1048576",
              partial(_int, minimum=1, maximum=100 * 1024 * 1024),
              "Largest webhook body the ingress accepts (413 above); at most 104857600 (100 MiB)."),
@@ -372,6 +374,10 @@ VARIABLES: tuple[Variable, ...] = (
              partial(_float, minimum=0.001, maximum=DAY),
              "A worker statement running longer fails the attempt (retried), at least 0.001; default and ceiling:"
              " what the task's soft time limit leaves after the database wait (15 with RECOVERY_SECONDS=120)."),
+    Variable("WORKER_CONCURRENCY", "worker_concurrency", None, partial(_int, minimum=1, maximum=256),
+             "Celery pool processes of the `worker` process, 1-256; default the number of cores."),
+    Variable("CONSOLE_CONCURRENCY", "console_concurrency", "1", partial(_int, minimum=1, maximum=32),
+             "gunicorn processes of the `console` process (4 threads each), 1-32."),
     Variable("CONSOLE_PORT", "console_port", "8001", _port, "Port of the operations console (1-65535)."),
     Variable("CONSOLE_BIND", "console_bind", "127.0.0.1", _address,
              "Address the console listens on; put it behind a TLS proxy before widening it."),
@@ -415,6 +421,8 @@ class Settings:
     metrics_bind: str
     db_lock_timeout_seconds: float
     db_statement_timeout_seconds: float
+    worker_concurrency: int | None
+    console_concurrency: int
     console_port: int
     console_bind: str
     console_users: tuple[tuple[str, str], ...]
@@ -462,6 +470,7 @@ _EMPTY: dict[str, Any] = {
     "console_users": (),
     "console_secret_key": None,
     "hook_modules": (),
+    "worker_concurrency": None,  # Celery's default: the number of cores
     "db_statement_timeout_seconds": None,  # derived from RECOVERY_SECONDS in load_settings
 }
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 import pytest
 
 from devkit.services import ROOT, bin_path
+from devkit.waiting import wait_for
 from shared.config import ConfigError, Settings, load_settings
+from tests.support.processes import procfile_command
 from tests.support.signing import OTHER_SECRET, SECRET
 
 
@@ -406,3 +410,64 @@ def test_release_refuses_a_bad_database_url_in_one_line_without_its_password(bas
     lines = _config_lines(result.stdout + result.stderr)
     assert len(lines) == 1 and "DATABASE_URL: sslmode" in lines[0], result.stderr
     assert "S3cretPw" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WORKER_CONCURRENCY", "abc"), ("WORKER_CONCURRENCY", "0"), ("CONSOLE_CONCURRENCY", "abc")]
+)
+def test_process_counts_are_read_with_the_other_settings(name, value):
+    assert config_error(good_env(**{name: value})).startswith(f"{name}: ")
+    settings = load_settings(good_env(WORKER_CONCURRENCY="3", CONSOLE_CONCURRENCY="2"))
+    assert (settings.worker_concurrency, settings.console_concurrency) == (3, 2)
+
+
+def _with_path(env: dict[str, str]) -> dict[str, str]:
+    """deploy/ scripts and the Procfile name celery bare."""
+    return {**env, "PATH": f"{os.path.dirname(bin_path('celery'))}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize(
+    ("process", "name", "value"),
+    [
+        ("worker", "LOG_LEVEL", "bogus"),
+        ("worker", "WORKER_CONCURRENCY", "abc"),
+        ("beat", "LOG_LEVEL", "bogus"),
+    ],
+)
+def test_the_procfiles_celery_processes_name_a_bad_variable_in_one_line(base_env, tmp_path, process, name, value):
+    # Given one malformed variable that the command line used to hand to Celery unvalidated
+    env = _with_path({**base_env, name: value, "CELERY_BEAT_SCHEDULE": str(tmp_path / "schedule")})
+
+    # When the process starts as the Procfile starts it
+    result = _run_until_exit(["sh", "-c", procfile_command(process)], env)
+
+    # Then it exits as on any configuration error, with one line naming the variable (not Celery's usage error)
+    assert result.returncode == 3, result.stderr
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1 and f"configuration error: {name}: " in lines[0], result.stderr
+
+
+def test_the_worker_takes_a_log_level_with_spaces_and_its_concurrency_from_the_settings(base_env, tmp_path):
+    # Given LOG_LEVEL with stray spaces (Celery refused " debug") and WORKER_CONCURRENCY=1
+    env = _with_path({**base_env, "LOG_LEVEL": " debug ", "WORKER_CONCURRENCY": "1", "LOG_FORMAT": "json"})
+    log = tmp_path / "worker.log"
+
+    # When the worker starts as the Procfile starts it
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", procfile_command("worker") + f" -n config-{tmp_path.name}@%h"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            # Then it starts with one pool process and logs at DEBUG
+            wait_for(lambda: "worker_starting" in log.read_text() or proc.poll() is not None, timeout=60, what="start")
+            starting = next(line for line in log.read_text().splitlines() if "worker_starting" in line)
+            assert '"concurrency": 1' in starting, starting
+            wait_for(lambda: '"level": "debug"' in log.read_text(), timeout=30, what="a debug line")
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)

@@ -30,6 +30,7 @@ CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard",
         ({"CONSOLE_SECRET_KEY": ""}, "CONSOLE_SECRET_KEY is not set"),
         ({"CONSOLE_USERS": "ops:plaintext-password"}, "CONSOLE_USERS: entry 1 is not name:hash"),
         ({"CONSOLE_PORT": "eighty"}, "CONSOLE_PORT: must be a whole number"),
+        ({"CONSOLE_CONCURRENCY": "abc"}, "CONSOLE_CONCURRENCY: must be a whole number"),
     ],
 )
 def test_the_console_refuses_to_start_half_configured(processes, missing, named):

@@ -45,7 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": timings.unacked_mutex_expire,
     }
+    concurrency = {"worker_concurrency": settings.worker_concurrency} if settings.worker_concurrency else {}
     return {
+        **concurrency,  # WORKER_CONCURRENCY, read here: a command-line flag would reach Celery unvalidated
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,
         # Celery reads the visibility timeout here too when a result backend is Redis.
