@@ -31,6 +31,9 @@ MIN_SECRET_BYTES = 16
 MIN_SESSION_KEY_CHARS = 32
 # A host name as DNS allows it (letters, digits, hyphens; dot-separated labels).
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*")
+# A server a URL names may also be a container network's service, whose name may hold underscores
+# (docker compose's clerk_db) where DNS names do not.
+SERVICE_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(\.[A-Za-z0-9_-]{1,63})*")
 # Ceilings of durations: beyond them a setting means nothing, or overflows dates and timeouts.
 DAY = 86400
 WEEK = 7 * DAY
@@ -78,7 +81,7 @@ def _url(name: str, raw: str, *, schemes: tuple[str, ...]) -> str:
     # A unix-socket URL has no host; every other one must name one.
     if not (parts.hostname or "socket" in parts.scheme or parts.scheme == "unix" or "host=" in parts.query):
         raise ConfigError(f"{name}: URL names no host")
-    if parts.hostname and not _is_host(parts.hostname):
+    if parts.hostname and not _is_host(parts.hostname, names=SERVICE_NAME):
         raise ConfigError(f"{name}: the URL's host is neither an IP address nor a host name")
     if parts.port == 0:
         raise ConfigError(f"{name}: the URL's port must be 1 to 65535")
@@ -122,7 +125,7 @@ def _database_url(name: str, raw: str) -> str:
     if params.get("ssl", "true") != "true":
         raise ConfigError(f"{name}: ssl may only be true (it means sslmode=require)")
     for host in params.get("host", "/").split(","):
-        if not (host.startswith("/") or _is_host(host)):
+        if not (host.startswith("/") or _is_host(host, names=SERVICE_NAME)):
             raise ConfigError(f"{name}: the host parameter is not a socket directory, an IP address or a host name")
     if not re.fullmatch(r"\d{1,5}(,\d{1,5})*", params.get("port", "5432")):
         raise ConfigError(f"{name}: the port parameter must be a port number")
@@ -216,12 +219,12 @@ def _address(name: str, raw: str) -> str:
     return value
 
 
-def _is_host(value: str) -> bool:
+def _is_host(value: str, *, names: re.Pattern[str] = HOST_NAME) -> bool:
     """An IP address (IPv6 without brackets) or a host name (letters, digits, hyphens, dots)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return bool(HOST_NAME.fullmatch(value))
+        return bool(names.fullmatch(value))
     return True
 
 
@@ -470,7 +473,7 @@ _EMPTY: dict[str, Any] = {
     "console_users": (),
     "console_secret_key": None,
     "hook_modules": (),
-    "worker_concurrency": None,  # Celery's default: the number of cores
+    "worker_concurrency": None,  # the cores the worker may run on (worker/celery_app.py)
     "db_statement_timeout_seconds": None,  # derived from RECOVERY_SECONDS in load_settings
 }
 

@@ -360,6 +360,7 @@ def test_a_redis_url_its_readers_would_read_apart_is_refused(url):
         "redis://localhost/",
         "redis://:p%40ss@redis.internal:6379/0",
         "redis://[::1]:6379/1",
+        "redis://clerk_redis:6379/0",
         "rediss://default:pw@redis.example.com:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ssl/ca.pem",
         "redis+socket:///var/lib/clerk-sync/redis/redis.sock",
     ],
@@ -394,6 +395,7 @@ def test_a_database_url_libpq_would_refuse_is_refused_without_its_password(url):
         "postgresql://u:pw@db.internal:5432/db?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem&application_name=x",
         "postgres://u@[::1]:5432/db?connect_timeout=5&sslmode=disable",
         "postgresql://u@db.internal/db?ssl=true",
+        "postgresql+psycopg://postgres@clerk_db:5432/clerk_sync",  # a compose service's name
     ],
 )
 def test_database_urls_with_libpq_parameters_are_read(url):

@@ -45,9 +45,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": timings.unacked_mutex_expire,
     }
-    concurrency = {"worker_concurrency": settings.worker_concurrency} if settings.worker_concurrency else {}
+    # The cores this process may run on (what nproc counts), not Celery's default, every core of the host.
+    concurrency = settings.worker_concurrency or len(os.sched_getaffinity(0))
     return {
-        **concurrency,  # WORKER_CONCURRENCY, read here: a command-line flag would reach Celery unvalidated
+        # WORKER_CONCURRENCY, read here: a command-line flag would reach Celery unvalidated.
+        "worker_concurrency": concurrency,
         "broker_url": settings.redis_url,
         "broker_transport_options": transport,
         # Celery reads the visibility timeout here too when a result backend is Redis.
