@@ -1,4 +1,4 @@
-"""Bad operator input at the command line: one line and exit 2, nothing changed, nothing executed.
+"""Bad operator input at the command line: one line and exit 2 (1 for an unknown id), nothing changed, nothing executed.
 
 Covers issue 12's operator-input points: absurd ``--since``, negative or huge ``--limit``,
 unknown ids, control characters in stored data, and ``--all`` asking before it acts.
@@ -62,7 +62,7 @@ def test_argument_errors_exit_2_with_one_line(argv, base_env, tmp_path):
     one_line_error(result)
 
 
-def test_unknown_ids_exit_2_and_change_nothing(session_factory, base_env, tmp_path):
+def test_unknown_ids_exit_1_and_change_nothing(session_factory, base_env, tmp_path):
     # Given one dead event
     with session_factory.begin() as session:
         add_event(session, "msg_known", "dead")
@@ -75,8 +75,8 @@ def test_unknown_ids_exit_2_and_change_nothing(session_factory, base_env, tmp_pa
     ):
         result = run_cli(base_env, *argv, cwd=tmp_path)
 
-        # Then each is refused in one line naming the id, with exit 2
-        assert result.returncode == 2, (argv, result.stderr)
+        # Then each is refused in one line naming the id, with exit 1: the operation failed, the usage was right
+        assert result.returncode == 1, (argv, result.stderr)
         assert "msg_nobody" in one_line_error(result)
 
     # And nothing changed, nothing was audited

@@ -157,7 +157,7 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
     with transaction(settings) as session:
         row = dead_letters.get_event(session, args.svix_id)
         if row is None:
-            raise CliError(f"no event with svix_id {printable(args.svix_id)}", exit_code=2)
+            raise CliError(f"no event with svix_id {printable(args.svix_id)}")
         event = dead_letters.detail(row)
     if args.json:
         print(json.dumps(event, indent=2))
@@ -242,12 +242,6 @@ def _prepare(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[l
     return svix_ids, filters
 
 
-def _fail(exc: Exception) -> CliError:
-    from worker.ops.dead_letters import UnknownEvent
-
-    return CliError(printable(exc), exit_code=2 if isinstance(exc, UnknownEvent) else 1)
-
-
 def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops import dead_letters
 
@@ -292,7 +286,7 @@ def _act_in_batches(
     try:
         dead_letters.in_batches(lambda: transaction(settings), svix_ids, step, progress=progress)
     except dead_letters.OperationError as exc:
-        raise _fail(exc) from None
+        raise CliError(printable(exc)) from None
     except QueueUnavailable as exc:
         raise CliError(
             f"the queue is unavailable ({exc}); {done} {len(progress.done)} of {len(svix_ids)}, the rest are still dead"

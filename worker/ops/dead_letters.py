@@ -35,7 +35,7 @@ class OperationError(Exception):
 
 
 class UnknownEvent(OperationError):
-    """A svix-id that names no event: the operator's input is wrong, not the ledger."""
+    """A svix-id that names no event: a well-formed request the ledger cannot serve (exit 1, not a usage error)."""
 
 
 @dataclass(frozen=True)
