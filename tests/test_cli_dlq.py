@@ -270,11 +270,49 @@ def test_replay_and_discard_act_only_on_named_dead_events(session_factory, setti
         assert sorted(session.scalars(select(WebhookEvent.svix_id))) == ["msg_a", "msg_b", "msg_ok"]
 
 
+def test_a_dry_run_refuses_and_reports_what_the_real_run_would(session_factory, base_env, tmp_path):
+    # Given a dead event, an ignored one and a dead one whose payload was scrubbed
+    with session_factory.begin() as session:
+        add_event(session, "msg_dead1", "dead")
+        add_event(session, "msg_ignored", "ignored")
+        add_event(session, "msg_scrubbed", "dead", payload={"type": "user.created", "scrubbed": True})
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(base_env, "dlq", *args, cwd=tmp_path)
+
+    # When each refused action is dry run first, then run
+    for argv, refusal in (
+        (["replay", "msg_nope", "msg_dead1"], "no event with svix_id msg_nope"),
+        (["discard", "msg_dead1", "msg_nope"], "no event with svix_id msg_nope"),
+        (["replay", "msg_ignored"], "msg_ignored is ignored, not dead: nothing to do"),
+        (["discard", "msg_ignored", "msg_dead1"], "msg_ignored is ignored, not dead: nothing to do"),
+        (["replay", "msg_scrubbed"], "msg_scrubbed: its payload is no longer stored"),
+    ):
+        dry, real = cli(*argv, "--dry-run"), cli(*argv)
+
+        # Then the dry run refuses as the real run does: the same line, exit 1, nothing on stdout
+        assert (dry.returncode, dry.stdout, dry.stderr) == (1, "", real.stderr), argv
+        assert real.returncode == 1 and refusal in one_line_error(real), argv
+
+    # And what the real run would do is what the dry run lists, without doing it or auditing it
+    would = cli("replay", "msg_dead1", "msg_dead1", "--dry-run")
+    assert (would.returncode, would.stdout) == (0, "would replay 1 dead event(s):\n  msg_dead1\n"), would.stderr
+    would = cli("discard", "msg_scrubbed", "msg_dead1", "--dry-run")
+    assert would.stdout.splitlines()[0] == "would discard 2 dead event(s):", would.stderr
+    assert statuses(session_factory) == {"msg_dead1": "dead", "msg_ignored": "ignored", "msg_scrubbed": "dead"}
+    assert audit_rows(session_factory) == []
+    assert cli("discard", "msg_scrubbed", "msg_dead1").stdout.splitlines()[0] == "discarded 2 event(s):"
+
+
 def test_replay_without_redis_fails_and_leaves_events_dead(session_factory, base_env, tmp_path):
     # Given a dead event and a Redis URL nothing listens on
     with session_factory.begin() as session:
         add_event(session, "msg_stuck", "dead")
     env = {**base_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+
+    # When its replay is dry run, Redis is not needed
+    dry = run_cli(env, "dlq", "replay", "msg_stuck", "--dry-run", cwd=tmp_path)
+    assert (dry.returncode, dry.stdout) == (0, "would replay 1 dead event(s):\n  msg_stuck\n"), dry.stderr
 
     # When it is replayed
     result = run_cli(env, "dlq", "replay", "msg_stuck", cwd=tmp_path)

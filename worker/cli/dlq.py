@@ -229,15 +229,12 @@ def _describe(filters: DeadFilter | None) -> str:
 
 
 def _prepare(args: argparse.Namespace, settings: Settings, verb: str) -> tuple[list[str], DeadFilter | None] | None:
-    """What to act on, after the dry run and the confirmation of --all; None when nothing is to be done."""
+    """What to act on, after the confirmation of --all (a dry run needs none); None when nothing is to be done."""
     svix_ids, filters = _selected(args, settings, verb)
     if not svix_ids:
         print("no dead events match")
         return None
-    if args.dry_run:
-        _print_ids(f"would {verb} {len(svix_ids)} dead event(s):", svix_ids)
-        return None
-    if args.all:
+    if args.all and not args.dry_run:
         confirm(f"{verb} {len(svix_ids)} event(s), {printable(_describe(filters))}?", yes=args.yes)
     return svix_ids, filters
 
@@ -269,7 +266,10 @@ def _act_in_batches(
     done: str,
     operation: Callable[[Session, Sequence[str], Instruction], Result],
 ) -> int:
-    """``operation`` on the selected dead events, a transaction a batch; what is done stays done on a failure."""
+    """``operation`` on the selected dead events, a transaction a batch; what is done stays done on a failure.
+
+    A dry run goes the same way, the ids looked up and refused alike, with an instruction that changes nothing.
+    """
     from shared.publish import QueueUnavailable
     from worker.ops import dead_letters
 
@@ -277,7 +277,7 @@ def _act_in_batches(
     if prepared is None:
         return 0
     svix_ids, filters = prepared
-    instruction = dead_letters.Instruction(actor(args), selection=filters, skip_not_dead=args.all)
+    instruction = dead_letters.Instruction(actor(args), selection=filters, skip_not_dead=args.all, dry_run=args.dry_run)
     progress = dead_letters.Result()
 
     def step(session: Session, batch: Sequence[str]) -> Result:
@@ -291,9 +291,15 @@ def _act_in_batches(
         raise CliError(
             f"the queue is unavailable ({exc}); {done} {len(progress.done)} of {len(svix_ids)}, the rest are still dead"
         ) from None
+    count = len(progress.done)
+    skip, heading = (
+        ("would skip", f"would {verb} {count} dead event(s):")
+        if args.dry_run
+        else ("skipped", f"{done} {count} event(s):")
+    )
     for skipped in progress.skipped:
-        print(f"skipped {printable(skipped)}: no longer dead")
-    _print_ids(f"{done} {len(progress.done)} event(s):", progress.done)
+        print(f"{skip} {printable(skipped)}: no longer dead")
+    _print_ids(heading, progress.done)
     return 0
 
 

@@ -155,6 +155,8 @@ class Instruction:
     # Skip named events that are missing or no longer dead (a bulk action races the worker and
     # other operators) instead of refusing the whole batch.
     skip_not_dead: bool = False
+    # Check and report as the real action would (the same refusals), but change, enqueue and audit nothing.
+    dry_run: bool = False
 
 
 @dataclass
@@ -176,7 +178,7 @@ def _finish(
     done = [row.svix_id for row in dead]
     acted = set(done)
     result = Result(done=done, skipped=[svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in acted])
-    if done:
+    if done and not instruction.dry_run:
         selection = instruction.selection
         audit.record(
             session,
@@ -200,6 +202,15 @@ def replay(session: Session, publisher: EventPublisher, svix_ids: Sequence[str],
     unreplayable = [svix_id for svix_id, body in bodies.items() if body is None]
     if unreplayable:
         raise OperationError(f"{unreplayable[0]}: its payload is no longer stored (scrubbed), it cannot be replayed")
+    if not instruction.dry_run:
+        _requeue(session, publisher, dead, bodies)
+    return _finish(session, "replay", svix_ids, dead, instruction)
+
+
+def _requeue(
+    session: Session, publisher: EventPublisher, dead: list[WebhookEvent], bodies: dict[str, str | None]
+) -> None:
+    """Replay's change: each row pending with a fresh budget and a note, then its message enqueued."""
     now = dt.datetime.now(dt.UTC)
     for row in dead:
         note = {"at": now.isoformat(), "event": "replayed", "attempts_before": row.attempts}
@@ -219,7 +230,6 @@ def replay(session: Session, publisher: EventPublisher, svix_ids: Sequence[str],
     for row in dead:
         # QueueUnavailable propagates: the caller rolls the batch back.
         publisher.publish(svix_id=row.svix_id, svix_timestamp=row.svix_timestamp, body=bodies[row.svix_id] or "")
-    return _finish(session, "replay", svix_ids, dead, instruction)
 
 
 def discard(session: Session, svix_ids: Sequence[str], instruction: Instruction) -> Result:
@@ -229,7 +239,7 @@ def discard(session: Session, svix_ids: Sequence[str], instruction: Instruction)
     redelivery of it by Svix would be processed as a new event.
     """
     dead = _lock_dead(session, svix_ids, skip_not_dead=instruction.skip_not_dead)
-    if dead:
+    if dead and not instruction.dry_run:
         session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_([row.id for row in dead])))
     return _finish(session, "discard", svix_ids, dead, instruction)
 
