@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import pytest
 from sqlalchemy import select
 
 from devkit.waiting import wait_for
 from shared.models import User
-from tests.support.cli import run_cli
+from tests.support.cli import one_line_error, run_cli
+from tests.support.ledger import ledger_row
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
 
@@ -35,20 +38,22 @@ def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp
         what="the sample user row",
     )
 
-    # When a file of one's own is sent
+    # When a file of one's own is sent, with Windows line ends
     payload = load_payload("user.updated")
     payload["data"]["id"] = "user_from_file"
     event_file = tmp_path / "my-event.json"
-    event_file.write_text(json.dumps(payload))
-    sent = run_cli(base_env, "send", str(event_file), "--url", web.url, cwd=tmp_path)
+    event_file.write_bytes(json.dumps(payload, indent=2).replace("\n", "\r\n").encode())
+    sent = run_cli(base_env, "send", str(event_file), "--url", web.url, "--svix-id", "msg_file", cwd=tmp_path)
 
-    # Then that user lands too
+    # Then that user lands too, from the file's exact bytes (CRLF and all)
     assert sent.returncode == 0, sent.stderr
     wait_for(
         lambda: user_email(session_factory, "user_from_file") == "john.doe@example.com",
         timeout=60,
         what="the user row from the file",
     )
+    row = ledger_row(session_factory, "msg_file")
+    assert row is not None and row.body_sha256 == hashlib.sha256(event_file.read_bytes()).hexdigest()
 
 
 def test_unknown_type_is_a_usage_error(base_env, tmp_path):
@@ -59,11 +64,33 @@ def test_unknown_type_is_a_usage_error(base_env, tmp_path):
     assert "user.exploded" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["user.created", "--url", "http://[bad"], "not a valid URL"),
+        (["user.created", "--url", "http://ops:hunter2@[bad"], "not a valid URL"),
+        (["user.created", "--url", "http://127.0.0.1:99999"], "not a valid URL"),
+        (["user.created", "--url", "ftp://ops:hunter2@127.0.0.1"], "not an http(s) URL"),
+        (["latin1.json", "--url", "http://127.0.0.1:1"], "not UTF-8 (byte 0xe9 at offset 10)"),
+    ],
+)
+def test_a_bad_url_or_a_file_not_utf8_is_a_usage_error_in_one_line(argv, reason, base_env, tmp_path):
+    # Given a file that is JSON in Latin-1, not UTF-8
+    (tmp_path / "latin1.json").write_bytes('{"name": "é"}'.encode("latin-1"))
+
+    result = run_cli(base_env, "send", *argv, cwd=tmp_path)
+
+    # Then it is refused in one line, exit 2, never printing the URL's password
+    assert result.returncode == 2, result.stderr
+    assert reason in one_line_error(result)
+    assert "hunter2" not in result.stderr and result.stdout == ""
+
+
 def test_unreachable_url_fails_in_one_line(base_env, tmp_path):
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://ops:hunter2@127.0.0.1:{free_port()}"
 
     result = run_cli(base_env, "send", "user.created", "--url", url, cwd=tmp_path)
 
     assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "cannot post" in result.stderr
+    assert "cannot post to http://ops:***@127.0.0.1" in one_line_error(result)
+    assert "hunter2" not in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000/webhooks/clerk"
+# The password of a URL's user info, `//user:PASSWORD@host` (up to the last @ before the path).
+_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,20 +41,46 @@ def sample_types() -> list[str]:
 
 
 def load_event(spec: str) -> str:
-    """The body to send: a file's exact bytes, or a built-in sample of that type."""
+    """The body to send: a file's exact bytes (decoded, never translated: CRLF stays CRLF), or a built-in sample.
+
+    A file that is not UTF-8 is refused: Svix signs and Clerk sends JSON text, and the signature is
+    computed over the text.
+    """
     path = Path(spec)
     if path.is_file():
-        return path.read_text()
+        return _file_text(path)
     if spec in sample_types():
         return (_samples() / f"{spec}.json").read_text()
     raise CliError(f"{spec!r} is neither a file nor a sample type ({', '.join(sample_types())})", exit_code=2)
 
 
+def _file_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {str(path)!r}: {exc.strerror}", exit_code=2) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        raise CliError(f"{str(path)!r} is not UTF-8 ({byte}): a webhook body is JSON text", exit_code=2) from None
+
+
 def webhook_url(url: str) -> str:
-    parts = urlsplit(url)
+    """The ingress endpoint ``--url`` names (a bare host gets /webhooks/clerk); a usage error when it is not one."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise CliError(f"--url {shown(url)!r} is not a valid URL ({exc})", exit_code=2) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(f"--url {url!r} is not an http(s) URL", exit_code=2)
+        raise CliError(f"--url {shown(url)!r} is not an http(s) URL", exit_code=2)
     return url.rstrip("/") + "/webhooks/clerk" if parts.path in ("", "/") else url
+
+
+def shown(url: str) -> str:
+    """``url`` as it may be printed: a password in it is replaced by ``***`` (also in a URL urlsplit refuses)."""
+    return _PASSWORD.sub(r"\1***@", url, count=1)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,6 +89,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import requests
     from svix.webhooks import Webhook
 
+    url = webhook_url(args.url)
     secret = settings.require_webhook_secrets()[0]
     body = load_event(args.event)
     try:
@@ -74,10 +104,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "svix-signature": Webhook(secret).sign(svix_id, now, body),
         "content-type": "application/json",
     }
-    url = webhook_url(args.url)
     try:
         response = requests.post(url, data=body.encode(), headers=headers, timeout=10)
     except requests.RequestException as exc:
-        raise CliError(f"cannot post to {url}: {type(exc).__name__}") from None
+        raise CliError(f"cannot post to {shown(url)}: {type(exc).__name__}") from None
     print(f"{response.status_code} {svix_id} {response.text.strip()}")
     return 0 if response.ok else 1
