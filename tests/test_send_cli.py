@@ -55,6 +55,20 @@ def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp
     row = ledger_row(session_factory, "msg_file")
     assert row is not None and row.body_sha256 == hashlib.sha256(event_file.read_bytes()).hexdigest()
 
+    # When a body that is not JSON is sent: the result on stdout, the warning one line on stderr
+    (tmp_path / "text.json").write_text("not json\n")
+    text = run_cli(base_env, "send", "text.json", "--url", web.url, "--svix-id", "msg_text", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == ['200 msg_text {"status":"queued"}']
+    assert text.stderr == "clerk-sync: warning: the body is not JSON; sending it anyway\n"
+
+    # When the ingress answers an error page (several lines of HTML), it is one line on stderr, exit 1
+    missed = run_cli(base_env, "send", "user.created", "--url", f"{web.url}/nowhere", cwd=tmp_path)
+    assert (missed.returncode, missed.stdout) == (1, "")
+    error = one_line_error(missed)
+    assert error.startswith("clerk-sync: the ingress answered 404 Not Found to msg_")
+    assert "<title>404 Not Found</title>" in error and len(error) < 300
+
 
 def test_unknown_type_is_a_usage_error(base_env, tmp_path):
     result = run_cli(base_env, "send", "user.exploded", "--url", "http://127.0.0.1:1", cwd=tmp_path)

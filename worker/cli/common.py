@@ -91,6 +91,12 @@ def _escape(char: str) -> str:
     return char
 
 
+def one_line(text: str | None, width: int) -> str:
+    """``text`` on one printable line of at most ``width`` characters (``...`` where cut): a cell, a quote."""
+    flat = printable(" ".join((text or "").split()))
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain aligned table for people; scripts use --json. Cells are made ``printable``."""
     cells = [[("" if value is None else printable(value)) for value in row] for row in rows]

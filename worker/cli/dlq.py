@@ -20,6 +20,7 @@ from worker.cli.common import (
     add_command,
     add_operator_flag,
     confirm,
+    one_line,
     print_table,
     printable,
     publisher,
@@ -115,11 +116,6 @@ def filters_from(args: argparse.Namespace) -> DeadFilter:
     return DeadFilter(event_type=args.event_type, since=since, error=args.error, entity=args.entity, limit=args.limit)
 
 
-def _one_line(text: str | None, width: int) -> str:
-    flat = printable(" ".join((text or "").split()))
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops import dead_letters
 
@@ -140,7 +136,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
                     row.event_type,
                     row.entity_id,
                     row.attempts,
-                    _one_line(row.last_error, ERROR_WIDTH),
+                    one_line(row.last_error, ERROR_WIDTH),
                     row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
                 )
                 for row in rows

@@ -6,16 +6,21 @@ import argparse
 import datetime as dt
 import json
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from worker.cli.common import CliError
+from worker.cli.common import CliError, one_line
 
 if TYPE_CHECKING:
+    from requests import Response
+
     from shared.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000/webhooks/clerk"
+# How much of the ingress's answer a result or an error quotes (an error page can be long HTML).
+ANSWER_WIDTH = 160
 # The password of a URL's user info, `//user:PASSWORD@host` (up to the last @ before the path).
 _PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
 
@@ -86,17 +91,30 @@ def shown(url: str) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
-    import requests
-    from svix.webhooks import Webhook
-
     url = webhook_url(args.url)
     secret = settings.require_webhook_secrets()[0]
     body = load_event(args.event)
     try:
         json.loads(body)
     except json.JSONDecodeError:
-        print("clerk-sync send: warning: the body is not JSON; sending it anyway")
+        print("clerk-sync: warning: the body is not JSON; sending it anyway", file=sys.stderr)
     svix_id = args.svix_id or f"msg_{uuid.uuid4().hex}"
+    response = _post(url, svix_id, body, secret)
+    answer = one_line(response.text, ANSWER_WIDTH)
+    if not response.ok:
+        # An error page may be long HTML: its first words, on the one line of the error.
+        raise CliError(
+            f"the ingress answered {response.status_code} {one_line(response.reason, 40)} to {svix_id}: {answer}"
+        )
+    print(f"{response.status_code} {svix_id} {answer}")
+    return 0
+
+
+def _post(url: str, svix_id: str, body: str, secret: str) -> Response:
+    """``body`` signed as Svix signs it, posted to ``url``: the answer, or one line when there is none."""
+    import requests
+    from svix.webhooks import Webhook
+
     now = dt.datetime.now(dt.UTC)
     headers = {
         "svix-id": svix_id,
@@ -105,8 +123,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "content-type": "application/json",
     }
     try:
-        response = requests.post(url, data=body.encode(), headers=headers, timeout=10)
+        return requests.post(url, data=body.encode(), headers=headers, timeout=10)
     except requests.RequestException as exc:
         raise CliError(f"cannot post to {shown(url)}: {type(exc).__name__}") from None
-    print(f"{response.status_code} {svix_id} {response.text.strip()}")
-    return 0 if response.ok else 1
