@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import os
 import subprocess
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from devkit.services import bin_path
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from shared.publish import EventPublisher
@@ -331,3 +333,24 @@ def test_database_unreachable_is_one_line_exit_1(base_env, tmp_path):
     result = run_cli(env, "dlq", "list", cwd=tmp_path)
     assert result.returncode == 1
     assert "database unavailable" in one_line_error(result)
+
+
+@pytest.mark.parametrize("argv", [["dlq", "list", "--json"], ["dlq", "show", "msg_piped"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(argv, session_factory, base_env, tmp_path):
+    # Given a dead event, and a stdout whose reader is gone (`clerk-sync dlq list --json | true`)
+    with session_factory.begin() as session:
+        add_event(session, "msg_piped", "dead")
+    reader, writer = os.pipe()
+    os.close(reader)
+
+    # When the command writes to it (the installed script, as a shell pipeline runs it)
+    try:
+        result = subprocess.run(
+            [bin_path("clerk-sync"), *argv], stdout=writer, stderr=subprocess.PIPE, env=base_env, cwd=tmp_path,
+            text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+
+    # Then it ends with exit 1 and not a word: no traceback, no "Exception ignored" at exit
+    assert (result.returncode, result.stderr) == (1, "")
