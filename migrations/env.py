@@ -7,15 +7,19 @@ racing each other run the migrations once.
 
 from __future__ import annotations
 
+import sys
+
 import structlog
 from alembic import context
 from psycopg.errors import Diagnostic
-from sqlalchemy import text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from shared.config import ConfigError, exit_on_config_error, get_settings
 from shared.db import make_engine
 from shared.logging import configure_logging
 from shared.models import Base
+from worker.cli.common import database_error
 
 MIGRATION_LOCK_ID = 0x636C65726B  # "clerk"
 
@@ -42,10 +46,21 @@ def run_migrations_online() -> None:
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     connectable = context.config.attributes.get("connection") or make_engine(settings, pool_size=1)
     if hasattr(connectable, "connect"):
-        with connectable.connect() as connection:
+        with _connect(connectable) as connection:
             _migrate(connection)
     else:
         _migrate(connectable)
+
+
+def _connect(engine: Engine) -> Connection:
+    """A connection, or one line and exit 1 when the database does not answer: a deploy's release log
+    says what is wrong (the driver's first line, which names host and port, never the password), not a
+    traceback of a hundred lines."""
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        print(f"clerk-sync: {database_error(exc)}; nothing was migrated", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _log_own_notice(notice: Diagnostic) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine
 
 from devkit.services import ROOT, SERVICE_TABLES, bin_path, migrate, temporary_database
 from shared.models import Base
+from tests.support.processes import free_port
 from tests.support.signing import load_payload
 
 
@@ -187,6 +188,29 @@ def test_migrations_log_their_own_notices_and_never_an_applications():
         assert "audit" not in output
         assert accepted["data"]["email_address"] not in output
         assert conn.execute("SELECT user_clerk_id FROM webhook_events").fetchone() == (accepted["data"]["user_id"],)
+
+
+def test_the_release_step_against_a_database_that_does_not_answer_fails_in_one_line():
+    # Given a DATABASE_URL, password included, naming a port nothing listens on
+    url = f"postgresql://postgres:release-s3cret@127.0.0.1:{free_port()}/clerk_sync"
+
+    # When the Procfile's release runs
+    done = subprocess.run(
+        [bin_path("alembic"), "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    # Then it fails with one line naming the problem, not a traceback, and never the password
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("clerk-sync: database unavailable: connection failed: ")
+    assert "Connection refused" in done.stderr and "nothing was migrated" in done.stderr
+    assert "release-s3cret" not in done.stderr
 
 
 def test_the_schema_at_head_is_the_models():
