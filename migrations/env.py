@@ -19,7 +19,7 @@ from shared.config import ConfigError, exit_on_config_error, get_settings
 from shared.db import make_engine
 from shared.logging import configure_logging
 from shared.models import Base
-from worker.cli.common import database_error
+from shared.terminal import driver_reason
 
 MIGRATION_LOCK_ID = 0x636C65726B  # "clerk"
 
@@ -59,7 +59,9 @@ def _connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except OperationalError as exc:
-        print(f"clerk-sync: {database_error(exc)}; nothing was migrated", file=sys.stderr, flush=True)
+        print(
+            f"clerk-sync: database unavailable: {driver_reason(exc)}; nothing was migrated", file=sys.stderr, flush=True
+        )
         raise SystemExit(1) from None
 
 

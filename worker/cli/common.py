@@ -12,10 +12,11 @@ import getpass
 import os
 import re
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from shared.terminal import driver_reason, printable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from shared.publish import EventPublisher
     from worker.ops.audit import Actor
 
-# Bidirectional overrides and isolates reorder what a terminal shows (a "Trojan Source" trick).
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 _OPERATOR_NAME = re.compile(r"^[\w.@+-]{1,64}$")
 
 
@@ -72,25 +71,6 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def printable(text: object) -> str:
-    """``text`` with every control character escaped, so data cannot drive the operator's terminal.
-
-    C0 and C1 controls (escape sequences start with ESC or CSI), DEL and bidirectional
-    overrides become ``\\x1b``-style escapes; newlines and tabs too, so one value stays one line.
-    """
-    value = str(text)
-    if value.isprintable() and not _BIDI_CONTROLS.intersection(value):
-        return value
-    return "".join(_escape(char) for char in value)
-
-
-def _escape(char: str) -> str:
-    if char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char
-
-
 def one_line(text: str | None, width: int) -> str:
     """``text`` on one printable line of at most ``width`` characters (``...`` where cut): a cell, a quote."""
     flat = printable(" ".join((text or "").split()))
@@ -108,7 +88,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 def database_error(exc: Exception) -> CliError:
     """An unreachable or failing database as one line (the driver's first line, no parameters)."""
-    return CliError(f"database unavailable: {_first_line(exc)}")
+    return CliError(f"database unavailable: {driver_reason(exc)}")
 
 
 # Postgres's undefined_table and undefined_column: the tables are not the ones this code expects.
@@ -129,14 +109,8 @@ def as_database_error(exc: BaseException) -> CliError | None:
         return None
     original = getattr(exc, "orig", None) or exc
     if getattr(original, "sqlstate", None) in _NOT_MIGRATED_SQLSTATES:
-        return CliError(f"the database is not migrated ({_first_line(exc)}): run `alembic upgrade head`")
-    return CliError(f"database error: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    """The driver's first line (SQLAlchemy's wrapper adds the statement and hidden parameters after it)."""
-    original = getattr(exc, "orig", None) or exc
-    return printable((str(original).strip().splitlines() or [type(original).__name__])[0])
+        return CliError(f"the database is not migrated ({driver_reason(exc)}): run `alembic upgrade head`")
+    return CliError(f"database error: {driver_reason(exc)}")
 
 
 @contextmanager
