@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -62,12 +64,12 @@ def test_send_a_sample_type_and_a_file(processes, session_factory, base_env, tmp
     assert text.stdout.splitlines() == ['200 msg_text {"status":"queued"}']
     assert text.stderr == "clerk-sync: warning: the body is not JSON; sending it anyway\n"
 
-    # When the ingress answers an error page (several lines of HTML), it is one line on stderr, exit 1
+    # When the ingress refuses it (no such path), the answer is one line on stderr, exit 1
     missed = run_cli(base_env, "send", "user.created", "--url", f"{web.url}/nowhere", cwd=tmp_path)
     assert (missed.returncode, missed.stdout) == (1, "")
     error = one_line_error(missed)
     assert error.startswith("clerk-sync: the ingress answered 404 Not Found to msg_")
-    assert "<title>404 Not Found</title>" in error and len(error) < 300
+    assert error.endswith('{"error": "not_found"}')
 
 
 def test_unknown_type_is_a_usage_error(base_env, tmp_path):
@@ -108,3 +110,32 @@ def test_unreachable_url_fails_in_one_line(base_env, tmp_path):
     assert result.returncode == 1
     assert "cannot post to http://ops:***@127.0.0.1" in one_line_error(result)
     assert "hunter2" not in result.stderr
+
+
+class _ErrorPage(http.server.BaseHTTPRequestHandler):
+    """A proxy's error page: several lines of HTML."""
+
+    def do_POST(self) -> None:
+        page = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n" + b"x" * 400 + b"\n</body>\n</html>\n"
+        self.send_response(502)
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_error_page_is_one_capped_line_on_stderr(base_env, tmp_path):
+    # Given a server in front of the ingress answering with a page of several lines
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ErrorPage) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_cli(base_env, "send", "user.created", "--url", url, cwd=tmp_path)
+        server.shutdown()
+    # Then it is one line on stderr, the page flattened and cut, exit 1
+    assert (result.returncode, result.stdout) == (1, "")
+    error = one_line_error(result)
+    assert error.startswith("clerk-sync: the ingress answered 502 Bad Gateway to msg_")
+    assert "<html> <head><title>502 Bad Gateway</title></head>" in error and error.endswith("...")
+    assert len(error) < 300
