@@ -6,6 +6,7 @@ import json
 import random
 import string
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import psycopg
@@ -13,8 +14,11 @@ import pytest
 from sqlalchemy import select, text
 
 from shared.db import PING_AFTER_IDLE_SECONDS, POOL_SIZE
+from shared.events import parse
 from shared.models import User, WebhookEvent
 from tests.support.signing import load_payload, user_created
+from worker.pipeline import handlers
+from worker.pipeline.apply import apply_changes
 from worker.pipeline.batch import process_batch
 from worker.pipeline.errors import DatabaseUnavailable
 from worker.pipeline.ledger import Delivery, set_paused
@@ -347,3 +351,22 @@ def test_a_body_postgres_cannot_store_as_jsonb_ends_dead_kept_as_text(session_fa
     assert (row.status, row.attempts) == ("dead", 1)
     assert row.last_error == "invalid_payload: the body is JSON that Postgres cannot store as jsonb"
     assert row.payload is None and row.raw_body == body
+
+
+def test_an_older_event_racing_the_insert_of_a_newer_one_is_recorded_ignored(session_factory, settings):
+    newer, older = load_payload("user.updated"), load_payload("user.created")
+    # Given another batch inserting the user's newer version, not committed yet
+    with session_factory() as other_batch:
+        apply_changes(other_batch, [handlers.upsert(parse(json.dumps(newer)))], scrub_pii=False)  # type: ignore[arg-type]
+        # When the older event's batch runs meanwhile
+        with ThreadPoolExecutor(1) as pool:
+            racing = pool.submit(
+                process_batch, session_factory, [Delivery("msg_older", None, json.dumps(older))], settings=settings
+            )
+            time.sleep(0.5)
+            assert not racing.done()  # it waits for the row the other batch is writing
+            other_batch.commit()
+            # Then it sees that row once it is there: older, so ignored (it wrote nothing)
+            assert racing.result(timeout=30) == {"msg_older": "ignored"}
+    with session_factory() as session:
+        assert session.scalar(select(User.username).where(User.clerk_id == newer["data"]["id"])) == "johndoe"

@@ -15,7 +15,8 @@ and returns, per change, whether it changed anything:
 
 Locks are taken in one global order, so concurrent batches never deadlock each other and an
 application that updates rows in key order never deadlocks with a batch: advisory locks on
-parents (shared by a child's write, exclusive by the parent's delete, in key order), then
+parents (shared by a child's write, exclusive by the parent's delete) and on every row written
+(exclusive, so that a row another batch is inserting is waited for), all in key order, then
 existing rows table by table in ``RESOURCES`` order, each table by ``clerk_id``. With the
 rows locked, the outcome of each change is decided here as if the batch's changes were applied
 one at a time in order, and each table is then written once.
@@ -160,16 +161,19 @@ class Locks:
 
 def lock(trips: roundtrips.Trips, changes: Sequence[Change]) -> Locks:
     """Queue every lock the writes of ``changes`` need, in the global order (module docstring)."""
-    _lock_parents(trips, changes)
+    _lock_keys(trips, changes)
     return _lock_rows(trips, changes)
 
 
-def _lock_parents(trips: roundtrips.Trips, changes: Sequence[Change]) -> None:
-    """Order a child's write against its parent's delete: shared for the child, exclusive for the delete.
+def _lock_keys(trips: roundtrips.Trips, changes: Sequence[Change]) -> None:
+    """Order a child's write against its parent's delete: shared for the child, exclusive for the delete;
+    and two writes of one row against each other, exclusive for each.
 
-    Without it, a membership inserted while its user is being deleted in another transaction
+    Without the first, a membership inserted while its user is being deleted in another transaction
     could see the user alive and miss the deactivation that the delete (not seeing the
-    membership yet) also misses.
+    membership yet) also misses. Without the second, a row another batch is inserting cannot be
+    locked (it is not there yet): a batch would decide its older event applied, wait on the row's
+    unique index, then write nothing, and record it ``processed`` rather than ``ignored``.
     """
     exclusive: dict[str, bool] = {}
     for change in changes:
@@ -177,6 +181,7 @@ def _lock_parents(trips: roundtrips.Trips, changes: Sequence[Change]) -> None:
             exclusive.setdefault(f"{parent}:{parent_id}", False)
         if change.deleted_at is not None and _children_of(change.resource.name):
             exclusive[f"{change.resource.name}:{change.clerk_id}"] = True
+        exclusive[f"row:{change.resource.name}:{change.clerk_id}"] = True
     if exclusive:
         trips.queue(_ADVISORY_LOCKS, {"keys": list(exclusive), "exclusive": list(exclusive.values())})
 
