@@ -107,17 +107,18 @@ def _guard(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
 
 def safe_path(target: str | None) -> str:
     """``target`` if it is a path on this console, else the overview: never another site
-    (``//evil``, ``/\\evil``, which browsers read as ``//evil``, ``https://evil``)."""
+    (``//evil``, ``/\\evil``, which browsers read as ``//evil``, ``https://evil``), and never a
+    control character (a line break cannot go in a Location header: the answer would be a 500)."""
     if not target or not target.startswith("/") or target[1:2] in ("/", "\\") or "\\" in target:
         return url_for("overview.index")
-    if urlsplit(target).netloc:
+    if not target.isprintable() or urlsplit(target).netloc:
         return url_for("overview.index")
     return target
 
 
 def _login_view(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
     def login() -> Response | str | tuple[str, int]:
-        if request.method == "GET":
+        if request.method != "POST":  # GET, and HEAD: the form, no password checked
             return render_template("login.html", next=request.args.get("next", ""))
         name = request.form.get("username", "")
         if not check_password(accounts.get(name), request.form.get("password", "")):

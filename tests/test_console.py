@@ -195,3 +195,26 @@ def test_an_operator_replays_one_event_and_discards_a_filtered_selection(process
         (OPERATOR, "console", "replay", ["msg_http_one"], None),
         (OPERATOR, "console", "discard", ["msg_http_a", "msg_http_b"], {"type": "user.updated"}),
     ]
+
+
+def test_a_return_path_with_a_line_break_leads_to_the_overview_and_head_shows_the_login(processes, session_factory):
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+
+    # When HEAD asks for the login form, it is the form (no password checked, no failed login)
+    assert http.head(f"{console.url}/login", timeout=10).status_code == 200
+    assert "console_login_refused" not in console.log()
+
+    # When a login's "next", or the pause button's "back", holds a line break or another control character
+    for target in ("/\r\nSet-Cookie: x=1", "/dead\nX-Injected: 1", "/\u202edead"):
+        token = csrf_token(http.get(f"{console.url}/login", timeout=10).text)
+        form = {"csrf_token": token, "username": OPERATOR, "password": PASSWORD, "next": target}
+        response = http.post(f"{console.url}/login", data=form, timeout=30, allow_redirects=False)
+        # Then the answer is the overview, not a 500
+        assert response.status_code == 302 and response.headers["Location"] == "/", target
+    token = csrf_token(http.get(f"{console.url}/dead", timeout=10).text)
+    response = http.post(
+        f"{console.url}/pause", data={"csrf_token": token, "back": "/dead\r\nX: y"}, timeout=10, allow_redirects=False
+    )
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    assert [row.action for row in audit_rows(session_factory)] == ["pause"]
