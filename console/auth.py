@@ -2,7 +2,10 @@
 
 Accounts are ``CONSOLE_USERS`` (name and scrypt hash). A login stores the name and a tag
 of the account's hash in the signed session cookie: removing an account or changing its
-password ends its sessions at the next request. Failed logins are counted in Redis per
+password ends its sessions at the next request. Each login also gets a random session id; logging
+out records that id as ended (in Redis, for every console process, and in this process's memory,
+which still works while Redis is away) until the cookie could no longer be valid anyway, so a
+copy of the cookie taken before the logout is refused too. Failed logins are counted in Redis per
 account and per address (Flask-Limiter, ``CONSOLE_LOGIN_LIMIT``); past the limit the login
 is refused, even with the right password, until the window ends. The cookie is HttpOnly,
 SameSite=Strict, and Secure whenever the request came over https (gunicorn trusts
@@ -13,12 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
+import threading
+import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from redis import RedisError
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.wrappers import Response
 
@@ -48,16 +56,50 @@ class SessionCookies(SecureCookieSessionInterface):
         return "Strict"
 
 
+class EndedSessions:
+    """The session ids logged out, kept as long as a cookie carrying one could still be valid."""
+
+    PREFIX = "clerk-sync-console:ended:"
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._here: dict[str, float] = {}  # session id -> when it may be forgotten (time.monotonic)
+        self._lock = threading.Lock()
+
+    def end(self, sid: str) -> None:
+        seconds = int(SESSION_LIFETIME.total_seconds())
+        with self._lock:
+            now = time.monotonic()
+            self._here = {key: until for key, until in self._here.items() if until > now}
+            self._here[sid] = now + seconds
+        try:
+            self._client.set(self.PREFIX + sid, "1", ex=seconds)
+        except RedisError as exc:  # this process still refuses it; the others cannot know
+            log.warning("console_logout_not_shared", error=f"{type(exc).__name__}: {exc}")
+
+    def ended(self, sid: str) -> bool:
+        with self._lock:
+            if self._here.get(sid, 0.0) > time.monotonic():
+                return True
+        try:
+            return bool(self._client.exists(self.PREFIX + sid))
+        except RedisError as exc:
+            log.warning("console_session_check_skipped", error=f"{type(exc).__name__}: {exc}")
+            return False
+
+
 def install(app: Flask, settings: Settings) -> None:
     """Session cookies, the login routes with their throttle, and the login guard."""
     app.session_interface = SessionCookies()
     app.config.update(PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_COOKIE_NAME="clerk_sync_console")
     accounts = dict(settings.console_users)
+    client = redis_client(settings.redis_url, timeout=2.0)
+    ended = EndedSessions(client)
     limiter = Limiter(
         get_remote_address,
         app=app,
         storage_uri="redis://",
-        storage_options={"connection_pool": redis_client(settings.redis_url, timeout=2.0).connection_pool},
+        storage_options={"connection_pool": client.connection_pool},
         key_prefix="clerk-sync-console",
         strategy="fixed-window",
         # Redis away: count in this process rather than lock every operator out during an outage.
@@ -76,8 +118,8 @@ def install(app: Flask, settings: Settings) -> None:
         settings.console_login_limit, methods=["POST"], deduct_when=failed, key_func=by_account
     )
     app.add_url_rule("/login", "login", throttled(throttled_account(_login_view(accounts))), methods=["GET", "POST"])
-    app.add_url_rule("/logout", "logout", _logout, methods=["POST"])
-    app.before_request(_guard(accounts))
+    app.add_url_rule("/logout", "logout", _logout_view(ended), methods=["POST"])
+    app.before_request(_guard(accounts, ended))
     app.register_error_handler(TooManyRequests, _too_many)
 
 
@@ -90,14 +132,19 @@ def current_actor() -> Actor:
     return Actor(name=str(session["operator"]), source="console")
 
 
-def _guard(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
+def _guard(accounts: dict[str, str], ended: EndedSessions):  # type: ignore[no-untyped-def]
     def require_login() -> Response | None:
         if request.endpoint in PUBLIC_ENDPOINTS:
             return None
-        name = session.get("operator")
-        if name in accounts and session.get("tag") == _tag(accounts[name]):
+        name, sid = session.get("operator"), session.get("sid")
+        if (
+            name in accounts
+            and session.get("tag") == _tag(accounts[name])
+            and isinstance(sid, str)
+            and not ended.ended(sid)
+        ):
             return None
-        if name is not None:  # an account removed, or its password changed: that login is over
+        if name is not None:  # logged out, an account removed, or its password changed: that login is over
             session.clear()
         target = request.full_path if request.method == "GET" else "/"
         return redirect(url_for("login", next=target.rstrip("?")))
@@ -126,16 +173,23 @@ def _login_view(accounts: dict[str, str]):  # type: ignore[no-untyped-def]
             return render_template("login.html", error="wrong name or password", next=request.form.get("next")), 401
         session.clear()
         session.permanent = True
-        session.update(operator=name, tag=_tag(accounts[name]))
+        session.update(operator=name, tag=_tag(accounts[name]), sid=secrets.token_urlsafe(18))
         log.info("console_login", operator=name)
         return redirect(safe_path(request.form.get("next")))
 
     return login
 
 
-def _logout() -> Response:
-    session.clear()
-    return redirect(url_for("login"))
+def _logout_view(ended: EndedSessions):  # type: ignore[no-untyped-def]
+    def logout() -> Response:
+        sid = session.get("sid")
+        if isinstance(sid, str):
+            ended.end(sid)
+        log.info("console_logout", operator=session.get("operator"))
+        session.clear()
+        return redirect(url_for("login"))
+
+    return logout
 
 
 def _too_many(error: TooManyRequests) -> tuple[str, int]:

@@ -218,3 +218,29 @@ def test_a_return_path_with_a_line_break_leads_to_the_overview_and_head_shows_th
     )
     assert response.status_code == 302 and response.headers["Location"] == "/"
     assert [row.action for row in audit_rows(session_factory)] == ["pause"]
+
+
+def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(processes, redis_client):
+    # Given two processes of the console, and an operator logged in twice (two browsers)
+    console = processes.start_console(**console_env(CONSOLE_CONCURRENCY="2"))
+    first, second = requests.Session(), requests.Session()
+    assert log_in(first, console.url, PASSWORD).status_code == 302
+    assert log_in(second, console.url, PASSWORD).status_code == 302
+    token = csrf_token(first.get(f"{console.url}/dead", timeout=10).text)
+    copied = dict(first.cookies)
+
+    # When the first logs out
+    assert first.post(f"{console.url}/logout", data={"csrf_token": token}, timeout=10).status_code == 200
+
+    # Then a copy of its cookie taken before the logout no longer opens any page, whichever process answers
+    for _ in range(6):
+        response = requests.get(f"{console.url}/dead", cookies=copied, timeout=10, allow_redirects=False)
+        assert response.status_code == 302 and "/login" in response.headers["Location"]
+    # nor posts a change with its CSRF token
+    response = requests.post(
+        f"{console.url}/pause", data={"csrf_token": token}, cookies=copied, timeout=10, allow_redirects=False
+    )
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+    # And the other login goes on
+    assert second.get(f"{console.url}/dead", timeout=10, allow_redirects=False).status_code == 200
+    assert redis_client.keys("clerk-sync-console:ended:*")
