@@ -5,6 +5,12 @@ The filters are the CLI's (type, error, since, entity), read by the same functio
 changes are the CLI's too (``worker.ops.dead_letters``, audited there). A bulk action acts on
 exactly the events its preview showed: the confirmation carries a digest of their svix-ids,
 and if the selection changed in between, the operator sees the new preview instead.
+
+A svix-id is whatever the sender put in its header: ``a/../../events/msg_b`` or ``..`` would be
+resolved by the browser as a path, so a link to ``/events/<id>`` would open another event's
+page, whose Discard button discards that other event. Links use ``/events/<id>`` only for plain
+ids and ``/event?svix_id=<id>`` for any other; the Replay and Discard forms post the svix-id as
+a field to ``/event/replay`` and ``/event/discard``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -31,6 +38,8 @@ MAX_PAGE = 10_000
 PREVIEW_SHOWN = 200
 ACTIONS = ("replay", "discard")
 FILTER_FIELDS = ("type", "error", "since", "entity")
+# A svix-id that stays itself as a path segment: no "/", ".", "\\" or anything a browser resolves.
+PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class BadFilter(ValueError):
@@ -61,6 +70,14 @@ def page_number() -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         abort(400, f"page must be a whole number from 1 to {MAX_PAGE}")
     return int(raw)
+
+
+@blueprint.app_template_global()
+def event_url(svix_id: str) -> str:
+    """The event's page: ``/events/<id>`` for a plain id, ``/event?svix_id=<id>`` for any other."""
+    if PLAIN_ID.fullmatch(svix_id):
+        return url_for("dead_letters.event", svix_id=svix_id)
+    return url_for("dead_letters.event_named", svix_id=svix_id)
 
 
 @blueprint.get("/dead")
@@ -94,6 +111,11 @@ def event(svix_id: str) -> str:
         history = timeline.timeline(session, row.entity_id) if row.entity_id else []
     payload = None if row.payload is None else json.dumps(row.payload, indent=2, sort_keys=True, ensure_ascii=False)
     return render_template("event.html", row=row, payload=payload, history=history)
+
+
+@blueprint.get("/event")
+def event_named() -> str:
+    return event(request.args.get("svix_id", ""))
 
 
 def _act(
@@ -139,7 +161,16 @@ def act_on_one(svix_id: str, action: str) -> Response:
     _report(action, result, failure)
     if action == "discard" and result.done:
         return redirect(url_for("dead_letters.index"))
-    return redirect(url_for("dead_letters.event", svix_id=svix_id))
+    return redirect(event_url(svix_id))
+
+
+@blueprint.post("/event/<action>")
+def act_on_named(action: str) -> Response:
+    """What the event page's buttons post: the svix-id as a field, never as a path a browser would resolve."""
+    svix_id = request.form.get("svix_id", "")
+    if not svix_id:
+        abort(400, "no svix-id given")
+    return act_on_one(svix_id, action)
 
 
 def _preview(action: str, fields: MultiDict[str, str], *, notice: str | None = None) -> str | tuple[str, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response
 
+from console import dead_letters as dead_letters_views
 from console.state import state
 from worker.ops import dead_letters, entities, timeline
 
@@ -21,7 +22,7 @@ def search() -> str | Response | tuple[str, int]:
         return render_template("entities.html", query="", found=[], history={}, error="not an id or an email"), 400
     with state().reading() as session:
         if query.startswith("msg_") and dead_letters.get_event(session, query) is not None:
-            return redirect(url_for("dead_letters.event", svix_id=query))
+            return redirect(dead_letters_views.event_url(query))
         found = entities.find(session, query)
         ids = [entity.clerk_id for entity in found] or ([query] if "@" not in query else [])
         history = {clerk_id: timeline.timeline(session, clerk_id) for clerk_id in ids}

@@ -7,6 +7,7 @@ Postgres and Redis and talks HTTP to it.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import re
 import subprocess
 
@@ -244,3 +245,38 @@ def test_logging_out_ends_the_session_even_for_a_copy_of_its_cookie(processes, r
     # And the other login goes on
     assert second.get(f"{console.url}/dead", timeout=10, allow_redirects=False).status_code == 200
     assert redis_client.keys("clerk-sync-console:ended:*")
+
+
+HOSTILE_IDS = ("x/../../events/msg_victim", "..", "msg/./a", "msg#frag?q=1", "msg\\..\\..\\pause", "msg//double")
+
+
+def test_an_event_whose_svix_id_holds_dot_segments_opens_and_is_discarded_as_itself(processes, session_factory):
+    # Given a dead event, and dead events whose svix-ids a browser would resolve as paths ("..", "/./")
+    with session_factory.begin() as session:
+        add_event(session, "msg_victim", "dead")
+        for svix_id in HOSTILE_IDS:
+            add_event(session, svix_id, "dead")
+    console = processes.start_console(**console_env())
+    http = requests.Session()  # like a browser, requests resolves "." and ".." in the paths it is given
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+    listing = http.get(f"{console.url}/dead", timeout=10).text
+
+    for svix_id in HOSTILE_IDS:
+        # When the operator follows the list's link of the event
+        escaped = html.escape(svix_id)
+        href = html.unescape(re.search(rf'<a href="([^"]+)">{re.escape(escaped)}</a>', listing).group(1))
+        page = http.get(f"{console.url}{href}", timeout=10)
+
+        # Then it is that event's page, whose Discard button discards that event and no other
+        assert page.status_code == 200 and f"<code>{escaped}</code>" in page.text, (svix_id, href)
+        form = re.search(
+            r'<form method="post" action="([^"]+)"[^>]*>(.*?)</form>', page.text.split('id="replay"')[1], re.S
+        )
+        assert form, page.text
+        fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2)))
+        fields = {name: html.unescape(value) for name, value in fields.items()}
+        response = http.post(f"{console.url}{html.unescape(form.group(1))}", data=fields, timeout=30)
+        assert response.status_code == 200, (svix_id, response.text)
+        assert svix_id not in statuses(session_factory)
+    assert statuses(session_factory) == {"msg_victim": "dead"}
+    assert [row.svix_ids for row in audit_rows(session_factory)] == [[svix_id] for svix_id in HOSTILE_IDS]

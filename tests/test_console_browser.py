@@ -21,7 +21,7 @@ from devkit.services import ROOT
 from devkit.waiting import wait_for
 from shared.models import User, WebhookEvent
 from tests.support.console import OPERATOR, PASSWORD, browser_page, console_env
-from tests.support.ledger import audit_rows, statuses, wait_until_final
+from tests.support.ledger import add_event, audit_rows, statuses, wait_until_final
 from tests.support.signing import load_payload, post_event, post_events
 
 
@@ -194,3 +194,26 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
     ]
     assert rows[0].filter is None and rows[1].filter == {}
     assert (shots / "console-overview.png").stat().st_size > 10_000
+
+
+def test_an_event_whose_svix_id_is_a_path_opens_and_is_discarded_as_itself(processes, session_factory):
+    # Given a dead event, and one whose svix-id Chromium would resolve as a path to the first's page
+    hostile = "x/../../events/msg_br_victim"
+    with session_factory.begin() as session:
+        add_event(session, "msg_br_victim", "dead")
+        add_event(session, hostile, "dead", last_error="\u202eeman eht fo dne")
+    console = processes.start_console(**console_env())
+
+    with browser_page() as page:
+        log_in(page, f"{console.url}/dead", PASSWORD)
+        assert sorted(dead_ids_listed(page)) == ["msg_br_victim", hostile]
+
+        # When the operator opens the hostile event from the list and discards it
+        page.click(f"#dead-list a:text-is('{hostile}')")
+        assert page.inner_text("h1 code") == hostile
+        page.click("#discard")
+
+        # Then that event is gone and the other is still dead
+        assert "discarded 1 event(s)" in page.inner_text("main")
+        assert statuses(session_factory) == {"msg_br_victim": "dead"}
+    assert [row.svix_ids for row in audit_rows(session_factory)] == [[hostile]]
