@@ -37,7 +37,7 @@ PAGE_SIZE = 50
 MAX_PAGE = 10_000
 PREVIEW_SHOWN = 200
 ACTIONS = ("replay", "discard")
-FILTER_FIELDS = ("type", "error", "since", "entity")
+FILTER_FIELDS = ("type", "error", "since", "entity", "limit")
 # A svix-id that stays itself as a path segment: no "/", ".", "\\" or anything a browser resolves.
 PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -51,9 +51,17 @@ def read_filters(fields: MultiDict[str, str]) -> DeadFilter:
     try:
         since = inputs.parse_since(values["since"]) if values["since"] else None
         entity = inputs.check_entity_id(values["entity"]) if values["entity"] else None
+        limit = _limit(values["limit"]) if values["limit"] else None
     except ValueError as exc:
         raise BadFilter(str(exc).removeprefix("--")) from None
-    return DeadFilter(event_type=values["type"], since=since, error=values["error"], entity=entity)
+    return DeadFilter(event_type=values["type"], since=since, error=values["error"], entity=entity, limit=limit)
+
+
+def _limit(text: str) -> int:
+    """The CLI's ``--limit``: the oldest N that match, 1 to ``inputs.MAX_LIMIT``."""
+    if not text.isdigit() or len(text) > 9:
+        raise ValueError(f"--limit must be from 1 to {inputs.MAX_LIMIT}, got {text!r}")
+    return inputs.check_limit(int(text))
 
 
 def filter_args(fields: MultiDict[str, str]) -> dict[str, str]:
@@ -89,8 +97,11 @@ def index() -> str | tuple[str, int]:
         return render_template("dead_list.html", error=str(exc), rows=[], total=0, page=1, pages=1, args={}), 400
     with state().reading() as session:
         total = dead_letters.count_dead(session, filters)
-        paged = dataclasses.replace(filters, limit=PAGE_SIZE)
-        rows = dead_letters.list_dead(session, paged, offset=(page - 1) * PAGE_SIZE)
+        if filters.limit is not None:  # the oldest N matching, as `dlq list --limit N`
+            total = min(total, filters.limit)
+        offset = (page - 1) * PAGE_SIZE
+        paged = dataclasses.replace(filters, limit=max(0, min(PAGE_SIZE, total - offset)))
+        rows = dead_letters.list_dead(session, paged, offset=offset) if paged.limit else []
     return render_template(
         "dead_list.html",
         rows=rows,

@@ -280,3 +280,35 @@ def test_an_event_whose_svix_id_holds_dot_segments_opens_and_is_discarded_as_its
         assert svix_id not in statuses(session_factory)
     assert statuses(session_factory) == {"msg_victim": "dead"}
     assert [row.svix_ids for row in audit_rows(session_factory)] == [[svix_id] for svix_id in HOSTILE_IDS]
+
+
+def test_the_limit_filter_lists_and_acts_on_the_oldest_n_as_the_cli_does(processes, session_factory):
+    # Given five dead events, the oldest first
+    with session_factory.begin() as session:
+        for n in range(5):
+            add_event(session, f"msg_limit_{n}", "dead", age=dt.timedelta(minutes=10 - n))
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    # When the list is asked for the oldest three (`dlq list --limit 3`)
+    listing = http.get(f"{console.url}/dead?limit=3", timeout=10).text
+    # Then three are listed and counted, and the form keeps the limit
+    assert re.findall(r">(msg_limit_\d)</a>", listing) == ["msg_limit_0", "msg_limit_1", "msg_limit_2"]
+    assert "3 dead event(s) matching" in listing and 'name="limit" value="3"' in listing
+
+    # When the oldest two are discarded through the preview (`dlq discard --all --limit 2`)
+    preview = http.get(f"{console.url}/dead/discard-all?limit=2", timeout=10).text
+    assert re.findall(r">(msg_limit_\d)</a>", preview) == ["msg_limit_0", "msg_limit_1"]
+    form = {"csrf_token": csrf_token(preview), "digest": hidden_input(preview, "digest"), "limit": "2"}
+    assert http.post(f"{console.url}/dead/discard-all", data=form, timeout=30).status_code == 200
+
+    # Then exactly those two are gone, audited with the limit as their filter
+    assert sorted(statuses(session_factory)) == ["msg_limit_2", "msg_limit_3", "msg_limit_4"]
+    assert [(row.svix_ids, row.filter) for row in audit_rows(session_factory)] == [
+        (["msg_limit_0", "msg_limit_1"], {"limit": 2})
+    ]
+    # And a limit the CLI would refuse is refused, in a sentence
+    for limit in ("0", "abc", "100001", "-1", "1e3"):
+        response = http.get(f"{console.url}/dead?limit={limit}", timeout=10)
+        assert response.status_code == 400 and "limit must be from 1 to 100000" in response.text, limit

@@ -207,6 +207,11 @@ def test_an_event_whose_svix_id_is_a_path_opens_and_is_discarded_as_itself(proce
     with browser_page() as page:
         log_in(page, f"{console.url}/dead", PASSWORD)
         assert sorted(dead_ids_listed(page)) == ["msg_br_victim", hostile]
+        # (the CLI's --limit: the oldest N)
+        page.fill("input[name=limit]", "1")
+        page.click("text=Filter")
+        assert dead_ids_listed(page) == ["msg_br_victim"]
+        page.goto(f"{console.url}/dead")
 
         # When the operator opens the hostile event from the list and discards it
         page.click(f"#dead-list a:text-is('{hostile}')")
