@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 
 import psycopg
 import requests
 
 from devkit.services import temporary_database
 from shared.publish import EventPublisher
+from shared.receipts import receipt_keys
 from tests.support.cli import run_cli
 from tests.support.console import PASSWORD, console_env, log_in
 from tests.support.ledger import add_event
@@ -19,6 +21,16 @@ from tests.support.processes import free_port
 from tests.support.signing import load_payload
 from worker.pipeline import ledger
 from worker.pipeline.ledger import Delivery
+
+
+def _accept(settings, count: int) -> None:
+    """``count`` events accepted as the ingress accepts them (message and receipt), msg_q0 first."""
+    app = EventPublisher(settings)
+    try:
+        for n in range(count):
+            app.publish(svix_id=f"msg_q{n}", svix_timestamp=None, body="{}")
+    finally:
+        app.close()
 
 
 def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, settings, redis_client, base_env, tmp_path):
@@ -32,12 +44,7 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
         for n in range(3):
             add_event(session, f"msg_d{n}", "dead", age=dt.timedelta(days=5))
     # and four messages waiting in the queue with no worker running, one delivered but unacked
-    app = EventPublisher(settings)
-    try:
-        for n in range(4):
-            app.publish(svix_id=f"msg_q{n}", svix_timestamp=None, body="{}")
-    finally:
-        app.close()
+    _accept(settings, 4)
     redis_client.hset("unacked", "tag-1", json.dumps([{"body": ""}, "", settings.queue_name]))
     redis_client.hset("unacked", "tag-2", json.dumps([{"body": ""}, "", "some-other-queue"]))
 
@@ -76,6 +83,36 @@ def test_status_reports_counts_oldest_age_and_queue_depth(session_factory, setti
         ["failed", "1"],
         ["dead", "3"],
     ]
+
+
+def test_oldest_unprocessed_counts_accepted_events_no_worker_has_recorded_yet(
+    session_factory, settings, redis_client, base_env, tmp_path
+):
+    # Given no worker running: three events accepted by the ingress (in the queue with their receipts,
+    # no ledger row yet), the first ten minutes ago
+    _accept(settings, 3)
+    _, index = receipt_keys(settings.queue_name)
+    redis_client.zadd(index, {"msg_q0": time.time() - 600}, xx=True)
+    # and an older receipt a worker has not dropped yet although its event is processed
+    with session_factory.begin() as session:
+        add_event(session, "msg_done", "processed", age=dt.timedelta(hours=1))
+    redis_client.zadd(index, {"msg_done": time.time() - 3600})
+
+    # When an operator asks for the status
+    report = json.loads(run_cli(base_env, "status", "--json", cwd=tmp_path).stdout)
+    table = run_cli(base_env, "status", cwd=tmp_path)
+
+    # Then the oldest unprocessed event is the one waiting for ten minutes, not "none"
+    assert report["counts"]["pending"] == report["counts"]["failed"] == 0
+    assert report["queue"]["waiting"] == 3
+    assert 600 <= report["oldest_unprocessed_age_seconds"] < 660
+    assert re.search(r"^oldest unprocessed: 6\d\d s ago$", table.stdout, re.MULTILINE), table.stdout
+
+    # And once the workers have recorded them, the receipts dropped, there is none again
+    redis_client.delete(index)
+    assert (
+        json.loads(run_cli(base_env, "status", "--json", cwd=tmp_path).stdout)["oldest_unprocessed_age_seconds"] is None
+    )
 
 
 def test_a_large_ledger_counts_done_events_from_statistics_and_the_rest_exactly(processes, base_env, tmp_path):

@@ -8,10 +8,12 @@ passes the psycopg connection under its SQLAlchemy session (``raw_connection``).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
+from shared.receipts import receipt_keys
 from shared.redis_client import redis_client
 from shared.statuses import EVENT_STATUSES, NOT_DONE_SQL, NOT_DONE_STATUSES
 
@@ -110,6 +112,10 @@ def is_paused(conn: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] == "true"
 
 
+# How many of the oldest receipts `status` looks at for an event accepted but not yet recorded.
+_RECEIPT_SCAN = 100
+
+
 @dataclass(frozen=True)
 class QueueDepth:
     name: str
@@ -121,6 +127,11 @@ class QueueDepth:
 
 def queue_depth(settings: Settings) -> QueueDepth:
     """Messages waiting in the event queue, and those delivered but not yet acked."""
+    return _read_queue(settings)[0]
+
+
+def _read_queue(settings: Settings) -> tuple[QueueDepth, list[tuple[str, float]]]:
+    """The queue's depth, and the oldest receipts (svix_id, time accepted), oldest first."""
     name = settings.queue_name
     keys = [name if step == 0 else f"{name}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS]
     import redis
@@ -132,16 +143,36 @@ def queue_depth(settings: Settings) -> QueueDepth:
         for key in keys:
             pipe.llen(key)
         pipe.hlen(_UNACKED_HASH)
-        *lengths, total = pipe.execute()
+        pipe.zrange(receipt_keys(name)[1], 0, _RECEIPT_SCAN - 1, withscores=True)
+        *lengths, total, receipts = pipe.execute()
         waiting = sum(int(length) for length in lengths)
         # None, or too many to read: the whole hash's size.
         few = 0 < int(total) <= _UNACKED_SCAN_LIMIT
         unacked = _routed_to(client.hvals(_UNACKED_HASH), name) if few else int(total)
     except redis.RedisError as exc:
-        return QueueDepth(name=name, available=False, error=f"{type(exc).__name__}: {exc}")
+        return QueueDepth(name=name, available=False, error=f"{type(exc).__name__}: {exc}"), []
     finally:
         client.close()
-    return QueueDepth(name=name, available=True, waiting=waiting, unacked=unacked)
+    oldest = [(raw.decode(), float(score)) for raw, score in receipts]
+    return QueueDepth(name=name, available=True, waiting=waiting, unacked=unacked), oldest
+
+
+def oldest_unrecorded_age(conn: psycopg.Connection[Any], receipts: list[tuple[str, float]]) -> float | None:
+    """Seconds since the oldest accepted event with no `webhook_events` row yet; None if none is seen.
+
+    An event the ingress accepted is in the queue (or held by a worker) with a receipt, and has no
+    ledger row until a worker records it: with the workers down, every event waits there. Receipts
+    are dropped once their event's row is committed (best effort), so those whose row exists are
+    skipped; the rest are unprocessed events, accepted at the receipt's time.
+    """
+    if not receipts:
+        return None
+    ids = [svix_id for svix_id, _ in receipts]
+    recorded = {row[0] for row in conn.execute("SELECT svix_id FROM webhook_events WHERE svix_id = ANY(%s)", (ids,))}
+    for svix_id, accepted in receipts:
+        if svix_id not in recorded:
+            return round(max(0.0, time.time() - accepted), 3)
+    return None
 
 
 def _routed_to(unacked: list[bytes], queue: str) -> int:
@@ -159,12 +190,15 @@ def _routed_to(unacked: list[bytes], queue: str) -> int:
 def report(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
     """Everything `status` and the console's overview report, as one JSON-ready dict."""
     counted = status_counts(conn)
+    queue, receipts = _read_queue(settings)
+    # Unprocessed: recorded and not done (pending, failed), or accepted and not recorded yet.
+    ages = [age for age in (oldest_unprocessed_age(conn), oldest_unrecorded_age(conn, receipts)) if age is not None]
     return {
         "paused": is_paused(conn),
         "counts": counted.counts,
         # The statuses whose count is an estimate (a ledger of more than EXACT_COUNT_LIMIT rows).
         "estimated": list(counted.estimated),
         "dead": counted.counts["dead"],
-        "oldest_unprocessed_age_seconds": oldest_unprocessed_age(conn),
-        "queue": asdict(queue_depth(settings)),
+        "oldest_unprocessed_age_seconds": max(ages, default=None),
+        "queue": asdict(queue),
     }
