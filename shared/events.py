@@ -39,6 +39,10 @@ class InvalidEvent(Exception):
         self.event_type = event_type
         # The ``data.id`` the body names, when it names one: operators find the event by it.
         self.entity_id = entity_id
+        # The user and organization it names besides (a membership's member and organization, an
+        # invitation's or a domain's organization), when it names them: found by them too.
+        self.user_id: str | None = None
+        self.organization_id: str | None = None
         # True when the body is a JSON object Postgres can hold: it is kept as the payload for operators
         # (otherwise as raw text).
         self.storable = storable
@@ -146,10 +150,8 @@ def parse(body: str | bytes) -> Event | Unsynced:
         head = _head(body)
         if unsynced := _unsynced_type(head):  # recorded without its body: nothing of it is stored
             return Unsynced(unsynced)
-        raise InvalidEvent(
-            "the body holds \\u0000, which Postgres cannot store",
-            event_type=_type_of(head),
-            entity_id=_entity_of(head),
+        raise _naming(
+            InvalidEvent("the body holds \\u0000, which Postgres cannot store", event_type=_type_of(head)), head
         )
     try:
         event = cast(Event, _synced_decoder.decode(body))
@@ -166,7 +168,7 @@ def parse(body: str | bytes) -> Event | Unsynced:
     event_type = _type_of(head)
     if unsynced := _unsynced_type(head):
         return Unsynced(unsynced)
-    raise InvalidEvent(_describe(error), event_type=event_type, storable=head is not None, entity_id=_entity_of(head))
+    raise _naming(InvalidEvent(_describe(error), event_type=event_type, storable=head is not None), head)
 
 
 _TOO_DEEP = "the body nests too deeply"
@@ -210,9 +212,27 @@ def _type_of(head: _Head | None) -> str | None:
     return kind if kind and _PRINTABLE.fullmatch(kind) else None
 
 
-def _entity_of(head: _Head | None) -> str | None:
-    clerk_id = head.data.get("id") if head is not None and isinstance(head.data, dict) else None
-    return clerk_id if isinstance(clerk_id, str) and len(clerk_id) <= 64 and _PRINTABLE.fullmatch(clerk_id) else None
+def _naming(invalid: InvalidEvent, head: _Head | None) -> InvalidEvent:
+    """``invalid`` with the ids its body names, read leniently (the body is not a valid event): its
+    ``data.id``, and the user and organization a membership, invitation or domain names."""
+    data = head.data if head is not None and isinstance(head.data, dict) else {}
+    invalid.entity_id = _clerk_id(data.get("id"))
+    invalid.user_id = _clerk_id(_field(data, "public_user_data", "user_id") or data.get("user_id"), prefix="user_")
+    invalid.organization_id = _clerk_id(
+        _field(data, "organization", "id") or data.get("organization_id"), prefix="org_"
+    )
+    return invalid
+
+
+def _field(data: dict[str, Any], name: str, key: str) -> Any:
+    inner = data.get(name)
+    return inner.get(key) if isinstance(inner, dict) else None
+
+
+def _clerk_id(value: Any, *, prefix: str = "") -> str | None:
+    if not isinstance(value, str) or len(value) > 64 or not value.startswith(prefix):
+        return None
+    return value if _PRINTABLE.fullmatch(value) else None
 
 
 _MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")

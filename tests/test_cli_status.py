@@ -238,3 +238,30 @@ def test_events_reads_envelope_times_in_seconds_or_milliseconds_as_the_worker_do
         ("msg_early", 946_684_800_000),
         ("msg_late", 1_700_000_000_000),
     ]
+
+
+def test_a_dead_event_is_found_by_the_user_and_organization_it_names(session_factory, settings, base_env, tmp_path):
+    # Given events the worker refused as invalid: a membership (a created_at that is not a time)
+    # naming its user and organization, and an invitation with no updated_at naming its organization
+    membership = load_payload("organizationMembership.created")
+    membership["data"]["created_at"] = "yesterday"
+    user_id = membership["data"]["public_user_data"]["user_id"]
+    org_id = membership["data"]["organization"]["id"]
+    invitation = load_payload("organizationInvitation.created")
+    invitation["data"]["organization_id"] = org_id
+    del invitation["data"]["updated_at"]
+    for svix_id, payload in (("msg_bad_membership", membership), ("msg_bad_invitation", invitation)):
+        status = deliver_one(session_factory, Delivery(svix_id, None, json.dumps(payload)), settings=settings)
+        assert status == "dead"
+
+    # When an operator looks for the dead events and the events about the user and the organization
+    def svix_ids(*args: str) -> list[str]:
+        result = run_cli(base_env, *args, "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return sorted(event["svix_id"] for event in json.loads(result.stdout))
+
+    # Then each finds the events that name them, as it would valid ones
+    assert svix_ids("dlq", "list", "--entity", user_id) == ["msg_bad_membership"]
+    assert svix_ids("events", "--entity", user_id) == ["msg_bad_membership"]
+    assert svix_ids("dlq", "list", "--entity", org_id) == ["msg_bad_invitation", "msg_bad_membership"]
+    assert svix_ids("events", "--entity", org_id) == ["msg_bad_invitation", "msg_bad_membership"]

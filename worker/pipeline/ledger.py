@@ -87,6 +87,8 @@ def read(delivery: Delivery) -> Entry:
             payload,
             raw_body,
             entity_id=event.entity_id,
+            user_clerk_id=event.user_id,
+            organization_clerk_id=event.organization_id,
         )
     if isinstance(event, Unsynced):
         reason = f"event type {event.type!r} is not synced"
