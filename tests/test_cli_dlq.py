@@ -354,3 +354,18 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(argv, session_fact
 
     # Then it ends with exit 1 and not a word: no traceback, no "Exception ignored" at exit
     assert (result.returncode, result.stderr) == (1, "")
+
+
+def test_a_bulk_action_over_several_batches_is_one_audit_row(session_factory, base_env, tmp_path):
+    # Given more dead events than one transaction takes
+    count = dead_letters.BATCH * 2 + 5
+    with session_factory.begin() as session:
+        for index in range(count):
+            add_event(session, f"msg_bulk_{index:03}", "dead", event_type="user.updated")
+    # When they are discarded by a filter, a transaction a batch
+    result = run_cli(base_env, "dlq", "discard", "--all", "--type", "user.updated", "--yes", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Then the action is one row naming every event it discarded
+    [row] = audit_rows(session_factory)
+    assert (row.action, row.count, row.filter["type"]) == ("discard", count, "user.updated")
+    assert sorted(row.svix_ids) == [f"msg_bulk_{index:03}" for index in range(count)]

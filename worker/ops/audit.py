@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.models import OperatorAction
@@ -42,18 +42,51 @@ def record(
     svix_ids: Sequence[str] = (),
     count: int = 0,
     selection: dict[str, Any] | None = None,
-) -> None:
+) -> OperatorAction:
     """Add one ``operator_actions`` row to the caller's transaction."""
-    session.add(
-        OperatorAction(
-            operator=actor.name,
-            source=actor.source,
-            action=action,
-            filter=selection,
-            svix_ids=list(svix_ids),
-            count=count,
-        )
+    row = OperatorAction(
+        operator=actor.name,
+        source=actor.source,
+        action=action,
+        filter=selection,
+        svix_ids=list(svix_ids),
+        count=count,
     )
+    session.add(row)
+    return row
+
+
+@dataclass
+class Entry:
+    """The row of one action that runs in several transactions (a bulk replay or discard goes 100
+    events a transaction): its first part inserts the row, the others extend it, so one action is
+    one row, holding what committed."""
+
+    id: int | None = None
+
+
+def record_part(
+    session: Session,
+    entry: Entry,
+    actor: Actor,
+    *,
+    action: str,
+    svix_ids: Sequence[str],
+    selection: dict[str, Any] | None = None,
+) -> None:
+    """``record`` for the first part of ``entry``'s action; the row's ids and count extended after it."""
+    if entry.id is not None:
+        extended = session.execute(
+            update(OperatorAction)
+            .where(OperatorAction.id == entry.id)
+            .values(svix_ids=OperatorAction.svix_ids + list(svix_ids), count=OperatorAction.count + len(svix_ids))
+        )
+        if extended.rowcount == 1:  # type: ignore[attr-defined]
+            return
+    # The first part, or the parts before this one rolled back: a row of its own.
+    row = record(session, actor, action=action, svix_ids=svix_ids, count=len(svix_ids), selection=selection)
+    session.flush()
+    entry.id = row.id
 
 
 def recent(session: Session, *, limit: int = 100, offset: int = 0) -> list[OperatorAction]:

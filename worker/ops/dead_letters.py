@@ -157,6 +157,8 @@ class Instruction:
     skip_not_dead: bool = False
     # Check and report as the real action would (the same refusals), but change, enqueue and audit nothing.
     dry_run: bool = False
+    # The action's one audit row, however many transactions its batches take.
+    audit_entry: audit.Entry = field(default_factory=audit.Entry)
 
 
 @dataclass
@@ -180,12 +182,12 @@ def _finish(
     result = Result(done=done, skipped=[svix_id for svix_id in dict.fromkeys(svix_ids) if svix_id not in acted])
     if done and not instruction.dry_run:
         selection = instruction.selection
-        audit.record(
+        audit.record_part(
             session,
+            instruction.audit_entry,
             instruction.actor,
             action=action,
             svix_ids=done,
-            count=len(done),
             selection=None if selection is None else selection.as_dict(),
         )
     return result
