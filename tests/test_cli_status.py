@@ -219,6 +219,26 @@ def test_events_lists_the_timeline_of_a_user_with_memberships(session_factory, s
     assert (nobody.returncode, nobody.stdout.strip()) == (0, "no events about user_nobody")
 
 
+def test_a_memberships_timeline_holds_the_delete_of_its_organization_that_ended_it(
+    session_factory, settings, base_env, tmp_path
+):
+    # Given a membership, then its organization deleted (which deactivates it), and another user's delete
+    membership = load_payload("organizationMembership.created")
+    deleted = load_payload("organization.deleted")
+    deleted["data"]["id"] = membership["data"]["organization"]["id"]
+    other = load_payload("user.deleted")
+    other["data"]["id"] = "user_someone_else"
+    for svix_id, payload in (("msg_m_created", membership), ("msg_m_org_gone", deleted), ("msg_m_other", other)):
+        deliver_one(session_factory, Delivery(svix_id, None, json.dumps(payload)), settings=settings)
+
+    # When the membership's timeline is asked for
+    result = run_cli(base_env, "events", "--entity", membership["data"]["id"], "--json", cwd=tmp_path)
+
+    # Then it holds the organization's delete too, and nothing about anyone else
+    assert result.returncode == 0, result.stderr
+    assert [event["svix_id"] for event in json.loads(result.stdout)] == ["msg_m_created", "msg_m_org_gone"]
+
+
 def test_events_reads_envelope_times_in_seconds_or_milliseconds_as_the_worker_does(
     session_factory, settings, base_env, tmp_path
 ):
