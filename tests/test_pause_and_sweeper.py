@@ -26,6 +26,9 @@ def test_pause_holds_events_and_resume_applies_them_in_arrival_order(processes, 
     paused = run_cli(base_env, "pause", cwd=tmp_path)
     assert paused.returncode == 0, paused.stderr
     assert "paused" in paused.stdout
+    # (pausing again changes nothing, and is no change for the audit table)
+    again = run_cli(base_env, "pause", cwd=tmp_path)
+    assert (again.returncode, again.stdout.splitlines()[0]) == (0, "already paused"), again.stderr
 
     # When four events arrive while paused
     names = ["user.created", "organization.created", "user.updated", "organizationMembership.created"]

@@ -17,10 +17,11 @@ from worker.recovery import sweeper
 
 
 def pause(session: Session, *, actor: Actor) -> bool:
-    """Set the paused flag; returns whether it was already set."""
+    """Set the paused flag; returns whether it was already set (then nothing changed: no audit row)."""
     was_paused = ledger.is_paused(session)
-    ledger.set_paused(session, True)
-    audit.record(session, actor, action="pause")
+    if not was_paused:
+        ledger.set_paused(session, True)
+        audit.record(session, actor, action="pause")
     return was_paused
 
 
