@@ -93,6 +93,7 @@ def test_dead_events_are_listed_shown_replayed_and_discarded(
         return [event["svix_id"] for event in json.loads(result.stdout)]
 
     assert listed_ids("--type", "user.created") == ["msg_dlq_poison", "msg_dlq_blocked"]
+    assert listed_ids("--type", " user.created ") == ["msg_dlq_poison", "msg_dlq_blocked"]  # as the console reads it
     assert listed_ids("--error", "raiseexception") == ["msg_dlq_blocked"]
     assert listed_ids("--entity", user_id) == ["msg_dlq_blocked"]
     assert len(listed_ids("--since", "1h")) == 3

@@ -113,7 +113,9 @@ def filters_from(args: argparse.Namespace) -> DeadFilter:
             since = inputs.parse_since(args.since)
         except ValueError as exc:
             raise CliError(printable(exc), exit_code=2) from None
-    return DeadFilter(event_type=args.event_type, since=since, error=args.error, entity=args.entity, limit=args.limit)
+    # Text filters read as the console reads its fields: surrounding blanks are not part of them.
+    event_type, error = ((text or "").strip() or None for text in (args.event_type, args.error))
+    return DeadFilter(event_type=event_type, since=since, error=error, entity=args.entity, limit=args.limit)
 
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
