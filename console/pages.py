@@ -8,11 +8,13 @@ from typing import Any
 
 from flask import Flask, render_template, request, session
 from flask_wtf.csrf import CSRFError
+from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from console.state import state
 from shared.models import WebhookEvent
+from shared.terminal import bidi_visible
 from worker.ops import audit, status
 
 AUDIT_PAGE_SIZE = 100
@@ -27,6 +29,8 @@ SHOWN_COLUMNS = frozenset(
 
 
 def install(app: Flask) -> None:
+    # Every value a page shows: a bidirectional override in an event's data cannot reorder the page.
+    app.jinja_env.finalize = _shown_as_it_is
     app.context_processor(_banner)
     app.add_template_filter(_when, "when")
     app.add_template_filter(_clerk_time, "clerk_time")
@@ -78,6 +82,11 @@ def _duration(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def _shown_as_it_is(value: Any) -> Any:
+    """Text (not markup the templates built) with its bidirectional controls as visible escapes."""
+    return bidi_visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def _show(value: Any) -> str:

@@ -1,8 +1,8 @@
-"""Text for an operator's terminal: what data or a driver says, escaped onto one line.
+"""Text for an operator's eyes: what data or a driver says, escaped so it shows what it holds.
 
 The CLI prints values read from events (svix-ids, types, errors) and the release step prints a
 driver's error: neither may drive the terminal (escape sequences, bidirectional overrides) nor
-spill over lines.
+spill over lines. The console shows payloads: their lines stay, their bidirectional overrides do not.
 """
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ def _escape(char: str) -> str:
         code = ord(char)
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
     return char
+
+
+def bidi_visible(text: str) -> str:
+    """``text`` with its bidirectional controls shown as ``\\u202e`` escapes and all else as is: a
+    name holding a right-to-left override would otherwise show a payload's line (or a cell) reordered.
+    In JSON text the escape means the same character, so a payload shown so still reads true."""
+    if not _BIDI_CONTROLS.intersection(text):
+        return text
+    return "".join(f"\\u{ord(char):04x}" if char in _BIDI_CONTROLS else char for char in text)
 
 
 def driver_reason(exc: BaseException) -> str:

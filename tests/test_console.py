@@ -312,3 +312,23 @@ def test_the_limit_filter_lists_and_acts_on_the_oldest_n_as_the_cli_does(process
     for limit in ("0", "abc", "100001", "-1", "1e3"):
         response = http.get(f"{console.url}/dead?limit={limit}", timeout=10)
         assert response.status_code == 400 and "limit must be from 1 to 100000" in response.text, limit
+
+
+def test_a_right_to_left_override_in_an_events_data_is_shown_not_obeyed(processes, session_factory):
+    # Given dead events whose data holds a right-to-left override: in a payload, and in a body kept as text
+    override = "\u202e"
+    payload = {"type": "user.created", "data": {"id": "user_a", "first_name": f"Eve{override}gnp.exe"}}
+    with session_factory.begin() as session:
+        add_event(session, "msg_rlo_json", "dead", payload=payload)
+        add_event(session, "msg_rlo_text", "dead", payload=None, raw_body=f"not json {override}olleh")
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    for svix_id, shown in (("msg_rlo_json", "Eve\\u202egnp.exe"), ("msg_rlo_text", "not json \\u202eolleh")):
+        # When the operator opens the event's page
+        page = http.get(f"{console.url}/events/{svix_id}", timeout=10)
+        # Then the override is shown as its escape, and nothing of the page is reordered by it
+        assert page.status_code == 200
+        assert override not in page.text
+        assert shown in page.text
