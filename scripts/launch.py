@@ -41,9 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from shared.parent_death import term_on_parent_death
+from shared.terminal import without_password
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -155,14 +155,6 @@ def answers(host: str, port: int, hello: bytes, replies: tuple[bytes, ...]) -> b
     return reply in replies
 
 
-def hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @dataclass(frozen=True)
 class Server:
     """One server the run command needs: its variable, where to probe for it, and what to embed instead."""
@@ -195,7 +187,7 @@ REDIS = Server(
 def choose(server: Server, env: Mapping[str, str], data_dir: Path) -> Choice:
     """The URL the environment names, else the server answering on the default port, else an embedded one."""
     if url := env.get(server.variable):
-        return Choice("explicit", url, f"{server.label} {hide_password(url)} ({server.variable})")
+        return Choice("explicit", url, f"{server.label} {without_password(url)} ({server.variable})")
     host, port = probe_target(env, server.probe, server.default)
     if answers(host, port, server.hello, server.replies):
         url = server.local_url.format(host=host, port=port)

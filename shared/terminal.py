@@ -7,6 +7,7 @@ spill over lines. The console shows payloads: their lines stay, their bidirectio
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Bidirectional overrides and isolates reorder what a terminal shows (a "Trojan Source" trick).
@@ -46,3 +47,12 @@ def driver_reason(exc: BaseException) -> str:
     and hidden parameters after it; libpq names host and port, never the password)."""
     original = getattr(exc, "orig", None) or exc
     return printable((str(original).strip().splitlines() or [type(original).__name__])[0])
+
+
+# The password of a URL's user info, `//user:PASSWORD@host` (up to the last @ before the path).
+_URL_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
+
+
+def without_password(url: str) -> str:
+    """``url`` as it may be printed: a password in it replaced by ``***`` (also in a URL urlsplit refuses)."""
+    return _URL_PASSWORD.sub(r"\1***@", url, count=1)

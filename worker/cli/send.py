@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from shared.terminal import without_password
 from worker.cli.common import CliError, one_line
 
 if TYPE_CHECKING:
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000/webhooks/clerk"
 # How much of the ingress's answer a result or an error quotes (an error page can be long HTML).
 ANSWER_WIDTH = 160
-# The password of a URL's user info, `//user:PASSWORD@host` (up to the last @ before the path).
-_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -77,15 +75,10 @@ def webhook_url(url: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as exc:
-        raise CliError(f"--url {shown(url)!r} is not a valid URL ({exc})", exit_code=2) from None
+        raise CliError(f"--url {without_password(url)!r} is not a valid URL ({exc})", exit_code=2) from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(f"--url {shown(url)!r} is not an http(s) URL", exit_code=2)
+        raise CliError(f"--url {without_password(url)!r} is not an http(s) URL", exit_code=2)
     return url.rstrip("/") + "/webhooks/clerk" if parts.path in ("", "/") else url
-
-
-def shown(url: str) -> str:
-    """``url`` as it may be printed: a password in it is replaced by ``***`` (also in a URL urlsplit refuses)."""
-    return _PASSWORD.sub(r"\1***@", url, count=1)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,4 +118,4 @@ def _post(url: str, svix_id: str, body: str, secret: str) -> Response:
     try:
         return requests.post(url, data=body.encode(), headers=headers, timeout=10)
     except requests.RequestException as exc:
-        raise CliError(f"cannot post to {shown(url)}: {type(exc).__name__}") from None
+        raise CliError(f"cannot post to {without_password(url)}: {type(exc).__name__}") from None
