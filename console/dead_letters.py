@@ -51,17 +51,10 @@ def read_filters(fields: MultiDict[str, str]) -> DeadFilter:
     try:
         since = inputs.parse_since(values["since"]) if values["since"] else None
         entity = inputs.check_entity_id(values["entity"]) if values["entity"] else None
-        limit = _limit(values["limit"]) if values["limit"] else None
+        limit = inputs.parse_limit(values["limit"]) if values["limit"] else None
     except ValueError as exc:
         raise BadFilter(str(exc).removeprefix("--")) from None
     return DeadFilter(event_type=values["type"], since=since, error=values["error"], entity=entity, limit=limit)
-
-
-def _limit(text: str) -> int:
-    """The CLI's ``--limit``: the oldest N that match, 1 to ``inputs.MAX_LIMIT``."""
-    if not text.isdigit() or len(text) > 9:
-        raise ValueError(f"--limit must be from 1 to {inputs.MAX_LIMIT}, got {text!r}")
-    return inputs.check_limit(int(text))
 
 
 def filter_args(fields: MultiDict[str, str]) -> dict[str, str]:

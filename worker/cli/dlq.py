@@ -81,13 +81,9 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 def limit(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {printable(text)!r}") from None
-    try:
-        return inputs.check_limit(value)
+        return inputs.parse_limit(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--limit ")) from None
+        raise argparse.ArgumentTypeError(printable(str(exc).removeprefix("--limit "))) from None
 
 
 def entity_id(text: str) -> str:

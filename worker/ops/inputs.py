@@ -47,6 +47,14 @@ def parse_since(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     return moment
 
 
+def parse_limit(text: str) -> int:
+    """``--limit`` as typed (the CLI's argument, the console's field): a whole number, 1 to ``MAX_LIMIT``."""
+    text = text.strip()
+    if not text.isdigit() or len(text) > len(str(MAX_LIMIT)):
+        raise ValueError(f"--limit must be from 1 to {MAX_LIMIT}, got {text!r}")
+    return check_limit(int(text))
+
+
 def check_limit(value: int) -> int:
     """A limit an operator can mean: 1 to ``MAX_LIMIT``."""
     if not 1 <= value <= MAX_LIMIT:
