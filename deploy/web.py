@@ -251,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings_or_exit(Settings.require_webhook_secrets)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    # Before granian's workers import prometheus_client: each writes its samples there, and
-    # GET /metrics sums them. Unset, a private directory is made and removed at exit.
     if port_in_use(settings.host, settings.port):
         log.error("port_in_use", host=settings.host, port=settings.port)
         return 1
+    # Before granian's workers import prometheus_client: each writes its samples there, and
+    # GET /metrics sums them. Unset, a private directory is made and removed at exit.
     metrics.ensure_multiproc_dir()
     supervisor = Supervisor(settings, app=args.app)
     for signum in (signal.SIGTERM, signal.SIGINT):
