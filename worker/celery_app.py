@@ -163,10 +163,24 @@ def _quiet_shutdown_handlers(instance: Any) -> None:
     instance.install_platform_tweaks = install_quietly
 
 
+# The worker's main process, known before the pool forks (``_remember_main_process``).
+_main_pid: dict[str, int] = {}
+
+
+@signals.worker_init.connect
+def _remember_main_process(**_: Any) -> None:
+    _main_pid["pid"] = os.getpid()
+
+
 @signals.worker_shutting_down.connect
 def _log_shutdown(sig: str, how: str, exitcode: int, **_: Any) -> None:
-    """What Celery would have printed on stdout (``_quiet_shutdown_handlers``), as a log line."""
-    structlog.get_logger("clerk_sync.worker").info("worker_shutting_down", how=how.lower(), signal=sig)
+    """What Celery would have printed on stdout (``_quiet_shutdown_handlers``), as a log line.
+
+    Said by the main process only: a pool process forked a moment before a SIGTERM to the whole
+    group (as honcho and systemd send) runs Celery's handler too, still named MainProcess.
+    """
+    if _main_pid.get("pid", os.getpid()) == os.getpid():
+        structlog.get_logger("clerk_sync.worker").info("worker_shutting_down", how=how.lower(), signal=sig)
 
 
 @signals.worker_init.connect
