@@ -233,6 +233,15 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     assert len(restored) == 1 and '"count": 4' in restored[0], worker.log()[-3000:]
 
 
+def _waiting_on_a_lock(database_url: str) -> bool:
+    """Whether a backend waits for a lock (the worker's batch, blocked by the test's lock on users)."""
+    with psycopg.connect(database_url, autocommit=True) as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
     processes, session_factory, redis_client, database_url
 ):
@@ -268,7 +277,7 @@ def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
         if kill < 2:
             with psycopg.connect(database_url) as locker:
                 locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-                wait_for(lambda: redis_client.hlen("unacked") >= 1, timeout=30, what="a batch held by the worker")
+                wait_for(lambda: _waiting_on_a_lock(database_url), timeout=30, what="a batch held by the worker")
                 held_at_kill.append(redis_client.hlen("unacked"))
                 worker.kill()
                 worker.popen.wait(timeout=30)
