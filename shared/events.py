@@ -110,7 +110,7 @@ def _event_struct(event_type: str, data_type: type[Struct]) -> type[_Envelope]:
 
 EVENT_TYPES: dict[str, type[_Envelope]] = {}
 for _type, _resource in BY_EVENT_TYPE.items():
-    _data = _resource.deleted_type if _type == _resource.delete_type else None
+    _data = _resource.clerk.deleted_type if _type == _resource.delete_type else None
     EVENT_TYPES[_type] = _event_struct(_type, _data or _resource.data_type)
 
 Event = _Envelope  # every synced event is one of EVENT_TYPES' structs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, get_type_hints
 
 from msgspec import Struct
 
@@ -44,32 +44,48 @@ CLERK_DATA = "clerk_data"
 PRIVATE_METADATA = "private_metadata"
 
 
+@dataclass(frozen=True)
+class ClerkSide:
+    """How Clerk names and serves one kind of object: its webhooks' types, what a delete carries,
+    and where the Backend API lists it (what backfill and reconcile read)."""
+
+    # What the event types start with: "<stem>.created", "<stem>.updated", "<stem>.deleted".
+    stem: str
+    # What "<stem>.deleted" carries; None when Clerk never deletes the object (an invitation ends
+    # accepted or revoked).
+    deleted_type: type[Struct] | None
+    # The events that carry the whole object (after the stem): Clerk's convention, unless the
+    # resource has events of its own (an invitation is accepted or revoked).
+    upsert_actions: tuple[str, ...] = ("created", "updated")
+    # The instance-wide list; None when Clerk lists the resource only per organization.
+    list_path: str | None = None
+    # Whether Clerk gets one object by id at ``list_path`` + "/{id}" (``object_path``), to confirm
+    # one is gone.
+    gets_by_id: bool = False
+    # One organization's objects ("{organization_id}" filled in): where the resource is listed per
+    # organization, or where its instance-wide list is missing.
+    per_organization_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gets_by_id and self.list_path is None:
+            raise ValueError(f"{self.stem}: gets_by_id needs a list_path")
+
+    @property
+    def object_path(self) -> str | None:
+        """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
+        return f"{self.list_path}/{{id}}" if self.gets_by_id else None
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per resource
 class Resource:
     """One kind of Clerk object and its table."""
 
     name: str  # as the CLI spells it: --users, backfill "users"
     model: type[SyncedMixin]
-    # What Clerk's event types start with: "<event_stem>.created", "<event_stem>.deleted", ...
-    event_stem: str
-    # The instance-wide list; None when Clerk lists the resource only per organization.
-    api_list_path: str | None
-    # The object as webhooks and the Backend API carry it, and what its delete event carries.
-    data_type: type[Struct]
-    deleted_type: type[Struct] | None
-    # Builds the columns Clerk owns (``row_columns``) from the object.
+    # Builds the columns Clerk owns (``row_columns``) from the object. The struct it takes is the
+    # object as webhooks and the Backend API carry it (``data_type``).
     row: Callable[[Any], dict[str, Any]]
-    # The events that carry the object (after the stem): Clerk's convention, unless the resource
-    # has events of its own (an invitation is accepted or revoked).
-    upsert_actions: tuple[str, ...] = ("created", "updated")
-    # None when Clerk never deletes the object (an invitation ends accepted or revoked).
-    delete_action: str | None = "deleted"
-    # Whether Clerk gets one object by id at its list path + "/{id}" (``api_object_path``), to
-    # confirm one is gone.
-    api_gets_by_id: bool = False
-    # The list of one organization's objects ("{organization_id}" filled in): where a resource is
-    # listed per organization, or where its instance-wide list is missing.
-    api_per_organization_path: str | None = None
+    clerk: ClerkSide
     # For a child: parent resource name -> the column holding the parent's clerk_id. A parent's
     # delete makes its children inactive, whenever they arrive.
     parent_columns: Mapping[str, str] = field(default_factory=dict)
@@ -88,15 +104,17 @@ class Resource:
     # removed from clerk_data with the object's own unless SYNC_PRIVATE_METADATA is on. Each must be
     # validated as an object (or null) by ``data_type``.
     nested_private: tuple[str, ...] = ()
+    # The object's struct: the one ``row`` takes (read from its annotation).
+    data_type: type[Struct] = field(init=False)
     # What its ids start with ("user_"), read from ``data_type``'s id (shared.clerk_objects says it).
     id_prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "data_type", _struct_taken_by(self.row))
         object.__setattr__(self, "id_prefix", id_prefix_of(self.data_type))
-        if self.deleted_type is not None and id_prefix_of(self.deleted_type) != self.id_prefix:
+        deleted_type = self.clerk.deleted_type
+        if deleted_type is not None and id_prefix_of(deleted_type) != self.id_prefix:
             raise ValueError(f"{self.name}: deleted_type's ids are not {self.id_prefix}...")
-        if self.api_gets_by_id and self.api_list_path is None:
-            raise ValueError(f"{self.name}: api_gets_by_id needs api_list_path")
         unknown = set(self.kept_on_scrub or ()) - set(self.columns)
         if unknown:
             raise ValueError(f"{self.name}: kept_on_scrub names no column: {sorted(unknown)}")
@@ -107,21 +125,16 @@ class Resource:
 
     @property
     def upsert_types(self) -> tuple[str, ...]:
-        return tuple(f"{self.event_stem}.{action}" for action in self.upsert_actions)
+        return tuple(f"{self.clerk.stem}.{action}" for action in self.clerk.upsert_actions)
 
     @property
     def delete_type(self) -> str | None:
-        return None if self.delete_action is None else f"{self.event_stem}.{self.delete_action}"
+        return None if self.clerk.deleted_type is None else f"{self.clerk.stem}.deleted"
 
     @property
     def event_types(self) -> tuple[str, ...]:
         delete_type = self.delete_type
         return self.upsert_types if delete_type is None else (*self.upsert_types, delete_type)
-
-    @property
-    def api_object_path(self) -> str | None:
-        """One object by id ("{id}" filled in); None when Clerk has no such endpoint."""
-        return f"{self.api_list_path}/{{id}}" if self.api_gets_by_id else None
 
     @property
     def row_columns(self) -> tuple[str, ...]:
@@ -162,6 +175,16 @@ class Resource:
     def user_in(self, values: Mapping[str, Any]) -> str | None:
         """The user a row built by ``row`` belongs to (``user_column``), when it names one."""
         return None if self.user_column is None else values.get(self.user_column)
+
+
+def _struct_taken_by(row: Callable[[Any], dict[str, Any]]) -> type[Struct]:
+    """The struct a row builder is written for: its one parameter's annotation."""
+    hints = get_type_hints(row)
+    hints.pop("return", None)
+    taken = list(hints.values())
+    if len(taken) != 1 or not (isinstance(taken[0], type) and issubclass(taken[0], Struct)):
+        raise TypeError(f"{getattr(row, '__name__', row)} must take one annotated Clerk object (a msgspec Struct)")
+    return cast(type[Struct], taken[0])
 
 
 def _metadata(value: dict[str, Any] | None) -> dict[str, Any]:
@@ -240,13 +263,9 @@ def _domain_row(data: DomainData) -> dict[str, Any]:
 USERS = Resource(
     name="users",
     model=User,
-    # A user signs up or is created by an admin, the API or an import; then any profile change.
-    event_stem="user",
-    api_list_path="/v1/users",
-    api_gets_by_id=True,
-    data_type=UserData,
-    deleted_type=DeletedUser,
     row=_user_row,
+    # A user signs up or is created by an admin, the API or an import; then any profile change.
+    clerk=ClerkSide("user", deleted_type=DeletedUser, list_path="/v1/users", gets_by_id=True),
     # What tells nobody who the user was: the account's state and the application's public metadata.
     kept_on_scrub=("public_metadata", "banned", "locked", "last_sign_in_at", "last_active_at"),
     # Clerk refreshes it as the user comes and goes, without a user.updated.
@@ -255,27 +274,24 @@ USERS = Resource(
 ORGANIZATIONS = Resource(
     name="organizations",
     model=Organization,
-    event_stem="organization",
-    api_list_path="/v1/organizations",
-    api_gets_by_id=True,
-    data_type=OrganizationData,
-    deleted_type=DeletedOrganization,
     row=_organization_row,
+    clerk=ClerkSide("organization", deleted_type=DeletedOrganization, list_path="/v1/organizations", gets_by_id=True),
     # Members joining and leaving change it without an organization.updated.
     volatile_columns=("members_count",),
 )
 MEMBERSHIPS = Resource(
     name="memberships",
     model=OrganizationMembership,
+    row=_membership_row,
     # created: a user joins (invitation accepted, added by an admin, or created the organization);
     # updated: a role changes; deleted: the member left or was removed (the event carries the whole
     # membership).
-    event_stem="organizationMembership",
-    api_list_path="/v1/organization_memberships",
-    api_per_organization_path="/v1/organizations/{organization_id}/memberships",
-    data_type=MembershipData,
-    deleted_type=DeletedMembership,
-    row=_membership_row,
+    clerk=ClerkSide(
+        "organizationMembership",
+        deleted_type=DeletedMembership,
+        list_path="/v1/organization_memberships",
+        per_organization_path="/v1/organizations/{organization_id}/memberships",
+    ),
     parent_columns={"users": "user_clerk_id", "organizations": "organization_clerk_id"},
     # Only clerk_data is personal: it holds the member's public_user_data (names, image, identifier).
     kept_on_scrub=(
@@ -293,16 +309,15 @@ MEMBERSHIPS = Resource(
 INVITATIONS = Resource(
     name="invitations",
     model=OrganizationInvitation,
+    row=_invitation_row,
     # An admin invites an address; the invitee accepts; an admin revokes a pending one. Each event
     # carries the whole invitation, and its status; none deletes it.
-    event_stem="organizationInvitation",
-    upsert_actions=("created", "accepted", "revoked"),
-    delete_action=None,
-    api_list_path=None,
-    api_per_organization_path="/v1/organizations/{organization_id}/invitations",
-    data_type=InvitationData,
-    deleted_type=None,
-    row=_invitation_row,
+    clerk=ClerkSide(
+        "organizationInvitation",
+        deleted_type=None,
+        upsert_actions=("created", "accepted", "revoked"),
+        per_organization_path="/v1/organizations/{organization_id}/invitations",
+    ),
     # The organization's delete makes its invitations inactive (deleted_at), whenever they arrive.
     parent_columns={"organizations": "organization_clerk_id"},
     # The address and the payload are personal.
@@ -312,14 +327,14 @@ INVITATIONS = Resource(
 DOMAINS = Resource(
     name="domains",
     model=OrganizationDomain,
+    row=_domain_row,
     # An admin adds a domain; its enrollment mode or verification changes; it is removed (the delete
     # carries only its id).
-    event_stem="organizationDomain",
-    api_list_path=None,
-    api_per_organization_path="/v1/organizations/{organization_id}/domains",
-    data_type=DomainData,
-    deleted_type=DeletedDomain,
-    row=_domain_row,
+    clerk=ClerkSide(
+        "organizationDomain",
+        deleted_type=DeletedDomain,
+        per_organization_path="/v1/organizations/{organization_id}/domains",
+    ),
     parent_columns={"organizations": "organization_clerk_id"},
 )
 

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from shared.clerk_objects import DomainData, InvitationData, MembershipData, OrganizationData, UserData
 from shared.events import SYNCED_TYPES, Unsynced, parse
 from shared.resources import CLERK_DATA, INVITATIONS, MEMBERSHIPS, ORGANIZATIONS, RESOURCES, USERS, Resource
 from tests.support.signing import PAYLOADS
@@ -13,7 +14,7 @@ from tests.support.signing import PAYLOADS
 
 def test_event_types_ids_and_api_paths_follow_clerks_conventions():
     derived = {
-        r.name: (r.id_prefix, r.upsert_types, r.delete_type, r.api_object_path, r.columns[-1]) for r in RESOURCES
+        r.name: (r.id_prefix, r.upsert_types, r.delete_type, r.clerk.object_path, r.columns[-1]) for r in RESOURCES
     }
     assert derived == {
         "users": ("user_", ("user.created", "user.updated"), "user.deleted", "/v1/users/{id}", CLERK_DATA),
@@ -117,8 +118,7 @@ def test_clerks_columns_are_the_models_but_the_syncs_bookkeeping_and_the_applica
     ("change", "reason"),
     [
         ({"kept_on_scrub": ("email", "nickname")}, "users: kept_on_scrub names no column: ['nickname']"),
-        ({"api_list_path": None}, "users: api_gets_by_id needs api_list_path"),
-        ({"data_type": MEMBERSHIPS.data_type}, "users: deleted_type's ids are not orgmem_..."),
+        ({"row": MEMBERSHIPS.row}, "users: deleted_type's ids are not orgmem_..."),
     ],
 )
 def test_an_entry_that_contradicts_itself_is_refused(change, reason):
@@ -127,9 +127,32 @@ def test_an_entry_that_contradicts_itself_is_refused(change, reason):
     assert str(info.value) == reason
 
 
+def test_clerks_side_that_contradicts_itself_is_refused():
+    with pytest.raises(ValueError) as info:
+        dataclasses.replace(USERS.clerk, list_path=None)
+    assert str(info.value) == "user: gets_by_id needs a list_path"
+
+
 def test_each_row_builds_exactly_the_resources_row_columns():
     for event_type in sorted(SYNCED_TYPES):
         event = parse((PAYLOADS / f"{event_type}.json").read_text())
         assert not isinstance(event, Unsynced)
         if event.type in event.resource.upsert_types:
             assert set(event.resource.row(event.data)) == set(event.resource.row_columns), event_type
+
+
+def test_the_object_type_is_the_one_the_row_builder_takes():
+    assert {r.name: r.data_type for r in RESOURCES} == {
+        "users": UserData,
+        "organizations": OrganizationData,
+        "memberships": MembershipData,
+        "invitations": InvitationData,
+        "domains": DomainData,
+    }
+
+    def untyped(data):
+        return {}
+
+    with pytest.raises(TypeError) as info:
+        dataclasses.replace(USERS, row=untyped)
+    assert str(info.value) == "untyped must take one annotated Clerk object (a msgspec Struct)"

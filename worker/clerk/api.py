@@ -177,11 +177,11 @@ class ClerkClient:
 
     def list_all(self, resource: Resource, *, limit: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
         """Every object of ``resource``; per organization when Clerk has no instance-wide list of it."""
-        if resource.api_list_path is not None and resource.api_per_organization_path is None:
-            return self.list_path(resource.api_list_path, limit=limit)
-        if resource.api_list_path is not None:
+        if resource.clerk.list_path is not None and resource.clerk.per_organization_path is None:
+            return self.list_path(resource.clerk.list_path, limit=limit)
+        if resource.clerk.list_path is not None:
             try:
-                return self.list_path(resource.api_list_path, limit=limit)
+                return self.list_path(resource.clerk.list_path, limit=limit)
             except ClerkNotFound:
                 pass
         organizations = self.list_all(ORGANIZATIONS, limit=limit)
@@ -194,13 +194,13 @@ class ClerkClient:
 
     def list_of_organization(self, resource: Resource, organization_id: str, *, limit: int) -> list[dict[str, Any]]:
         """One organization's objects of ``resource`` (its memberships, say)."""
-        assert resource.api_per_organization_path is not None
-        return self.list_path(resource.api_per_organization_path.format(organization_id=organization_id), limit=limit)
+        assert resource.clerk.per_organization_path is not None
+        return self.list_path(resource.clerk.per_organization_path.format(organization_id=organization_id), limit=limit)
 
     def get_object(self, resource: Resource, clerk_id: str) -> dict[str, Any] | None:
         """One object, or None when Clerk has no such object (404)."""
-        assert resource.api_object_path is not None
-        path = resource.api_object_path.format(id=clerk_id)
+        assert resource.clerk.object_path is not None
+        path = resource.clerk.object_path.format(id=clerk_id)
         try:
             body = self.get(path)
         except ClerkNotFound:

@@ -174,7 +174,7 @@ def backfill_resource(
     result = ResourceResult(resource=resource, resumed_from=offset, offset=offset)
     log.info("backfill_started", resource=resource, offset=offset)
     kind = BY_NAME[resource]
-    if kind.api_list_path is None:  # listed per organization only (invitations, domains)
+    if kind.clerk.list_path is None:  # listed per organization only (invitations, domains)
         mode = PER_ORGANIZATION
     if mode != PER_ORGANIZATION:
         try:
@@ -182,7 +182,7 @@ def backfill_resource(
             _apply_pages(factory, result, pages, mode=None, settings=settings, page_size=page_size, on_page=on_page)
             return result
         except ClerkNotFound:
-            if kind.api_per_organization_path is None:
+            if kind.clerk.per_organization_path is None:
                 raise
             # No instance-wide list: walk the organizations instead.
             # Its offsets count organizations, so start over (re-applying is harmless).
@@ -195,7 +195,7 @@ def backfill_resource(
 
 def _list_pages(client: ClerkClient, result: ResourceResult, *, page_size: int) -> Iterator[_Page]:
     """The resource's instance-wide list, from the saved offset."""
-    path = BY_NAME[result.resource].api_list_path
+    path = BY_NAME[result.resource].clerk.list_path
     assert path is not None
     for offset, page in client.iter_pages(path, limit=page_size, offset=result.offset):
         if page.total_count is not None:
@@ -207,7 +207,7 @@ def _per_organization_pages(client: ClerkClient, result: ResourceResult, *, page
     """Organization by organization (invitations and domains; memberships when the instance-wide list
     is missing); the offset counts organizations."""
     kind = BY_NAME[result.resource]
-    organizations = ORGANIZATIONS.api_list_path
+    organizations = ORGANIZATIONS.clerk.list_path
     assert organizations is not None
     for offset, page in client.iter_pages(organizations, limit=page_size, offset=result.offset):
         items = [

@@ -208,7 +208,7 @@ def _confirm_vanished(
 ) -> dict[str, dict[str, Any] | None]:
     """Each vanished id mapped to Clerk's object if a direct look still finds it, else None."""
     kind = BY_NAME[drift.resource]
-    if kind.api_object_path is not None:
+    if kind.clerk.object_path is not None:
         return {clerk_id: client.get_object(kind, clerk_id) for clerk_id in drift.vanished}
     # Listed per organization: look again at each organization that still exists.
     found: dict[str, dict[str, Any] | None] = dict.fromkeys(drift.vanished)
