@@ -161,6 +161,12 @@ def _redis_url(name: str, raw: str) -> str:
         choices = allowed[key]
         if choices is not None and value not in choices:
             raise ConfigError(f"{name}: {key} must be one of {', '.join(choices)}")
+    if parts.scheme == "rediss" and "ssl_cert_reqs" not in params:
+        # Without it kombu (the worker) skips the certificate check while redis-py (the rest) requires one.
+        raise ConfigError(
+            f"{name}: a rediss:// URL must say ssl_cert_reqs: required (or none, for a provider's self-signed"
+            " certificate)"
+        )
     return raw
 
 
@@ -315,8 +321,8 @@ VARIABLES: tuple[Variable, ...] = (
              _database_url, "Postgres URL (postgresql://, postgres:// or postgresql+psycopg://); query parameters"
              " are libpq's, sslmode one of disable, allow, prefer, require, verify-ca, verify-full."),
     Variable("REDIS_URL", "redis_url", "redis://localhost:6379/0", _redis_url,
-             "Redis URL: the Celery broker. redis://host:port/db (rediss:// for TLS, with its ssl_cert_reqs,"
-             " ssl_check_hostname, ssl_ca_certs, ssl_certfile, ssl_keyfile parameters only) or"
+             "Redis URL: the Celery broker. redis://host:port/db (rediss:// for TLS, with ssl_cert_reqs, required"
+             " or none, and optionally ssl_check_hostname, ssl_ca_certs, ssl_certfile, ssl_keyfile) or"
              " redis+socket:///path/to/socket (database 0)."),
     Variable("CLERK_SECRET_KEY", "clerk_secret_key", None, _clerk_key,
              "Clerk Backend API key (sk_...), for backfill, reconcile and ensure_user only."),

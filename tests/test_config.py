@@ -344,6 +344,8 @@ def test_a_clerk_instance_id_not_of_clerks_form_is_refused(value):
         "rediss://127.0.0.1:6380/0?ssl_cert_reqs=bogus",
         "rediss://127.0.0.1:6380/0?ssl_check_hostname=yes",
         "rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_cert_reqs=required",
+        "rediss://127.0.0.1:6380/0",  # kombu would skip the certificate check, redis-py require it
+        "rediss://127.0.0.1:6380/0?ssl_ca_certs=/etc/ssl/ca.pem",
         "redis+socket:///run/redis.sock?virtual_host=2",
         "redis+socket://",
     ],
@@ -362,6 +364,7 @@ def test_a_redis_url_its_readers_would_read_apart_is_refused(url):
         "redis://[::1]:6379/1",
         "redis://clerk_redis:6379/0",
         "rediss://default:pw@redis.example.com:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ssl/ca.pem",
+        "rediss://:pw@ec2-1-2-3-4.compute-1.amazonaws.com:6380?ssl_cert_reqs=none",  # a self-signed provider
         "redis+socket:///var/lib/clerk-sync/redis/redis.sock",
     ],
 )
