@@ -7,6 +7,7 @@ racing each other run the migrations once.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import structlog
@@ -47,7 +48,7 @@ def run_migrations_online() -> None:
     connectable = context.config.attributes.get("connection") or make_engine(settings, pool_size=1)
     if hasattr(connectable, "connect"):
         with _connect(connectable) as connection:
-            _migrate(connection)
+            _migrate_or_say_why(connection)
     else:
         _migrate(connectable)
 
@@ -61,6 +62,22 @@ def _connect(engine: Engine) -> Connection:
     except OperationalError as exc:
         print(
             f"clerk-sync: database unavailable: {driver_reason(exc)}; nothing was migrated", file=sys.stderr, flush=True
+        )
+        raise SystemExit(1) from None
+
+
+def _migrate_or_say_why(connection: Connection) -> None:
+    """``_migrate``, or one line and exit 1 when the database stops it: the connection lost, or a lock
+    or statement timeout (a long transaction of the application's holds a table). Each migration is
+    its own transaction: those before the one stopped stay applied, and release can simply run again."""
+    try:
+        _migrate(connection)
+    except OperationalError as exc:
+        print(
+            f"clerk-sync: migration stopped: {driver_reason(exc)}; the migrations before it are applied,"
+            " run release again",
+            file=sys.stderr,
+            flush=True,
         )
         raise SystemExit(1) from None
 
@@ -89,8 +106,10 @@ def _migrate(connection) -> None:  # type: ignore[no-untyped-def]
         with context.begin_transaction():
             context.run_migrations()
     finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
-        connection.commit()
+        # The lock ends with the session anyway: a connection lost mid-migration has nothing to unlock.
+        with contextlib.suppress(OperationalError):
+            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+            connection.commit()
 
 
 try:

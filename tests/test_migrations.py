@@ -7,12 +7,15 @@ import os
 import subprocess
 
 import psycopg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from devkit.services import ROOT, SERVICE_TABLES, bin_path, migrate, temporary_database
+from devkit.waiting import wait_for
 from shared.models import Base
+from shared.schema import REVISIONS
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
 
@@ -211,6 +214,54 @@ def test_the_release_step_against_a_database_that_does_not_answer_fails_in_one_l
     assert done.stderr.startswith("clerk-sync: database unavailable: connection failed: ")
     assert "Connection refused" in done.stderr and "nothing was migrated" in done.stderr
     assert "release-s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize("stopped_by", ["lock timeout", "connection lost"])
+def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_again(stopped_by):
+    # Given a database at 0008, and an application transaction holding the users table 0009 alters
+    with temporary_database("0008") as url, psycopg.connect(url) as holder:
+        holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+
+        # When the Procfile's release runs, and either waits out its lock timeout or has its
+        # connection cut while it waits
+        release = subprocess.Popen(
+            [bin_path("alembic"), "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if stopped_by == "connection lost":
+            with psycopg.connect(url, autocommit=True) as admin:
+                waiting = (
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                pid = wait_for(lambda: admin.execute(waiting).fetchone(), timeout=4, what="release waiting")[0]
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        _, stderr = release.communicate(timeout=60)
+        holder.rollback()
+
+        # Then it fails with one line saying why, not a traceback
+        assert release.returncode == 1, stderr
+        errors = [line for line in stderr.splitlines() if not line.startswith("{")]
+        assert errors == [line for line in errors if line.startswith("clerk-sync: migration stopped: ")], stderr
+        assert len(errors) == 1 and errors[0].endswith("run release again"), stderr
+        reason = "lock timeout" if stopped_by == "lock timeout" else "terminat"
+        assert reason in errors[0], errors[0]
+
+        # And it can run again, to head
+        again = subprocess.run(
+            [bin_path("alembic"), "upgrade", "head"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (REVISIONS[-1],)
 
 
 def test_the_schema_at_head_is_the_models():
