@@ -20,6 +20,18 @@ from tests.support.processes import free_port
 from tests.support.signing import load_payload
 
 
+def _release(url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The Procfile's release step (``alembic upgrade head``) on ``url``, run to its end."""
+    return subprocess.run(
+        [bin_path("alembic"), "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def test_a_database_filled_at_0001_keeps_its_data_at_head():
     # Given a database at revision 0001 holding a user and a membership event, as the worker left them
     membership = load_payload("organizationMembership.created")
@@ -176,14 +188,7 @@ def test_migrations_log_their_own_notices_and_never_an_applications():
         )
 
         # When it is migrated to head
-        done = subprocess.run(
-            [bin_path("alembic"), "upgrade", "head"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json"},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        done = _release(url, LOG_FORMAT="json")
 
         # Then it succeeds, and nothing of the trigger's notice (the payload it quoted) is logged
         assert done.returncode == 0, done.stderr
@@ -198,14 +203,7 @@ def test_the_release_step_against_a_database_that_does_not_answer_fails_in_one_l
     url = f"postgresql://postgres:release-s3cret@127.0.0.1:{free_port()}/clerk_sync"
 
     # When the Procfile's release runs
-    done = subprocess.run(
-        [bin_path("alembic"), "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _release(url)
 
     # Then it fails with one line naming the problem, not a traceback, and never the password
     assert done.returncode == 1
@@ -251,14 +249,7 @@ def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_ag
         assert reason in errors[0], errors[0]
 
         # And it can run again, to head
-        again = subprocess.run(
-            [bin_path("alembic"), "upgrade", "head"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": url},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        again = _release(url)
         assert again.returncode == 0, again.stderr
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (REVISIONS[-1],)
