@@ -26,7 +26,7 @@ MAX_RETRIES = 100
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     subparsers.add_parser(
         "backfill",
-        help="import existing users, organizations and memberships from the Clerk Backend API",
+        help="import existing users, organizations, memberships, invitations and domains from the Clerk Backend API",
         populate=_populate,
     )
 

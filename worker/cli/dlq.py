@@ -62,7 +62,10 @@ def _add_filters(parser: argparse.ArgumentParser, *, limit_default: int | None) 
     parser.add_argument("--since", metavar="WHEN", help="received since: ISO date/datetime, or a duration like 2h, 3d")
     parser.add_argument("--error", metavar="TEXT", help="last error contains TEXT (case-insensitive)")
     parser.add_argument(
-        "--entity", metavar="ID", type=entity_id, help="about this user/org/membership id (memberships included)"
+        "--entity",
+        metavar="ID",
+        type=entity_id,
+        help="about this user, organization, membership, invitation or domain id (or naming it)",
     )
     default = f"default {limit_default}" if limit_default else "default: no limit"
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""`clerk-sync events --entity ID`: every event that touched one user, organization or membership.
+"""`clerk-sync events --entity ID`: every event that touched one user, organization, membership, invitation or
+domain.
 
 Oldest first in Clerk's order (the envelope ``timestamp``), then by arrival; with each
 event's status and last error, to answer "why does this row look like this?".
@@ -21,9 +22,15 @@ ERROR_WIDTH = 60
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("events", help="the timeline of events about one user, organization or membership")
+    parser = subparsers.add_parser(
+        "events", help="the timeline of events about one user, organization, membership, invitation or domain"
+    )
     parser.add_argument(
-        "--entity", required=True, metavar="ID", type=entity_id, help="a Clerk id: user_..., org_... or orgmem_..."
+        "--entity",
+        required=True,
+        metavar="ID",
+        type=entity_id,
+        help="a Clerk id: user_..., org_..., orgmem_..., orginv_... or orgdmn_...",
     )
     parser.add_argument("--json", action="store_true", help="a JSON array, oldest first")
     parser.set_defaults(handler=run)

@@ -19,7 +19,7 @@ EARLIEST_SINCE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 SINCE_CLOCK_SKEW = dt.timedelta(minutes=5)
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-# A Clerk id: a lower-case prefix, an underscore, letters and digits (user_2g7n..., org_..., orgmem_...).
+# A Clerk id: a lower-case prefix, an underscore, letters and digits (user_2g7n..., org_..., orgmem_..., orginv_...).
 ENTITY_ID = re.compile(r"^[a-z]{1,16}_[A-Za-z0-9_-]{1,64}$")
 
 
@@ -65,7 +65,7 @@ def check_limit(value: int) -> int:
 def check_entity_id(text: str) -> str:
     """``text`` if it is shaped like a Clerk id, else ValueError naming the rule."""
     if not ENTITY_ID.match(text):
-        raise ValueError(f"--entity {text!r}: not a Clerk id (user_..., org_..., orgmem_...)")
+        raise ValueError(f"--entity {text!r}: not a Clerk id (user_..., org_..., orgmem_..., orginv_..., orgdmn_...)")
     return text
 
 

@@ -1,4 +1,4 @@
-"""Every event that touched one user, organization or membership, in Clerk's order."""
+"""Every event that touched one user, organization, membership, invitation or domain, in Clerk's order."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from shared.resources import BY_NAME, resource_of_id
 
 
 def touches_entity(entity_id: str) -> ColumnElement[bool]:
-    """Events about ``entity_id``: its own id, or a membership naming the user or org."""
+    """Events about ``entity_id``: its own id, or a membership, invitation or domain naming the user or org."""
     return or_(
         WebhookEvent.entity_id == entity_id,
         WebhookEvent.user_clerk_id == entity_id,
