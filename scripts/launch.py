@@ -86,9 +86,16 @@ def build_env(env_file: Path) -> dict[str, str]:
     return env
 
 
+def is_production(env: Mapping[str, str]) -> bool:
+    """``CLERK_SYNC_ENV=production``, in any case and with blanks around it: no embedded server, no
+    generated secret or console account (one reading for all three: ``Production`` must not refuse
+    the one and make the others)."""
+    return env.get("CLERK_SYNC_ENV", "").strip().lower() == "production"
+
+
 def ensure_webhook_secret(env: dict[str, str], env_file: Path) -> None:
     """A development secret, generated once and kept in .env so `clerk-sync send` finds it too."""
-    if env.get("CLERK_WEBHOOK_SECRET") or env.get("CLERK_SYNC_ENV") == "production":
+    if env.get("CLERK_WEBHOOK_SECRET") or is_production(env):
         return
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     with env_file.open("a") as handle:
@@ -104,7 +111,7 @@ def ensure_console_account(env: dict[str, str], env_file: Path) -> str | None:
     console is configured already, or in production, where the console refuses to start
     until its variables are set.
     """
-    if env.get("CLERK_SYNC_ENV") == "production":
+    if is_production(env):
         return None
     import secrets
 
@@ -201,7 +208,7 @@ def refuse_embedded_in_production(env: Mapping[str, str], choices: dict[Server, 
         if choice.kind == "embedded":
             host, port = probe_target(env, server.probe, server.default)
             missing.append(f"{server.variable} is unset and no {server.label} answers on {host}:{port}")
-    if missing and env.get("CLERK_SYNC_ENV", "").strip().lower() == "production":
+    if missing and is_production(env):
         raise LaunchError(
             "CLERK_SYNC_ENV=production does not start embedded servers: "
             + "; ".join(missing)

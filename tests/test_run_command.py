@@ -349,3 +349,24 @@ def test_production_refuses_embedded_servers_in_one_line(tmp_path, data_dir):
     assert "REDIS_URL is unset" in lines[0]
     assert not data_dir.exists()
     assert not (tmp_path / ".env").exists()
+
+
+@pytest.mark.parametrize("spelling", ["Production", " production "])
+def test_production_however_spelled_generates_no_secret_and_no_console_account(tmp_path, data_dir, spelling):
+    # Given production spelled as the embedded servers' refusal already reads it, with servers of its own
+    # (at closed ports: nothing is started) and neither a webhook secret nor console accounts set
+    env = bare_machine_env(
+        CLERK_SYNC_ENV=spelling,
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/clerk_sync",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    del env["CLERK_WEBHOOK_SECRET"]
+
+    # When the run command starts (and stops at the database, which does not answer)
+    result = run_launcher(tmp_path, data_dir, env)
+
+    # Then it wrote no development secret and created no console account: production sets its own
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "generated a development CLERK_WEBHOOK_SECRET" not in result.stdout
+    assert "created the console account" not in result.stdout
+    assert not (tmp_path / ".env").exists()
