@@ -453,9 +453,10 @@ class Settings:
         """DATABASE_URL as libpq reads it (``psycopg.connect``), without SQLAlchemy's driver name."""
         return self.sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
-    def require_webhook_secrets(self) -> tuple[str, ...]:
+    def require_webhook_secrets(self, *, without_it: str = "the ingress cannot verify webhooks") -> tuple[str, ...]:
+        """The signing secrets, or ConfigError saying what cannot be done ``without_it``."""
         if not self.webhook_secrets:
-            raise ConfigError("CLERK_WEBHOOK_SECRET is not set: the ingress cannot verify webhooks")
+            raise ConfigError(f"CLERK_WEBHOOK_SECRET is not set: {without_it}")
         return self.webhook_secrets
 
     def require_console(self) -> None:

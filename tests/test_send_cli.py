@@ -112,6 +112,17 @@ def test_unreachable_url_fails_in_one_line(base_env, tmp_path):
     assert "hunter2" not in result.stderr
 
 
+def test_without_a_secret_send_says_it_has_nothing_to_sign_with(base_env, tmp_path):
+    env = {key: value for key, value in base_env.items() if key != "CLERK_WEBHOOK_SECRET"}
+
+    result = run_cli(env, "send", "user.created", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert one_line_error(result) == (
+        "clerk-sync: configuration error: CLERK_WEBHOOK_SECRET is not set: send has no secret to sign the event with"
+    )
+
+
 class _ErrorPage(http.server.BaseHTTPRequestHandler):
     """A proxy's error page: several lines of HTML."""
 

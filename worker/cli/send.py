@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
     url = webhook_url(args.url)
-    secret = settings.require_webhook_secrets()[0]
+    secret = settings.require_webhook_secrets(without_it="send has no secret to sign the event with")[0]
     body = load_event(args.event)
     try:
         json.loads(body)
