@@ -18,6 +18,8 @@ def healthz() -> tuple[dict[str, str], int]:
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, str], int]:
     """200 when the broker answers; 503 otherwise, so no event is accepted to be lost."""
-    if not state().publisher.ping():
+    ingress = state()
+    if not ingress.publisher.ping():
         return {"status": "unavailable", "broker": "unreachable"}, 503
+    ingress.gate.open()
     return {"status": "ready"}, 200

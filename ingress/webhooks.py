@@ -77,7 +77,7 @@ def receive() -> tuple[dict[str, str], int] | Response:
 
         started = time.perf_counter()
         try:
-            ingress.publisher.publish(svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
+            ingress.enqueue(svix_id=svix_id, svix_timestamp=int(float(timestamp)), body=text)
         except QueueUnavailable as exc:  # Svix must retry, never a 2xx
             log.warning("enqueue_failed", error=str(exc))
             metrics.observe_enqueue(time.perf_counter() - started)

@@ -12,6 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
@@ -123,3 +124,48 @@ def test_hung_redis_answers_503_within_the_bound(processes, blackhole):
         assert response.status_code == 503, response.text
         assert elapsed < OUTAGE_ANSWER_SECONDS, f"503 took {elapsed:.2f}s"
     assert readyz(web.url) == 503
+
+
+def test_a_burst_during_a_hung_redis_is_answered_503_within_the_bound(processes, blackhole):
+    # Given the web process (one server worker, its default request threads) whose Redis accepts
+    # connections and never answers
+    web = processes.start_web(workers=1, REDIS_URL=f"redis://127.0.0.1:{blackhole}/0")
+    deliveries = 24  # several times its threads: Svix delivers concurrently, a burst after a bulk import
+
+    # When a burst of deliveries arrives at once, and the liveness check meanwhile
+    with ThreadPoolExecutor(max_workers=deliveries) as pool:
+        posted = [pool.submit(timed_post, web.url, f"msg_burst_{index}") for index in range(deliveries)]
+        time.sleep(0.2)
+        started = time.monotonic()
+        alive = requests.get(f"{web.url}/healthz", timeout=30)
+        alive_elapsed = time.monotonic() - started
+        answers = [future.result() for future in posted]
+
+    # Then every delivery is refused 503 within the bound, none queued behind the others' timeouts
+    assert [response.status_code for response, _ in answers] == [503] * deliveries
+    slowest = max(elapsed for _, elapsed in answers)
+    assert slowest < OUTAGE_ANSWER_SECONDS, f"the slowest 503 took {slowest:.2f}s"
+    # And the process says it lives, as promptly
+    assert alive.status_code == 200
+    assert alive_elapsed < OUTAGE_ANSWER_SECONDS, f"/healthz took {alive_elapsed:.2f}s"
+
+
+def test_a_connection_lost_at_once_refuses_only_the_delivery_that_met_it(processes, redis_client, redis_proxy):
+    proxy, proxied_url = redis_proxy
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+
+    # Given the web process with one request thread (one Redis connection), in use
+    web = processes.start_web(REDIS_URL=proxied_url, WEB_THREADS="1")
+    assert post_event(web.url, load_payload("user.created"), svix_id="msg_before").status_code == 200
+
+    # When its connection is dropped and Redis answers again at once (a restart, a failover)
+    proxy.cut()
+    proxy.restore()
+
+    # Then the delivery that meets the dead connection may be refused 503, but it failed at once,
+    # held no thread: the next delivery goes to Redis and is queued (no gate closed for a second)
+    first, elapsed = timed_post(web.url, "msg_on_the_dead_connection")
+    assert first.status_code in (200, 503)
+    assert elapsed < 0.5, f"the first delivery took {elapsed:.2f}s"
+    assert post_event(web.url, load_payload("user.created"), svix_id="msg_next").status_code == 200
+    assert "msg_next" in queued_ids(redis_client, queue)
