@@ -28,6 +28,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # One byte over the limit, so that a chunked body past the limit is seen as such.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["clerk_sync"] = IngressState.from_settings(settings)
+    # A path with a doubled slash is an unknown path (404 in JSON), not a 308 to the merged one: werkzeug's
+    # redirect is an HTML page whose Location is built from the request's Host header.
+    app.url_map.merge_slashes = False
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     # Prometheus scrape point: this ingress's own metrics, summed over the server's workers.

@@ -276,6 +276,17 @@ def test_other_methods_and_paths_are_refused_in_json(client, settings, redis_cli
     assert redis_client.llen(settings.queue_name) == 0
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/webhooks//clerk"), ("GET", "/webhooks///clerk")])
+def test_a_path_with_doubled_slashes_is_refused_in_json_never_redirected(client, settings, redis_client, method, path):
+    # Given a signed delivery to the webhook path with a slash doubled (a sender's URL typo)
+    body = body_of()
+    response = client.open(path, method=method, data=body, headers={**signed_headers(body), "Host": "attacker.example"})
+    # Then it is an unknown path in the ingress's JSON, not an HTML redirect built from the Host header
+    assert (response.status_code, response.get_json()) == (404, {"error": "not_found"})
+    assert "Location" not in response.headers
+    assert redis_client.llen(settings.queue_name) == 0
+
+
 def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200
