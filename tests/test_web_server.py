@@ -96,6 +96,23 @@ def test_a_body_over_the_limit_is_refused_unread_and_its_connection_closed(proce
     assert any(r["event"] == "nginx_log" and "too large body" in r["message"] for r in records)
 
 
+def test_a_signed_delivery_with_many_headers_is_answered_by_the_ingress(processes, redis_client):
+    # Given the web process, and a signed delivery carrying 120 more short headers than Svix sends
+    # (what proxies on the way add), a few kilobytes: well within nginx's header buffers
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    svix_id, body, headers = signed_request(**{f"X-Hop-{index}": "1" for index in range(120)})
+
+    # When it is posted
+    with connect(web.url) as sock:
+        answer = exchange(sock, headers, body)
+
+    # Then the ingress answers it and queues it (granian, behind nginx, refuses more than 100 headers
+    # with an empty 431: nginx hands it only the headers the ingress reads)
+    assert (answer.status, answer.body) == (200, b'{"status":"queued"}\n')
+    assert queued_ids(redis_client, queue) == [svix_id]
+
+
 # --------------------------------------------------------------------------- slow clients
 
 
