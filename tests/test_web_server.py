@@ -113,6 +113,32 @@ def test_a_signed_delivery_with_many_headers_is_answered_by_the_ingress(processe
     assert queued_ids(redis_client, queue) == [svix_id]
 
 
+MALFORMED_REQUESTS = {
+    "header_too_large": (431, request_bytes(URL, headers={"X-Big": "a" * 20000, "Content-Length": "0"})),
+    "negative_length": (400, request_bytes(URL, headers={"Content-Length": "-1"})),
+    "no_host": (400, b"POST /webhooks/clerk HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+    "internal_path": (404, request_bytes("/.errors/400", headers={}, method="GET")),
+    "trace": (405, request_bytes(URL, headers={}, method="TRACE")),
+    "transfer_encoding": (501, request_bytes(URL, headers={"Transfer-Encoding": "gzip, chunked"})),
+    "http_version": (505, b"GET /healthz HTTP/3.0\r\nHost: 127.0.0.1\r\n\r\n"),
+}
+
+
+def test_what_nginx_refuses_itself_is_answered_in_json(processes):
+    # Given the web process
+    web = processes.start_web(workers=1)
+    for name, (status, raw) in MALFORMED_REQUESTS.items():
+        # When a request nginx refuses before the ingress sees it arrives (too large, malformed)
+        with connect(web.url) as sock:
+            sock.sendall(raw)
+            answer = read_answer(sock)
+        # Then it is answered with its status and one JSON line, as the ingress answers, not an HTML page
+        assert answer.status == status, (name, answer)
+        assert answer.headers["content-type"] == "application/json", (name, answer)
+        assert answer.body.endswith(b"\n") and answer.body.count(b"\n") == 1, (name, answer)
+        assert set(json.loads(answer.body)) == {"error"}, (name, answer)
+
+
 # --------------------------------------------------------------------------- slow clients
 
 
