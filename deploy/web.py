@@ -40,7 +40,7 @@ from typing import Any
 import structlog
 
 from shared import metrics
-from shared.config import Settings, load_settings_or_exit
+from shared.config import ConfigError, Settings, exit_on_config_error, load_settings_or_exit
 from shared.logging import configure_logging, logging_dict
 from shared.parent_death import term_on_parent_death
 
@@ -152,13 +152,19 @@ def connects(address: str | tuple[str, int]) -> bool:
 
 def port_in_use(host: str, port: int) -> bool:
     """Whether another server listens on HOST:PORT: nginx would fail to bind it, but web's readiness
-    probe would reach the other server and take it for nginx."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe would reach the other server and take it for nginx. ConfigError naming HOST when HOST is
+    not an address of this machine (or a name that resolves to none): nginx could never listen there."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"HOST: {host!r} does not resolve to an address ({exc.strerror})") from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(f"HOST: {host} is not an address of this machine") from None
             return exc.errno == errno.EADDRINUSE  # anything else (a privileged port): nginx says
     return False
 
@@ -251,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings_or_exit(Settings.require_webhook_secrets)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    if port_in_use(settings.host, settings.port):
+    try:
+        in_use = port_in_use(settings.host, settings.port)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+    if in_use:
         log.error("port_in_use", host=settings.host, port=settings.port)
         return 1
     # Before granian's workers import prometheus_client: each writes its samples there, and

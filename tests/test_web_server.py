@@ -371,3 +371,18 @@ def test_web_exits_when_its_port_is_taken(base_env):
     assert "web_listening" not in result.stdout
     said = [json.loads(line) for line in result.stdout.splitlines() if "port_in_use" in line]
     assert [(line["event"], line["port"]) for line in said] == [("port_in_use", port)]
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])
+def test_a_host_this_machine_cannot_listen_on_stops_web_with_one_line(base_env, host):
+    # Given HOST well-formed but not an address of this machine (a documentation address, a name
+    # that does not resolve)
+    env = {**base_env, "PORT": str(free_port()), "HOST": host}
+
+    # When web starts, then it exits non-zero with one line naming HOST, before starting any server
+    result = run_web_until_exit(env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "HOST" in lines[0]
+    assert "web_server_starting" not in result.stdout, result.stdout
