@@ -8,6 +8,7 @@ asserted is Svix's own: a delivery not answered within 15 s counts as failed.
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import socket
@@ -23,7 +24,7 @@ import requests
 from devkit.services import ROOT
 from devkit.waiting import wait_for
 from tests.support.broker import queued_ids
-from tests.support.processes import free_port, web_argv
+from tests.support.processes import children, free_port, web_argv
 from tests.support.rawhttp import Answer, closed_by_server, connect, read_answer, request_bytes
 from tests.support.signing import load_payload, new_svix_id, post_event, signed_headers
 
@@ -232,6 +233,43 @@ def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processe
         assert attack.open_bodies() == 64
     finally:
         attack.stop()
+
+
+def granian_workers(web_pid: int) -> list[int]:
+    """The granian worker processes under the `web` process (its server's children)."""
+    found, pending = [], [web_pid]
+    while pending:
+        for child in children(pending.pop()):
+            pending.append(child)
+            if "granian" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                found.append(child)
+    return [pid for pid in found if not set(children(pid)) & set(found)]
+
+
+def test_a_delivery_cut_by_a_dying_server_worker_is_answered_503_and_web_recovers(processes, redis_client):
+    # Given the web process whose Redis accepts connections and never answers, so that a delivery
+    # stays in its server worker for a second
+    with socket.create_server(("127.0.0.1", 0)) as hung_redis:
+        web = processes.start_web(workers=1, REDIS_URL=f"redis://127.0.0.1:{hung_redis.getsockname()[1]}/0")
+        (worker,) = granian_workers(web.popen.pid)
+        _, body, headers = signed_request()
+        sock = connect(web.url, timeout=SVIX_TIMEOUT_SECONDS)
+        sock.sendall(request_bytes(URL, headers=headers, body=body))
+        time.sleep(0.3)
+
+        # When that worker dies with the delivery in it
+        os.kill(worker, signal.SIGKILL)
+        answer = read_answer(sock)
+        sock.close()
+
+    # Then the delivery is answered 503 with Retry-After, as the ingress answers when it cannot queue,
+    # so that Svix retries it (nginx's 502 is no answer the contract gives)
+    assert answer.status == 503, answer
+    assert json.loads(answer.body) == {"error": "unavailable"}
+    assert answer.headers.get("retry-after")
+    # And web stays up: a new worker answers
+    wait_for(lambda: requests.get(f"{web.url}/healthz", timeout=5).status_code == 200, timeout=60, what="a new worker")
+    assert web.popen.poll() is None
 
 
 # --------------------------------------------------------------------------- stopping
