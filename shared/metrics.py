@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from shared.config import ConfigError, exit_on_config_error
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "clerk_sync"
 
@@ -44,7 +46,10 @@ def ensure_multiproc_dir() -> str:
     """
     path = os.environ.get(MULTIPROC_ENV)
     if path:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:  # a file there, a parent not writable: one line, not a traceback
+            exit_on_config_error(ConfigError(f"{MULTIPROC_ENV}: {path} cannot be a directory ({exc.strerror})"))
         return path
     path = tempfile.mkdtemp(prefix="clerk-sync-metrics-")
     os.environ[MULTIPROC_ENV] = path

@@ -376,6 +376,7 @@ def run_web_until_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("WEB_CONCURRENCY", "0"),
         ("WEB_THREADS", "-4"),
         ("MAX_BODY_BYTES", "1MB"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/dev/null"),
     ],
 )
 def test_a_bad_setting_stops_web_with_one_line(base_env, name, value):
