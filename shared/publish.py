@@ -168,6 +168,8 @@ class EventPublisher:
         # hiredis packs in C what redis-py's packer does in Python (a fifth of the time).
         self._pack = hiredis.pack_command
         self._errors = (redis.RedisError, OSError)
+        # A connection closed by the other side (not a timeout: a hung Redis is not waited for twice).
+        self._dropped = (redis.ConnectionError, ConnectionError)
         self._queue = settings.queue_name
         self._template = MessageTemplate.build(settings.queue_name)
         # Fail fast: an outage is a 503 within 2 s at the ingress, one line elsewhere.
@@ -221,17 +223,32 @@ class EventPublisher:
         packed = b"".join([_MULTI, *[self._pack(command) for command in commands], _EXEC])
         connection = self._connection()
         try:
-            # (Re)connects if needed, and PINGs a connection idle past its health-check interval.
-            connection.send_packed_command([packed])
-            for _ in range(len(commands) + 1):  # +OK for MULTI, +QUEUED for each command
-                connection.read_response()
-            replies = connection.read_response()
+            replies = self._send(connection, packed, len(commands))
+        except self._dropped:
+            # The thread's connection was dropped while it idled (Redis restarted, a proxy or
+            # CLIENT KILL closed it): once more, on a fresh one. A transaction that did run before
+            # the drop is then queued twice, which the worker's dedupe on svix-id absorbs.
+            try:
+                replies = self._send(connection, packed, len(commands))
+            except self._errors as exc:
+                raise QueueUnavailable(type(exc).__name__) from None
         except self._errors as exc:
-            # Replies may still be unread: the next publish starts on a fresh connection.
-            connection.disconnect()
             raise QueueUnavailable(type(exc).__name__) from None
         if replies is None or any(isinstance(reply, Exception) for reply in replies):
             raise QueueUnavailable("TransactionFailed")
+
+    def _send(self, connection: Any, packed: bytes, count: int) -> Any:
+        """MULTI, ``count`` commands and EXEC sent as one; EXEC's replies. On any error the connection
+        is closed (replies may still be unread): the next use starts on a fresh one."""
+        try:
+            # (Re)connects if needed, and PINGs a connection idle past its health-check interval.
+            connection.send_packed_command([packed])
+            for _ in range(count + 1):  # +OK for MULTI, +QUEUED for each command
+                connection.read_response()
+            return connection.read_response()
+        except self._errors:
+            connection.disconnect()
+            raise
 
     def ping(self) -> bool:
         """True when Redis answers (the ingress's readiness)."""
