@@ -49,9 +49,11 @@ class TcpProxy:
     def _pump(self, pair: tuple[socket.socket, socket.socket]) -> None:
         client, upstream = pair
         selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
         try:
+            # A cut() between the accept and this thread's start has closed the pair already: a
+            # closed socket's descriptor is -1, which register refuses with a ValueError.
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
             while True:
                 for key, _ in selector.select(timeout=1):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
@@ -60,7 +62,7 @@ class TcpProxy:
                     key.data.sendall(data)
                 if pair not in self._pairs:
                     return
-        except OSError:
+        except (OSError, ValueError):
             return
         finally:
             selector.close()
