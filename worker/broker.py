@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport as kombu_transport
 import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
@@ -62,6 +63,9 @@ SCHEMES = ("redis", "rediss")
 
 
 def install() -> None:
-    """Make REDIS_URL's schemes resolve to this transport in this process."""
+    """Make REDIS_URL's schemes resolve to this transport in this process, even where kombu has
+    resolved them before (it keeps each resolution in a cache of its own)."""
+    resolved = getattr(kombu_transport, "_transport_cache", {})
     for scheme in SCHEMES:
         TRANSPORT_ALIASES[scheme] = NAME
+        resolved.pop(scheme, None)
