@@ -25,7 +25,10 @@ then hands its events back to the queue, so the soft time limit never interrupts
 wait; and the longest statement (``DB_STATEMENT_TIMEOUT_SECONDS``, by default what is left under
 the soft limit) ends in Postgres's own error before the soft limit. If a worker is killed while
 it holds kombu's restore mutex, the mutex expires (``unacked_mutex_expire``) before anything it
-guarded becomes visible.
+guarded becomes visible. If a worker's host is lost in the middle of a batch's transaction, Postgres
+ends that transaction (its last statement within the statement timeout, then
+``idle_in_transaction_timeout``) before the batch's messages become visible, so the worker that takes
+them over is not kept waiting on its locks for the hours TCP takes to notice the lost host.
 
 ``check()`` proves these inequalities for any bound; ``tests/test_timings.py`` runs it over the
 defaults. The bound assumes Postgres answers and the queue has no backlog longer than the slack:
@@ -60,6 +63,13 @@ class RecoveryTimings:
         """The longest DB_STATEMENT_TIMEOUT_SECONDS that still ends before the soft time limit."""
         return self.task_soft_time_limit - self.database_wait
 
+    @property
+    def idle_in_transaction_timeout(self) -> float:
+        """How long Postgres keeps a worker's transaction that waits for a client gone silent (a lost
+        host: TCP keepalive notices it only hours later), and the locks it holds. No live worker's
+        transaction waits for its client longer: its process is killed at the hard time limit."""
+        return self.task_time_limit
+
     def worst_case_unacked(self) -> float:
         """Path A: from the death of the worker holding it in kombu's unacked hash to applied."""
         return self.visibility_timeout + self.restore_interval + self.task_time_limit
@@ -76,6 +86,9 @@ class RecoveryTimings:
             "a live worker's message never becomes visible": self.task_time_limit < self.visibility_timeout,
             "a live worker's message never looks lost": self.task_time_limit < self.lost_message_after,
             "a dead scanner's mutex expires first": self.unacked_mutex_expire <= self.visibility_timeout,
+            "a lost worker's locks are gone before its messages are visible again": (
+                self.statement_timeout_limit + self.idle_in_transaction_timeout < self.visibility_timeout
+            ),
             "soft limit before hard limit": self.task_soft_time_limit < self.task_time_limit,
             "a database wait ends before the soft limit": (
                 self.database_wait + self.database_connect_timeout <= self.task_soft_time_limit

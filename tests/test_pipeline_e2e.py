@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
 from shared.receipts import receipt_keys
-from tests.support.ledger import ledger_rows
-from tests.support.signing import load_payload, post_event
+from tests.support.ledger import ledger_rows, statuses
+from tests.support.signing import load_payload, post_event, user_created
 
 
 def test_signed_event_is_recorded_and_applied(processes, session_factory):
@@ -312,3 +312,67 @@ def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
         timeout=bound,
         what="nothing left unacknowledged, every receipt forgotten",
     )
+
+
+def _locks_held_by_an_idle_transaction(database_url: str) -> bool:
+    """Whether one of the worker's transactions sits idle, waiting for its client, with locks held."""
+    with psycopg.connect(database_url, autocommit=True) as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'clerk-sync' AND state = 'idle in transaction'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_worker_lost_inside_a_transaction_does_not_hold_its_events_or_others(
+    processes, session_factory, database_url
+):
+    # Given an ingress, beat and a worker, with a recovery bound of 24 s and a retry budget of two
+    # quick attempts (RETRY_BASE_SECONDS shortens the hour a budget of eight takes by default)
+    bound = float(RECOVERY["RECOVERY_SECONDS"])
+    budget = {**RECOVERY, "RETRY_MAX_ATTEMPTS": "2", "RETRY_BASE_SECONDS": "0.5"}
+    web = processes.start_web()
+    processes.start_beat(**budget)
+    lost = processes.start_worker(concurrency=1, **budget)
+    user_id = "user_lost_host"
+    created = user_created(user_id)
+    assert post_event(web.url, created, svix_id="msg_lost_created").status_code == 200
+    wait_for(lambda: statuses(session_factory).get("msg_lost_created") == "processed", what="the user created")
+
+    # And the worker's batch for the next update of that user is between its two round trips when its
+    # host is lost (SIGSTOP of the whole process group: Postgres keeps the session, as it would for a
+    # host that vanished, until TCP keepalive notices it hours later): the batch was kept waiting on
+    # the user's row by the test, stopped, then let through, so its first round trip completes and its
+    # transaction holds the event's ledger row and the user's locks with nobody left to commit
+    def update(n: int) -> dict[str, Any]:
+        payload = load_payload("user.updated")
+        payload["data"]["id"] = user_id
+        payload["data"]["updated_at"] = created["data"]["updated_at"] + n * 1000
+        return payload
+
+    try:
+        with psycopg.connect(database_url) as locker:
+            locker.execute("SELECT 1 FROM users WHERE clerk_id = %s FOR UPDATE", (user_id,))
+            assert post_event(web.url, update(1), svix_id="msg_lost_held").status_code == 200
+            wait_for(lambda: _waiting_on_a_lock(database_url), timeout=30, what="the batch waiting for the row")
+            lost.kill(signal.SIGSTOP)
+        wait_for(lambda: _locks_held_by_an_idle_transaction(database_url), timeout=30, what="the lost transaction")
+
+        # When another worker takes over and a later update of the same user arrives
+        processes.start_worker(concurrency=1, **budget)
+        assert post_event(web.url, update(2), svix_id="msg_lost_later").status_code == 200
+
+        # Then within the recovery bound both events are final (the held one `ignored` if the later
+        # one was applied first), neither spends its budget to `dead` on the lost transaction's
+        # locks, and the user holds the later update
+        def both_final() -> bool:
+            found = statuses(session_factory)
+            assert "dead" not in found.values(), found
+            return found.get("msg_lost_later") == "processed" and found.get("msg_lost_held") in FINAL_STATUSES
+
+        wait_for(both_final, timeout=bound, interval=0.5, what="both updates final")
+        with session_factory() as session:
+            user = session.scalars(select(User).where(User.clerk_id == user_id)).one()
+        assert user.clerk_updated_at == update(2)["data"]["updated_at"]
+    finally:
+        lost.kill(signal.SIGCONT)

@@ -47,6 +47,7 @@ def test_the_defaults_in_seconds():
     assert (timings.task_soft_time_limit, timings.task_time_limit) == (25, 30)
     assert (timings.database_wait, timings.database_connect_timeout) == (10, 5)
     assert timings.statement_timeout_limit == 15
+    assert timings.idle_in_transaction_timeout == 30
 
 
 @pytest.mark.parametrize("bound", [MINIMUM_BOUND_SECONDS, 30, 45, 60, 90, 120, 300, 900, 3600])

@@ -144,7 +144,7 @@ def _transaction(
     the finish and COMMIT. The locks are those of every valid event of the batch, taken in the
     global order (``apply``) after the claim; a duplicate's locks are merely not needed.
     """
-    with roundtrips.transaction(session) as trips:
+    with roundtrips.transaction(session, idle_timeout_seconds=settings.timings.idle_in_transaction_timeout) as trips:
         claimed = ledger.queue_claim(trips, entries)
         paused_flag = ledger.queue_is_paused(trips)
         early = apply.lock(trips, [c for _, c in _changes(entries, settings)]) if lock_early else None
@@ -302,6 +302,7 @@ def _record_failure(
     log.warning("event_attempt_failed", **fields)
     try:
         with factory.begin() as session:
+            session.execute(text(roundtrips.idle_timeout(settings.timings.idle_in_transaction_timeout)))
             status = ledger.record_failure(
                 session,
                 entry,

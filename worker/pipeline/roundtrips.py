@@ -50,6 +50,12 @@ _GENERIC_PLANS = b"SET LOCAL plan_cache_mode = force_generic_plan"
 DEFAULT_PLANS = text("RESET plan_cache_mode")
 
 
+def idle_timeout(seconds: float) -> str:
+    """The transaction ends, and its locks go, if its client stays silent this long between two
+    statements: a worker whose host was lost mid-transaction (shared.timings)."""
+    return f"SET LOCAL idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
+
+
 class Trips:
     """Statements queued on the session's connection; their rows are there after ``send``."""
 
@@ -142,9 +148,10 @@ def pipelined(session: Session) -> Iterator[Trips]:
 
 
 @contextmanager
-def transaction(session: Session) -> Iterator[Trips]:
+def transaction(session: Session, *, idle_timeout_seconds: float) -> Iterator[Trips]:
     """One transaction of its own, in pipeline mode: BEGIN goes out with the first round trip and
-    COMMIT with the last one, when the block ends; an error rolls it back and propagates.
+    COMMIT with the last one, when the block ends; an error rolls it back and propagates. Postgres
+    ends it if the client stays silent ``idle_timeout_seconds`` between two round trips.
 
     The session must not have begun a transaction on its connection yet (a fresh session).
     """
@@ -158,6 +165,7 @@ def transaction(session: Session) -> Iterator[Trips]:
         with pipelined(session) as trips:
             trips.command(b"BEGIN")
             trips.command(_GENERIC_PLANS)
+            trips.command(idle_timeout(idle_timeout_seconds).encode())
             yield trips
             trips.command(b"COMMIT")
             # Leaving the pipeline sends the COMMIT and waits for it.
