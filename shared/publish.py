@@ -29,8 +29,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +51,14 @@ RECONCILE_TASK = "clerk_sync.reconcile"
 _MULTI, _EXEC = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
 # A placeholder that no JSON value of a real message can contain (NUL is escaped as \u0000).
 _SLOT = "\x00slot:{}\x00"
+
+
+# At maxmemory (deploy/redis.conf: noeviction) Redis refuses every write, the workers' too: one
+# could not even connect (kombu writes when it starts consuming), and a full queue would never
+# drain. So the publisher refuses events once Redis holds this share of its maxmemory, leaving
+# the rest to the workers' bookkeeping; it reads Redis's memory at most once per interval.
+BROKER_FULL_SHARE = 0.8
+MEMORY_CHECK_SECONDS = 0.1
 
 
 class QueueUnavailable(Exception):
@@ -170,11 +180,14 @@ class EventPublisher:
         self._errors = (redis.RedisError, OSError)
         # A connection closed by the other side (not a timeout: a hung Redis is not waited for twice).
         self._dropped = (redis.ConnectionError, ConnectionError)
+        self._response_error = redis.ResponseError
         self._queue = settings.queue_name
         self._template = MessageTemplate.build(settings.queue_name)
         # Fail fast: an outage is a 503 within 2 s at the ingress, one line elsewhere.
         self._redis = redis_client(settings.redis_url, timeout=timeout)
         self._local = _ThreadConnections()
+        self._memory_checked_at = -math.inf  # time.monotonic() of the last look at Redis's memory
+        self._full = False
 
     @property
     def redis(self) -> Any:
@@ -197,6 +210,8 @@ class EventPublisher:
 
     def publish(self, *, svix_id: str, svix_timestamp: int | None, body: str, countdown: float | None = None) -> None:
         """Put one event and its receipt on the queue; QueueUnavailable if Redis can't take them."""
+        if self._broker_full():
+            raise QueueUnavailable("BrokerFull")
         body_json = json.dumps(body)  # once: the message and the receipt both carry it
         entry = self.message(
             svix_id=svix_id, svix_timestamp=svix_timestamp, body=body, countdown=countdown, body_json=body_json
@@ -209,6 +224,24 @@ class EventPublisher:
     def republish(self, svix_id: str, svix_timestamp: int | None, body: str) -> None:
         """``publish`` in the positional shape ``receipts.recover_lost`` calls."""
         self.publish(svix_id=svix_id, svix_timestamp=svix_timestamp, body=body)
+
+    def _broker_full(self) -> bool:
+        """Whether Redis holds ``BROKER_FULL_SHARE`` of its maxmemory, as last read (at most once per
+        ``MEMORY_CHECK_SECONDS``; threads racing to read it merely read it twice)."""
+        now = time.monotonic()
+        if now - self._memory_checked_at < MEMORY_CHECK_SECONDS:
+            return self._full
+        self._memory_checked_at = now
+        try:
+            memory = self._redis.info("memory")
+        except self._response_error:  # INFO refused (a managed Redis may rename it): never look again
+            self._memory_checked_at, self._full = math.inf, False
+            return False
+        except self._errors as exc:  # unreachable: so is the queue, say so without a second timeout
+            raise QueueUnavailable(type(exc).__name__) from None
+        limit = int(memory.get("maxmemory") or 0)
+        self._full = bool(limit) and int(memory.get("used_memory") or 0) >= BROKER_FULL_SHARE * limit
+        return self._full
 
     def _connection(self) -> Any:
         local = self._local

