@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import psycopg
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
@@ -214,14 +213,13 @@ def test_the_release_step_against_a_database_that_does_not_answer_fails_in_one_l
     assert "release-s3cret" not in done.stderr
 
 
-@pytest.mark.parametrize("stopped_by", ["lock timeout", "connection lost"])
-def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_again(stopped_by):
+def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_again():
     # Given a database at 0008, and an application transaction holding the users table 0009 alters
     with temporary_database("0008") as url, psycopg.connect(url) as holder:
         holder.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
 
-        # When the Procfile's release runs, and either waits out its lock timeout or has its
-        # connection cut while it waits
+        # When the Procfile's release runs and has its connection cut while it waits for the table
+        # (its lock timeout, 5 s, ends in the same error class and the same line)
         release = subprocess.Popen(
             [bin_path("alembic"), "upgrade", "head"],
             cwd=ROOT,
@@ -230,13 +228,10 @@ def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_ag
             stderr=subprocess.PIPE,
             text=True,
         )
-        if stopped_by == "connection lost":
-            with psycopg.connect(url, autocommit=True) as admin:
-                waiting = (
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                pid = wait_for(lambda: admin.execute(waiting).fetchone(), timeout=4, what="release waiting")[0]
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with psycopg.connect(url, autocommit=True) as admin:
+            waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            pid = wait_for(lambda: admin.execute(waiting).fetchone(), timeout=4, what="release waiting")[0]
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         _, stderr = release.communicate(timeout=60)
         holder.rollback()
 
@@ -245,8 +240,7 @@ def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_ag
         errors = [line for line in stderr.splitlines() if not line.startswith("{")]
         assert errors == [line for line in errors if line.startswith("clerk-sync: migration stopped: ")], stderr
         assert len(errors) == 1 and errors[0].endswith("run release again"), stderr
-        reason = "lock timeout" if stopped_by == "lock timeout" else "terminat"
-        assert reason in errors[0], errors[0]
+        assert "terminating connection" in errors[0], errors[0]
 
         # And it can run again, to head
         again = _release(url)
