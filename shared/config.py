@@ -204,7 +204,10 @@ def _choice(name: str, raw: str, *, choices: tuple[str, ...], upper: bool = Fals
     return value
 
 
-def _text(name: str, raw: str) -> str:
+def _queue_name(name: str, raw: str) -> str:
+    """A Redis key every process must spell alike: a space or a control character is a typo there."""
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", raw):
+        raise ConfigError(f"{name}: must be 1 to 100 letters, digits, '.', '_', ':' or '-'")
     return raw
 
 
@@ -368,7 +371,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("RECONCILE_INTERVAL_SECONDS", "reconcile_interval_seconds", "0",
              partial(_int, minimum=0, maximum=WEEK),
              "Run reconcile (report only) this often from beat, at most 604800 (a week); 0 never."),
-    Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _text, "Name of the Redis queue of events."),
+    Variable("CLERK_SYNC_QUEUE", "queue_name", "clerk-events", _queue_name,
+             "Name of the Redis queue of events: letters, digits, '.', '_', ':' or '-'."),
     Variable("CLERK_SYNC_HOOKS", "hook_modules", None, _module_names,
              "Modules of application hooks the worker imports at start, separated by commas or spaces "
              "(docs/hooks.md); besides those of the clerk_sync.hooks entry point group."),

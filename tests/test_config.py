@@ -324,6 +324,13 @@ def test_the_clerk_instance_id_is_read_without_surrounding_whitespace():
     )
 
 
+@pytest.mark.parametrize("value", [" ", "clerk events", "clerk-events\n", "q" * 101, "événements"])
+def test_a_queue_name_a_typo_could_have_made_is_refused(value):
+    assert config_error(good_env(CLERK_SYNC_QUEUE=value)) == (
+        "CLERK_SYNC_QUEUE: must be 1 to 100 letters, digits, '.', '_', ':' or '-'"
+    )
+
+
 @pytest.mark.parametrize(
     "value", ["2g7np7Hrk0SN6kj5", "ins_", "ins_a b", "ins_abc-1", "app_2g7np7Hrk0SN6kj5", "INS_abc"]
 )
