@@ -38,7 +38,14 @@ def log_in(page, url: str, password: str) -> None:
     page.goto(url)
     page.fill("input[name=username]", OPERATOR)
     page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
+    click_and_load(page, "button[type=submit]")
+
+
+def click_and_load(page, selector: str) -> None:
+    """Click what leads to another page, and wait until that page has loaded: ``click`` returns once
+    the navigation commits, when the new page may not be parsed yet (a list read then is empty)."""
+    with page.expect_navigation():
+        page.click(selector)
 
 
 def conflicts_of(session_factory, svix_id: str) -> list:
@@ -102,14 +109,14 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         page.screenshot(path=str(shots / "console-overview.png"), full_page=True)
 
         # And the dead letters appear, each with its error
-        page.click("text=Dead letters")
+        click_and_load(page, "text=Dead letters")
         assert sorted(dead_ids_listed(page)) == ["msg_br_held", "msg_br_html", "msg_br_poison"]
         listed = page.inner_text("#dead-list")
         assert "RaiseException (P0001)" in listed and "the body is not JSON" in listed
 
         # When filtering, the list narrows
         page.fill("input[name=type]", "user.created")
-        page.click("text=Filter")
+        click_and_load(page, "text=Filter")
         assert dead_ids_listed(page) == ["msg_br_held"]
         page.goto(f"{console.url}/dead?error=JSON")
         assert dead_ids_listed(page) == ["msg_br_html"]
@@ -132,7 +139,7 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
         # When the cause is fixed and the operator replays the event
         blocking_trigger.lift()
         page.goto(f"{console.url}/events/msg_br_held")
-        page.click("#replay")
+        click_and_load(page, "#replay")
         assert "replayed 1 event(s)" in page.inner_text("main")
 
         # Then the worker applies it: processed in the ledger, the user row there
@@ -152,30 +159,30 @@ def test_an_operator_repairs_dead_letters_in_the_browser(processes, session_fact
 
         # When the operator asks to discard all that remain, a preview says how many and which
         page.goto(f"{console.url}/dead")
-        page.click("text=Discard all 2")
+        click_and_load(page, "text=Discard all 2")
         assert "Discard 2 dead event(s)?" in page.inner_text("h1")
         assert sorted(page.locator("#preview-ids li").all_inner_texts()) == ["msg_br_html", "msg_br_poison"]
 
         # Then nothing is discarded until it is confirmed
         assert statuses(session_factory)["msg_br_html"] == "dead"
-        page.click("#confirm")
+        click_and_load(page, "#confirm")
         assert "discarded 2 event(s)" in page.inner_text("main")
         assert statuses(session_factory) == {"msg_br_held": "processed", "msg_br_ok": "processed"}
 
         # When a form is posted without its CSRF token, it is refused and nothing changes
         page.goto(f"{console.url}/dead")
         page.evaluate("document.querySelectorAll('input[name=csrf_token]').forEach(e => e.remove())")
-        page.click("#sync-state button")
+        click_and_load(page, "#sync-state button")
         assert "refused" in page.inner_text("main") and "CSRF" in page.inner_text("main")
         assert [row.action for row in audit_rows(session_factory)] == ["replay", "discard"]
 
         # When pause is pressed with its token, every page says paused until resume
         page.goto(f"{console.url}/dead")
-        page.click("#sync-state button")
+        click_and_load(page, "#sync-state button")
         for path in ("/", "/dead", "/entities", "/audit"):
             page.goto(f"{console.url}{path}")
             assert "PAUSED" in page.inner_text("#sync-state")
-        page.click("#sync-state button")
+        click_and_load(page, "#sync-state button")
         assert "Running" in page.inner_text("#sync-state")
 
         # Then the audit table holds each change, by this operator, from the console
@@ -209,14 +216,14 @@ def test_an_event_whose_svix_id_is_a_path_opens_and_is_discarded_as_itself(proce
         assert sorted(dead_ids_listed(page)) == ["msg_br_victim", hostile]
         # (the CLI's --limit: the oldest N)
         page.fill("input[name=limit]", "1")
-        page.click("text=Filter")
+        click_and_load(page, "text=Filter")
         assert dead_ids_listed(page) == ["msg_br_victim"]
         page.goto(f"{console.url}/dead")
 
         # When the operator opens the hostile event from the list and discards it
-        page.click(f"#dead-list a:text-is('{hostile}')")
+        click_and_load(page, f"#dead-list a:text-is('{hostile}')")
         assert page.inner_text("h1 code") == hostile
-        page.click("#discard")
+        click_and_load(page, "#discard")
 
         # Then that event is gone and the other is still dead
         assert "discarded 1 event(s)" in page.inner_text("main")
