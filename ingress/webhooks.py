@@ -97,9 +97,12 @@ def receive() -> tuple[dict[str, str], int] | Response:
 def _v1_signatures(header: str) -> tuple[str, bool]:
     """The header's well-formed ``v1,<base64>`` entries, space-separated as Svix sends them, and
     whether any entry was malformed. The svix library gives up at the first entry it cannot
-    parse, so a stray one (a proxy's folding, a sender's bug) would hide a valid signature."""
+    parse, so a stray one (a proxy's folding, a sender's bug) would hide a valid signature. A
+    header sent twice arrives joined by ", " (nginx, as HTTP allows): an entry's trailing comma is
+    that join's, never base64's."""
     kept, malformed = [], False
-    for entry in header.split():
+    for raw in header.split():
+        entry = raw.removesuffix(",")
         version, comma, value = entry.partition(",")
         if not comma or not value or "," in value:
             malformed = True

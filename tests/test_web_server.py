@@ -114,6 +114,26 @@ def test_a_signed_delivery_with_many_headers_is_answered_by_the_ingress(processe
     assert queued_ids(redis_client, queue) == [svix_id]
 
 
+@pytest.mark.parametrize("valid_first", [True, False])
+def test_a_signature_in_either_of_two_signature_headers_is_accepted(processes, redis_client, valid_first):
+    # Given the web process, and a signed delivery whose signature header comes twice (a proxy or a
+    # sender that repeats it), one of them holding a signature of another secret's
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    svix_id, body, headers = signed_request()
+    valid, other = headers.pop("svix-signature"), "v1,dGhpcyBpcyBub3QgdGhlIHNpZ25hdHVyZQ=="
+    first, second = (valid, other) if valid_first else (other, valid)
+    headers.update({"svix-signature": first, "Svix-Signature": second})  # two lines: names are case-blind
+
+    # When it is posted (nginx joins the two lines with ", ", as HTTP allows)
+    with connect(web.url) as sock:
+        answer = exchange(sock, headers, body)
+
+    # Then the valid signature counts wherever it stands, and the event is queued
+    assert (answer.status, answer.body) == (200, b'{"status":"queued"}\n')
+    assert queued_ids(redis_client, queue) == [svix_id]
+
+
 MALFORMED_REQUESTS = {
     "header_too_large": (431, request_bytes(URL, headers={"X-Big": "a" * 20000, "Content-Length": "0"})),
     "negative_length": (400, request_bytes(URL, headers={"Content-Length": "-1"})),
