@@ -19,6 +19,7 @@ from devkit.history import snapshot
 from devkit.waiting import wait_for
 from shared import metrics
 from shared.models import User, WebhookEvent
+from tests.support.backends import waiting_on_a_lock
 from tests.support.ledger import ledger_row
 from tests.support.pipeline import deliver_one
 from tests.support.signing import load_payload
@@ -285,16 +286,11 @@ def test_a_batch_locks_rows_in_key_order_so_an_application_never_deadlocks_with_
     batch = threading.Thread(target=lambda: results.update(process_batch(session_factory, updates, settings=settings)))
     batch.start()
 
-    def batch_waits_on_a_lock() -> bool:
-        with psycopg.connect(database_url, autocommit=True) as observer:
-            return (
-                observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'clerk-sync'"
-                ).fetchone()[0]
-                == 1
-            )  # type: ignore[index]
-
-    wait_for(batch_waits_on_a_lock, timeout=30, what="the batch waiting on the application's lock")
+    wait_for(
+        lambda: len(waiting_on_a_lock(database_url)) == 1,
+        timeout=30,
+        what="the batch waiting on the application's lock",
+    )
 
     # Then the application goes on to user b without a deadlock (the batch waits on a, holding nothing)
     app.execute("UPDATE users SET plan = 'pro' WHERE clerk_id = 'user_lock_b'")

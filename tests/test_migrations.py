@@ -15,6 +15,7 @@ from devkit.services import ROOT, SERVICE_TABLES, bin_path, migrate, temporary_d
 from devkit.waiting import wait_for
 from shared.models import Base
 from shared.schema import REVISIONS
+from tests.support.backends import waiting_on_a_lock
 from tests.support.processes import free_port
 from tests.support.signing import load_payload
 
@@ -228,9 +229,8 @@ def test_a_migration_the_database_stops_fails_in_one_line_and_release_can_run_ag
             stderr=subprocess.PIPE,
             text=True,
         )
+        pid = wait_for(lambda: waiting_on_a_lock(url), timeout=4, what="release waiting")[0]
         with psycopg.connect(url, autocommit=True) as admin:
-            waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            pid = wait_for(lambda: admin.execute(waiting).fetchone(), timeout=4, what="release waiting")[0]
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         _, stderr = release.communicate(timeout=60)
         holder.rollback()

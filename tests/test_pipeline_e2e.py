@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from devkit.waiting import wait_for
 from shared.models import FINAL_STATUSES, User, WebhookEvent
 from shared.receipts import receipt_keys
+from tests.support.backends import idle_in_a_transaction, waiting_on_a_lock
 from tests.support.ledger import ledger_rows, statuses
 from tests.support.signing import load_payload, post_event, user_created
 
@@ -203,15 +204,7 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
     worker = processes.start_worker(concurrency=1)
 
-    def child_waiting_on_lock():
-        # A separate connection: pg_stat_activity is a snapshot per transaction.
-        with psycopg.connect(database_url, autocommit=True) as observer:
-            row = observer.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'clerk-sync'"
-            ).fetchone()
-        return row is not None
-
-    wait_for(child_waiting_on_lock, timeout=60, what="the pool process blocked on the lock")
+    wait_for(lambda: waiting_on_a_lock(database_url), timeout=60, what="the pool process blocked on the lock")
 
     # When that pool process is killed (not the worker) and the lock is released
     pool_processes = worker.children()
@@ -231,15 +224,6 @@ def test_events_of_a_killed_pool_process_are_requeued_at_once(processes, session
     wait_for(all_processed, timeout=60, what="events of the killed pool process applied")
     restored = [line for line in worker.log().splitlines() if "batch_restored_after_lost_process" in line]
     assert len(restored) == 1 and '"count": 4' in restored[0], worker.log()[-3000:]
-
-
-def _waiting_on_a_lock(database_url: str) -> bool:
-    """Whether a backend waits for a lock (the worker's batch, blocked by the test's lock on users)."""
-    with psycopg.connect(database_url, autocommit=True) as watcher:
-        row = watcher.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return bool(row and row[0])
 
 
 def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
@@ -277,7 +261,7 @@ def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
         if kill < 2:
             with psycopg.connect(database_url) as locker:
                 locker.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
-                wait_for(lambda: _waiting_on_a_lock(database_url), timeout=30, what="a batch held by the worker")
+                wait_for(lambda: waiting_on_a_lock(database_url), timeout=30, what="a batch held by the worker")
                 held_at_kill.append(redis_client.hlen("unacked"))
                 worker.kill()
                 worker.popen.wait(timeout=30)
@@ -314,16 +298,6 @@ def test_a_worker_killed_three_times_during_a_stream_loses_no_event(
     )
 
 
-def _locks_held_by_an_idle_transaction(database_url: str) -> bool:
-    """Whether one of the worker's transactions sits idle, waiting for its client, with locks held."""
-    with psycopg.connect(database_url, autocommit=True) as watcher:
-        row = watcher.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'clerk-sync' AND state = 'idle in transaction'"
-        ).fetchone()
-    return bool(row and row[0])
-
-
 def test_a_worker_lost_inside_a_transaction_does_not_hold_its_events_or_others(
     processes, session_factory, database_url
 ):
@@ -354,9 +328,9 @@ def test_a_worker_lost_inside_a_transaction_does_not_hold_its_events_or_others(
         with psycopg.connect(database_url) as locker:
             locker.execute("SELECT 1 FROM users WHERE clerk_id = %s FOR UPDATE", (user_id,))
             assert post_event(web.url, update(1), svix_id="msg_lost_held").status_code == 200
-            wait_for(lambda: _waiting_on_a_lock(database_url), timeout=30, what="the batch waiting for the row")
+            wait_for(lambda: waiting_on_a_lock(database_url), timeout=30, what="the batch waiting for the row")
             lost.kill(signal.SIGSTOP)
-        wait_for(lambda: _locks_held_by_an_idle_transaction(database_url), timeout=30, what="the lost transaction")
+        wait_for(lambda: idle_in_a_transaction(database_url), timeout=30, what="the lost transaction")
 
         # When another worker takes over and a later update of the same user arrives
         processes.start_worker(concurrency=1, **budget)
