@@ -53,7 +53,8 @@ def _too_large() -> Response:
 def receive() -> tuple[dict[str, str], int] | Response:
     ingress = state()
     svix_id, timestamp, signature = _header("id"), _header("timestamp"), _header("signature")
-    structlog.contextvars.bind_contextvars(svix_id=svix_id)
+    # Not verified yet, so of any length (an over-long one is refused below): logged cut to what is allowed.
+    structlog.contextvars.bind_contextvars(svix_id=svix_id[:MAX_SVIX_ID_LENGTH] if svix_id else svix_id)
     try:
         if (request.content_length or 0) > ingress.settings.max_body_bytes:
             return _too_large()

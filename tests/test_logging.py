@@ -192,3 +192,17 @@ def test_celerys_pool_logger_writes_json_and_never_its_debug_lines(base_env):
     records = json_lines(result.stdout + result.stderr)
     assert [r["event"] for r in records] == ["Process 'ForkPoolWorker-1' exited with 'signal 9 (SIGKILL)'"]
     assert "alice@example.com" not in result.stdout + result.stderr
+
+
+def test_an_overlong_svix_id_is_logged_cut_short(processes):
+    # Given the web process, and a delivery whose svix-id is 12,000 characters (anyone can send one:
+    # it is refused before the signature is checked)
+    web = processes.start_web(LOG_FORMAT="json")
+    svix_id = "msg_" + "x" * 12_000
+    response = post_event(web.url, load_payload("user.created"), svix_id=svix_id)
+
+    # Then it is refused, and its log line names the id by its first 255 characters, not kilobytes
+    assert (response.status_code, response.json()) == (400, {"error": "svix_id_too_long"})
+    wait_for(lambda: "svix_id_too_long" in web.log(), timeout=10, what="the refusal logged")
+    (refusal,) = [record for record in json_lines(web.log()) if record.get("reason") == "svix_id_too_long"]
+    assert refusal["svix_id"] == svix_id[:255]
