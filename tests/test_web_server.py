@@ -160,6 +160,36 @@ def test_what_nginx_refuses_itself_is_answered_in_json(processes):
         assert set(json.loads(answer.body)) == {"error"}, (name, answer)
 
 
+# A byte HTTP forbids in a header value, or a non-ASCII one, in each header passed to the ingress.
+MALFORMED_HEADERS = {
+    "svix-id": "msg_\x01abc",
+    "svix-timestamp": "\u00e9",
+    "svix-signature": "v1,abc=\x7f",
+    "webhook-id": "msg_\u00e9",
+    "Content-Type": "application/json\x1b",
+    "X-Forwarded-For": "10.0.0.1\x1f",
+}
+
+
+def test_a_header_holding_a_control_or_non_ascii_byte_is_refused_in_json(processes, redis_client):
+    # Given the web process
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    for name, value in MALFORMED_HEADERS.items():
+        # When a signed delivery arrives with one header holding such a byte
+        _, body, headers = signed_request(**{name: value})
+        with connect(web.url) as sock:
+            answer = exchange(sock, headers, body)
+        # Then it is refused with a reason that says so (not an empty 400, nor a header "missing")
+        assert (answer.status, json.loads(answer.body)) == (400, {"error": "malformed_headers"}), (name, answer)
+        assert answer.headers["content-type"] == "application/json", (name, answer)
+    # and a well-formed one is still accepted, the refused ones queued nowhere
+    svix_id, body, headers = signed_request()
+    with connect(web.url) as sock:
+        assert exchange(sock, headers, body).status == 200
+    assert queued_ids(redis_client, queue) == [svix_id]
+
+
 # --------------------------------------------------------------------------- slow clients
 
 
