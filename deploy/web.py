@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -50,14 +51,28 @@ NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 # How long each server may take to come up, and to finish its requests when stopping.
 START_SECONDS = 60.0
 STOP_SECONDS = 15.0
+# nginx's connections (a few hundred bytes of memory each, allocated at start): 32,768 is 14 MB.
+MAX_CONNECTION_FILES = 32_768
 
 log = structlog.get_logger("clerk_sync.web")
+
+
+def connection_files() -> int:
+    """How many files nginx's worker may open: the hard limit this process was given, at most
+    ``MAX_CONNECTION_FILES``. Each client holds one until its headers arrive (10 s at most), so
+    these are what a flood of slow clients must exhaust before a delivery waits."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTION_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_CONNECTION_FILES)
 
 
 def nginx_config(settings: Settings, *, runtime: Path, upstream: Path) -> str:
     """deploy/nginx.conf with this process's values filled in."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    files = connection_files()
     values = {
+        "FILES": str(files),
+        # A few files stay for the logs, the listening socket and the request bodies' temporary files.
+        "CONNECTIONS": str(max(files - 32, 512)),
         "RUNTIME": str(runtime),
         "SOCKET": str(upstream),
         "LISTEN": f"{host}:{settings.port}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -259,6 +260,18 @@ class Trickle:
             sock.close()
 
 
+def deliver(url: str, *, count: int, pause: float = 0.0) -> list[str]:
+    """``count`` signed events, each on a fresh connection and answered 200 within Svix's timeout."""
+    delivered = []
+    for _ in range(count):
+        svix_id = new_svix_id()
+        response = post_event(url, load_payload("user.created"), svix_id=svix_id, timeout=SVIX_TIMEOUT_SECONDS)
+        assert response.status_code == 200, response.text
+        delivered.append(svix_id)
+        time.sleep(pause)
+    return delivered
+
+
 def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processes, redis_client):
     # Given the web process with its default settings, and 64 connections trickling headers
     # plus 64 trickling a declared 100 KB body, one piece a second each
@@ -269,13 +282,7 @@ def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processe
         time.sleep(3)  # every connection open and trickling
 
         # When Svix delivers ten signed events on fresh connections meanwhile
-        delivered = []
-        for _ in range(10):
-            svix_id = new_svix_id()
-            response = post_event(web.url, load_payload("user.created"), svix_id=svix_id, timeout=SVIX_TIMEOUT_SECONDS)
-            assert response.status_code == 200, response.text
-            delivered.append(svix_id)
-            time.sleep(0.5)
+        delivered = deliver(web.url, count=10, pause=0.5)
 
         # Then every delivery was answered 2xx within Svix's timeout and is queued, while the
         # attack was still holding its connections (the body tricklers are neither answered nor cut)
@@ -283,6 +290,31 @@ def test_slow_clients_do_not_keep_signed_deliveries_from_being_answered(processe
         assert attack.open_bodies() == 64
     finally:
         attack.stop()
+
+
+def test_a_flood_of_slow_clients_beyond_eight_thousand_connections_does_not_keep_deliveries_out(
+    processes, redis_client
+):
+    # Given the web process and one client holding 9,000 connections that trickle their headers, each
+    # reconnecting when cut (nginx's 8,192 connections were all taken by it: no delivery got in)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    try:
+        attack = Trickle(web.url, header_connections=9_000, body_connections=0)
+        try:
+            time.sleep(3)  # every connection open and trickling
+
+            # When Svix delivers five signed events meanwhile
+            delivered = deliver(web.url, count=5)
+
+            # Then each was answered 2xx within Svix's timeout and is queued
+            assert sorted(queued_ids(redis_client, queue)) == sorted(delivered)
+        finally:
+            attack.stop()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def granian_workers(web_pid: int) -> list[int]:
