@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import resource
@@ -145,13 +146,30 @@ _NGINX_LINE = re.compile(r"^\S+ \S+ \[(?P<level>\w+)\] \d+#\d+: (?:\*\d+ )?(?P<m
 _NGINX_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "error": "error", "warn": "warning"}
 
 
+# nginx repeats a line for every connection it refuses (a flood: thousands a second); one a second is kept.
+NGINX_REPEAT_SECONDS = 1.0
+
+
 def relay_nginx_log(pipe: Any) -> None:
-    """nginx's own lines, re-logged as ours: every line of `web` is one JSON object."""
+    """nginx's own lines, re-logged as ours: every line of `web` is one JSON object. A line the same as
+    one logged less than ``NGINX_REPEAT_SECONDS`` ago is counted instead; the next one logged says
+    how many were folded into it (``repeated``)."""
+    last_logged: dict[str, float] = {}
+    folded: dict[str, int] = {}
     for raw in iter(pipe.readline, b""):
         line = raw.decode(errors="replace").rstrip()
         match = _NGINX_LINE.match(line)
         level, message = (match["level"], match["message"]) if match else ("error", line)
-        getattr(log, _NGINX_LEVELS.get(level, "info"))("nginx_log", nginx_level=level, message=message)
+        now = time.monotonic()
+        if now - last_logged.get(message, -math.inf) < NGINX_REPEAT_SECONDS:
+            folded[message] = folded.get(message, 0) + 1
+            continue
+        if len(last_logged) > 1000:  # messages naming a client differ: forget them now and then
+            last_logged.clear()
+            folded.clear()
+        last_logged[message] = now
+        repeated = {"repeated": folded.pop(message)} if message in folded else {}
+        getattr(log, _NGINX_LEVELS.get(level, "info"))("nginx_log", nginx_level=level, message=message, **repeated)
 
 
 def connects(address: str | tuple[str, int]) -> bool:

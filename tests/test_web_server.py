@@ -98,6 +98,28 @@ def test_a_body_over_the_limit_is_refused_unread_and_its_connection_closed(proce
     assert any(r["event"] == "nginx_log" and "too large body" in r["message"] for r in records)
 
 
+def test_nginx_repeating_a_line_for_each_refused_client_is_logged_once_a_second(processes):
+    # Given the web process with an 8 KiB limit
+    web = processes.start_web(workers=1, MAX_BODY_BYTES="8192")
+    _, _, headers = signed_request()
+
+    # When 300 clients in a row announce a body over it (nginx logs the same line for each)
+    for _ in range(300):
+        with connect(web.url) as sock:
+            sock.sendall(request_bytes(URL, headers={**headers, "Content-Length": "5000000"}))
+            assert read_answer(sock).status == 413
+
+    # Then the line is logged once a second, not 300 times, the later ones saying how many they stand for
+    def logged() -> list[dict[str, object]]:
+        records = [json.loads(line) for line in web.log().splitlines() if line.strip()]
+        return [r for r in records if r["event"] == "nginx_log" and "too large body" in str(r["message"])]
+
+    lines = wait_for(logged, timeout=10, what="nginx's line relayed")
+    assert len(lines) < 30, len(lines)
+    assert "repeated" not in lines[0]
+    assert all(isinstance(line["repeated"], int) and line["repeated"] > 0 for line in lines[1:])
+
+
 def test_a_signed_delivery_with_many_headers_is_answered_by_the_ingress(processes, redis_client):
     # Given the web process, and a signed delivery carrying 120 more short headers than Svix sends
     # (what proxies on the way add), a few kilobytes: well within nginx's header buffers
