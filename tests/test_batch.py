@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import string
@@ -204,6 +205,28 @@ def test_a_conflicting_redelivery_in_a_batch_applies_the_stored_body_and_the_res
         assert set(session.scalars(select(User.clerk_id))) == {"user_conflict", "user_batch_3"}
         conflicts = session.scalar(select(WebhookEvent.conflicts).where(WebhookEvent.svix_id == "msg_conflict"))
     assert len(conflicts) == 1
+
+
+def test_a_conflicting_redelivery_within_one_batch_is_recorded_and_never_applied(session_factory, settings):
+    # Given a batch holding one svix-id twice, the second time with another user's body
+    first, forged = user_created("user_first_body"), user_created("user_forged_body")
+    deliveries = [
+        Delivery("msg_twice", 1700000000, json.dumps(first)),
+        Delivery("msg_other", 1700000000, json.dumps(user_created("user_batch_4"))),
+        Delivery("msg_twice", 1700000000, json.dumps(forged)),
+        Delivery("msg_twice", 1700000000, json.dumps(first)),
+    ]
+
+    # When it is applied
+    results = process_batch(session_factory, deliveries, settings=settings)
+
+    # Then the first body is applied and kept, and the other body is recorded as a conflict (once)
+    assert results == {"msg_twice": "processed", "msg_other": "processed"}
+    with session_factory() as session:
+        assert set(session.scalars(select(User.clerk_id))) == {"user_first_body", "user_batch_4"}
+        row = session.scalars(select(WebhookEvent).where(WebhookEvent.svix_id == "msg_twice")).one()
+    assert (row.payload, row.attempts) == (first, 1)
+    assert [c["body_sha256"] for c in row.conflicts] == [hashlib.sha256(json.dumps(forged).encode()).hexdigest()]
 
 
 @pytest.fixture

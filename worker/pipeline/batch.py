@@ -48,7 +48,10 @@ def process_batch(
     """Apply ``deliveries``; svix_id -> the status each ends in. Raises DatabaseUnavailable."""
     first_of_each = {d.svix_id: d for d in reversed(deliveries)}  # a duplicate within the batch is a no-op
     entries = [ledger.read(d) for d in deliveries if first_of_each.get(d.svix_id) is d]
-    return _process(factory, entries, settings=settings)
+    results = _process(factory, entries, settings=settings)
+    # ...unless its body differs: claimed once the first is recorded, its conflict is noted as any other's.
+    others = [d for d in deliveries if d.body != first_of_each[d.svix_id].body]
+    return {**results, **process_batch(factory, others, settings=settings)} if others else results
 
 
 def deadlock_retries() -> Retrying:
