@@ -168,7 +168,18 @@ def parse(body: str | bytes) -> Event | Unsynced:
     event_type = _type_of(head)
     if unsynced := _unsynced_type(head):
         return Unsynced(unsynced)
-    raise _naming(InvalidEvent(_describe(error), event_type=event_type, storable=head is not None), head)
+    reason = _TYPE_TWICE if event_type in SYNCED_TYPES and _type_refused(error) else _describe(error)
+    raise _naming(InvalidEvent(reason, event_type=event_type, storable=head is not None), head)
+
+
+# msgspec reads the first "type" of a body; Python's json and Postgres's jsonb (what an operator sees,
+# and what a replay sends) read the last. When the last names a synced type that msgspec refused, the
+# key is there twice.
+_TYPE_TWICE = "type is given more than once, with different values"
+
+
+def _type_refused(error: msgspec.ValidationError) -> bool:
+    return str(error).startswith("Invalid value") and str(error).endswith(f"{_LOCATION}.type`")
 
 
 _TOO_DEEP = "the body nests too deeply"

@@ -111,6 +111,29 @@ def test_an_invalid_event_is_dead_at_once_and_touches_no_synced_row(session_fact
         assert snapshot(session) == before
 
 
+def test_a_type_given_twice_with_different_values_is_dead_and_says_so(session_factory, settings):
+    # Given bodies with "type" twice: msgspec reads the first, the jsonb payload (and a replay) the last
+    body = json.dumps(load_payload("user.created"))
+    twice = {
+        "msg_type_first_unsynced": '{"type":"session.created",' + body[1:],
+        "msg_type_last_other": body[:-1] + ',"type":"user.deleted"}',
+    }
+
+    # When they are delivered
+    results = {
+        svix_id: deliver_one(session_factory, Delivery(svix_id, None, text), settings=settings)
+        for svix_id, text in twice.items()
+    }
+
+    # Then both are dead, the reason saying what is wrong (not that type names no event), and nothing is applied
+    assert results == dict.fromkeys(twice, "dead")
+    for svix_id in twice:
+        row = ledger_row(session_factory, svix_id)
+        assert row.last_error == "invalid_payload: type is given more than once, with different values"
+    with session_factory() as session:
+        assert session.scalar(select(User.clerk_id)) is None
+
+
 def test_a_body_whose_reading_fails_unexpectedly_is_dead_with_a_one_line_reason(session_factory, settings, monkeypatch):
     # Given a reader that fails on one body in a way no validation foresaw (a bug of ours, or a
     # library's): parse depends on the body alone, so it would fail on every attempt
