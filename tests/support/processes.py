@@ -151,12 +151,16 @@ class ProcessManager:
         """PATH with this venv first: deploy/ scripts name gunicorn bare, as the Procfile does."""
         return os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", os.defpath)])
 
+    def start_procfile(self, name: str, **env_overrides: str) -> Proc:
+        """Process ``name`` as honcho starts it: its Procfile line run by ``sh -c``."""
+        return self._spawn(name, ["sh", "-c", procfile_command(name)], {**self.env, **env_overrides})
+
     def start_console(self, *, wait: bool = True, **env_overrides: str) -> Proc:
         """The `console` process as the Procfile runs it (deploy/console.sh), on a free port."""
         port = free_port()
-        env = {**self.env, "PATH": self.env_path(), "CONSOLE_PORT": str(port), "CONSOLE_BIND": "127.0.0.1"}
-        env.update(env_overrides)
-        proc = self._spawn("console", ["sh", "deploy/console.sh"], env)
+        proc = self.start_procfile(
+            "console", **{"CONSOLE_PORT": str(port), "CONSOLE_BIND": "127.0.0.1", **env_overrides}
+        )
         proc.url = f"http://127.0.0.1:{port}"
         if wait:
             wait_for(lambda: _healthy(proc, "/login"), timeout=30, what=f"the console on {proc.url}\n{proc.log()}")
@@ -165,8 +169,7 @@ class ProcessManager:
     def start_beat(self, **env_overrides: str) -> Proc:
         """Beat as the Procfile starts it, with a schedule file of its own."""
         schedule = self.log_dir / f"beat-schedule-{len(self.procs)}"
-        env = {"LOG_LEVEL": "INFO", **self.env, "CELERY_BEAT_SCHEDULE": str(schedule), **env_overrides}
-        return self._spawn("beat", ["sh", "-c", procfile_command("beat")], env)
+        return self.start_procfile("beat", **{"CELERY_BEAT_SCHEDULE": str(schedule), **env_overrides})
 
     def stop_all(self, timeout: float = 20.0) -> None:
         """SIGTERM every process at once and wait for them together (a teardown costs the slowest
