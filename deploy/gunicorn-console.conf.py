@@ -2,12 +2,17 @@
 
 Settings are validated here, in the arbiter, before any worker forks: without
 CONSOLE_USERS or CONSOLE_SECRET_KEY, or with a malformed variable, the whole process stops
-with one line and exit code 3 (a worker that exited would only be restarted).
+with one line and exit code 3 (a worker that exited would only be restarted); a port another
+server listens on is one ``port_in_use`` line and exit code 1.
 """
 
 import os
+from typing import Any
+
+import structlog
 
 from shared.config import Settings, load_settings_or_exit
+from shared.listening import exit_unless_free
 from shared.logging import configure_logging, logging_dict
 from shared.schema import wait_until_migrated
 
@@ -31,3 +36,13 @@ control_socket_disable = True
 logconfig_dict = logging_dict(log_format=_settings.log_format, level=_settings.log_level)
 # Behind a TLS proxy on this machine, X-Forwarded-Proto: https marks requests secure (and cookies Secure).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+
+def on_starting(server: Any) -> None:
+    """Once, as the arbiter starts and before it binds: a port another server holds, or a
+    CONSOLE_BIND not of this machine, is one line and exit rather than gunicorn's five retries of two
+    error lines each. Not on a HUP's reload (this file runs again while the console holds its port),
+    nor with sockets handed over (a USR2 upgrade, systemd's socket activation): those are its own."""
+    if not (server.master_pid or os.environ.get("LISTEN_FDS")):
+        log = structlog.get_logger("clerk_sync.console")
+        exit_unless_free(_settings.console_bind, _settings.console_port, host_variable="CONSOLE_BIND", log=log)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
 import os
@@ -42,7 +41,8 @@ from typing import Any
 import structlog
 
 from shared import metrics
-from shared.config import ConfigError, Settings, exit_on_config_error, load_settings_or_exit
+from shared.config import Settings, load_settings_or_exit
+from shared.listening import exit_unless_free
 from shared.logging import configure_logging, logging_dict
 from shared.parent_death import term_on_parent_death
 
@@ -183,25 +183,6 @@ def connects(address: str | tuple[str, int]) -> bool:
     return True
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether another server listens on HOST:PORT: nginx would fail to bind it, but web's readiness
-    probe would reach the other server and take it for nginx. ConfigError naming HOST when HOST is
-    not an address of this machine (or a name that resolves to none): nginx could never listen there."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise ConfigError(f"HOST: {host!r} does not resolve to an address ({exc.strerror})") from None
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ConfigError(f"HOST: {host} is not an address of this machine") from None
-            return exc.errno == errno.EADDRINUSE  # anything else (a privileged port): nginx says
-    return False
-
-
 class Supervisor:
     """Starts granian then nginx, and stops them in the opposite order."""
 
@@ -290,13 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings_or_exit(Settings.require_webhook_secrets)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    try:
-        in_use = port_in_use(settings.host, settings.port)
-    except ConfigError as exc:
-        exit_on_config_error(exc)
-    if in_use:
-        log.error("port_in_use", host=settings.host, port=settings.port)
-        return 1
+    # Another server on the port: web's readiness probe would take it for nginx.
+    exit_unless_free(settings.host, settings.port, host_variable="HOST", log=log)
     # Before granian's workers import prometheus_client: each writes its samples there, and
     # GET /metrics sums them. Unset, a private directory is made and removed at exit.
     metrics.ensure_multiproc_dir()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import re
+import socket
 import subprocess
 
 import pytest
@@ -32,6 +34,8 @@ CHANGES = ("/pause", "/resume", "/events/msg_x/replay", "/events/msg_x/discard",
         ({"CONSOLE_USERS": "ops:plaintext-password"}, "CONSOLE_USERS: entry 1 is not name:hash"),
         ({"CONSOLE_PORT": "eighty"}, "CONSOLE_PORT: must be a whole number"),
         ({"CONSOLE_CONCURRENCY": "abc"}, "CONSOLE_CONCURRENCY: must be a whole number"),
+        ({"CONSOLE_BIND": "192.0.2.1"}, "CONSOLE_BIND: 192.0.2.1 is not an address of this machine"),
+        ({"CONSOLE_BIND": "no-such-host.invalid"}, "CONSOLE_BIND: 'no-such-host.invalid' does not resolve"),
     ],
 )
 def test_the_console_refuses_to_start_half_configured(processes, missing, named):
@@ -44,6 +48,21 @@ def test_the_console_refuses_to_start_half_configured(processes, missing, named)
     errors = [line for line in console.log().splitlines() if "configuration error" in line]
     assert len(errors) == 1 and named in errors[0], console.log()
     assert "plaintext-password" not in console.log()
+
+
+def test_a_port_another_server_holds_stops_the_console_at_once_in_one_line(processes):
+    # Given a port something else listens on
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+
+        # When the console starts there
+        console = processes.start_console(wait=False, CONSOLE_PORT=str(port), **console_env())
+
+        # Then the whole process exits 1 with one port_in_use line (not gunicorn's five retries of
+        # two error lines each)
+        assert console.popen.wait(timeout=60) == 1
+    errors = [json.loads(line) for line in console.log().splitlines() if '"level": "error"' in line]
+    assert [(line["event"], line["port"]) for line in errors] == [("port_in_use", port)], console.log()
 
 
 def test_no_page_is_served_and_nothing_changes_without_a_login(processes, session_factory):
