@@ -20,7 +20,7 @@ from shared.config import ConfigError, Settings, exit_on_config_error, get_setti
 from shared.db import dispose_engines
 from shared.logging import configure_logging
 from shared.publish import PROCESS_EVENT_TASK, PURGE_PAYLOADS_TASK, RECONCILE_TASK, SWEEP_TASK, control_queue
-from worker import broker
+from worker import broker, stopping
 
 # Before any broker connection: a lost connection must not stop the worker (worker/broker.py).
 broker.install()
@@ -218,6 +218,11 @@ def _wait_until_migrated(**_: Any) -> None:
 def _fresh_connections(**_: Any) -> None:
     """A prefork child must not share the parent's Postgres sockets."""
     dispose_engines()
+
+
+# A SIGTERM sent to the whole worker (honcho, systemd, Heroku) lets each pool process finish its batch.
+signals.task_prerun.connect(stopping.task_starting)
+signals.task_postrun.connect(stopping.task_ended)
 
 
 @signals.worker_ready.connect
