@@ -11,7 +11,9 @@ both are logged as warnings and the process starts.
 
 from __future__ import annotations
 
+import signal
 import time
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -49,10 +51,36 @@ def database_revision(conn: psycopg.Connection[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
 def wait_until_migrated(settings: Settings, process: str) -> None:
     """Return once the database is at this code's schema (or newer, or not answering); until then
-    look again every ``RECHECK_SECONDS`` and log why, at once and then every minute."""
+    look again every ``RECHECK_SECONDS`` and log why, at once and then every minute.
+
+    SIGTERM or SIGINT while it waits (the process stopped before the release ran: nothing has
+    started yet) ends the process with one ``schema_wait_stopped`` line and exit code 0, instead
+    of dying of the signal without a word, or a KeyboardInterrupt traceback."""
     log = structlog.get_logger("clerk_sync.schema").bind(process=process)
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _wait(settings, log)
+    except _Stopped as stopped:
+        log.info("schema_wait_stopped", signal=signal.Signals(stopped.signum).name)
+        raise SystemExit(0) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait(settings: Settings, log: Any) -> None:
     began = time.monotonic()
     logged_at: float | None = None
     while True:

@@ -10,6 +10,7 @@ revisions in question.
 from __future__ import annotations
 
 import json
+import signal
 
 import psycopg
 import pytest
@@ -24,7 +25,7 @@ from shared.config import load_settings
 from shared.publish import EventPublisher
 from tests.support.cli import one_line_error, run_cli
 from tests.support.console import console_env
-from tests.support.processes import ProcessManager
+from tests.support.processes import ProcessManager, free_port
 from tests.support.signing import new_svix_id, user_created
 
 HINT = "run `alembic upgrade head` (the Procfile's release)"
@@ -140,3 +141,21 @@ def test_the_cli_on_a_database_never_migrated_says_so_in_one_line(
     error = one_line_error(result)
     assert error.startswith("clerk-sync: the database is not migrated (relation ")
     assert error.endswith("does not exist): run `alembic upgrade head`")
+
+
+@pytest.mark.parametrize(("name", "signum"), [("worker", signal.SIGTERM), ("console", signal.SIGINT)])
+def test_a_process_stopped_while_it_waits_for_the_migration_says_so_in_one_line(
+    processes: ProcessManager, name: str, signum: signal.Signals
+) -> None:
+    # Given the process waiting for a database never migrated (the release not run yet)
+    with temporary_database(None) as url:
+        proc = processes.start_procfile(name, **console_env(DATABASE_URL=url, CONSOLE_PORT=str(free_port())))
+        wait_for(lambda: _logged(proc.log(), "schema_behind"), timeout=60, what=proc.log())
+
+        # When it is told to stop (SIGTERM from a supervisor, Ctrl-C on a terminal)
+        proc.kill(signum)
+
+        # Then it exits 0 with one line saying it stopped waiting: no traceback, not killed by the signal
+        assert proc.popen.wait(timeout=30) == 0, proc.log()
+    assert [line["signal"] for line in _logged(proc.log(), "schema_wait_stopped")] == [signum.name]
+    assert "Traceback" not in proc.log() and "Aborted" not in proc.log(), proc.log()
