@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from shared.models import (
@@ -235,6 +236,42 @@ def test_rejected_key_is_a_one_line_failure(base_env, session_factory, tmp_path)
     assert [line for line in result.stderr.splitlines() if not line.startswith("{")] == [
         result.stderr.strip().splitlines()[-1]
     ]
+
+
+# What a refusing API or a proxy before it may answer: Clerk's message about one of its users, and a
+# page that echoes the request, the key's Authorization header included.
+REFUSALS = {
+    "clerk": {
+        "errors": [
+            {
+                "code": "form_param_value_invalid",
+                "message": "ada@example.com is invalid",
+                "long_message": "The user Ada Lovelace (ada@example.com) is invalid",
+            }
+        ]
+    },
+    "echo": f"<html><body>400 Bad Request: Authorization: Bearer {SECRET_KEY}; ada@example.com</body></html>",
+}
+
+
+@pytest.mark.parametrize("answer", REFUSALS, ids=list(REFUSALS))
+@pytest.mark.parametrize("command", ["backfill", "reconcile"])
+def test_a_refusal_is_named_by_clerks_error_code_and_quotes_nothing_of_its_body(
+    base_env, session_factory, tmp_path, command, answer
+):
+    # Given Clerk (or a proxy before it) refusing the user list with a body that holds values
+    clerk = make_instance(users=3, organizations=1, members_per_org=1)
+    clerk.fail(422, "/v1/users", times=None, body=REFUSALS[answer])
+    with FakeClerkServer(clerk) as server:
+        # When the command runs
+        result = run_cli(clerk_env(base_env, server), command, "--users", cwd=tmp_path)
+
+    # Then it fails in one line naming the status and Clerk's error code, and nothing of the body
+    assert result.returncode == 1
+    code = " form_param_value_invalid" if answer == "clerk" else ""
+    assert result.stderr.strip().splitlines()[-1].endswith(f"Clerk API /v1/users: 422{code}")
+    for value in (SECRET_KEY, "ada@example.com", "Lovelace"):
+        assert value not in result.stderr + result.stdout
 
 
 def test_memberships_fall_back_to_per_organization_lists(base_env, session_factory, settings, tmp_path):

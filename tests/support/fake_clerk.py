@@ -37,6 +37,7 @@ class Fault:
     retry_after: str | None = None
     from_offset: int = 0
     remaining: int | None = 1  # None: forever
+    body: Any = None  # what it answers (JSON, or text as it is); None: Clerk's error shape
 
 
 @dataclass
@@ -62,10 +63,12 @@ class FakeClerk:
         retry_after: str | None = None,
         times: int | None = 1,
         from_offset: int = 0,
+        body: Any = None,
     ) -> None:
-        """The next ``times`` requests under ``path_prefix`` (at ``offset >= from_offset``) get ``status``."""
+        """The next ``times`` requests under ``path_prefix`` (at ``offset >= from_offset``) get ``status``
+        (and ``body``, when given)."""
         with self.lock:
-            self.faults.append(Fault(status, path_prefix, retry_after, from_offset, times))
+            self.faults.append(Fault(status, path_prefix, retry_after, from_offset, times, body))
 
     def heal(self) -> None:
         with self.lock:
@@ -93,7 +96,8 @@ class FakeClerk:
         fault = self._fault_for(path, offset)
         if fault is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            return fault.status, {"errors": [{"code": "fake_fault", "message": f"fault {fault.status}"}]}, headers
+            body = fault.body if fault.body is not None else _error("fake_fault", f"fault {fault.status}")
+            return fault.status, body, headers
         parts = path.strip("/").split("/")
         if parts[:1] != ["v1"]:
             return 404, _not_found(), {}
@@ -134,8 +138,13 @@ class FakeClerk:
         return 200, (page if bare else {"data": page, "total_count": len(ordered)}), {}
 
 
+def _error(code: str, message: str) -> dict[str, Any]:
+    """Clerk's error answer."""
+    return {"errors": [{"code": code, "message": message}]}
+
+
 def _not_found() -> dict[str, Any]:
-    return {"errors": [{"code": "resource_not_found", "message": "not found"}]}
+    return _error("resource_not_found", "not found")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -151,9 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, headers = clerk.route(parts.path, query)
         with clerk.lock:
             clerk.seen.append(Seen(parts.path, query, status))
-        data = json.dumps(body).encode()
+        text = isinstance(body, str)
+        data = body.encode() if text else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers.items():
             self.send_header(name, value)

@@ -11,6 +11,7 @@ retry budget spent, is a ``ClerkApiError`` whose message is one line.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ log = structlog.get_logger("clerk_sync.clerk_api")
 
 # Clerk accepts 1..500 per page.
 MAX_PAGE_SIZE = 500
+
+# Clerk's error codes (``form_param_value_invalid``): a name, never a value.
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 class ClerkApiError(Exception):
@@ -144,7 +148,7 @@ class ClerkClient:
         if status in (401, 403):
             raise ClerkApiError(f"Clerk API {path}: {status}, CLERK_SECRET_KEY was refused")
         if status >= 400:
-            raise ClerkApiError(f"Clerk API {path}: {status} {_error_message(response)}")
+            raise ClerkApiError(f"Clerk API {path}: {status}{_error_code(response)}")
         try:
             return response.json()
         except ValueError:
@@ -210,13 +214,14 @@ class ClerkClient:
         return body
 
 
-def _error_message(response: requests.Response) -> str:
-    """Clerk's ``{"errors": [{"message": ...}]}``, or the start of the body."""
+def _error_code(response: requests.Response) -> str:
+    """Clerk's error code (`` form_param_value_invalid``), or nothing. Never its message nor the body:
+    a message can quote a user's data, and a proxy's page can echo the request, key included."""
     try:
-        errors = response.json().get("errors")
-        return str(errors[0].get("long_message") or errors[0].get("message"))[:200]
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return response.text.strip().replace("\n", " ")[:200]
+        code = response.json()["errors"][0]["code"]
+    except (ValueError, LookupError, TypeError):
+        return ""
+    return f" {code}" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
 
 
 def client_from_settings(settings: Settings, **options: Any) -> ClerkClient:
