@@ -274,6 +274,24 @@ def test_a_refusal_is_named_by_clerks_error_code_and_quotes_nothing_of_its_body(
         assert value not in result.stderr + result.stdout
 
 
+def test_a_database_error_is_named_by_class_and_sqlstate_never_by_its_message(
+    base_env, session_factory, blocking_trigger, tmp_path
+):
+    # Given an application trigger whose error message quotes the row (here its clerk_id)
+    clerk = make_instance(users=3, organizations=1, members_per_org=1)
+    held = clerk.users[1]["id"]
+    blocking_trigger.block(held)
+    with FakeClerkServer(clerk) as server:
+        # When the backfill writes that user
+        result = run_cli(clerk_env(base_env, server), "backfill", "--users", cwd=tmp_path)
+
+    # Then it fails in one line naming the error's class and SQLSTATE, and nothing the database wrote
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "clerk-sync: database error: RaiseException (P0001)"
+    assert held not in result.stderr
+    assert "on hold" not in result.stderr
+
+
 def test_memberships_fall_back_to_per_organization_lists(base_env, session_factory, settings, tmp_path):
     # Given a Clerk without the instance-wide membership list
     clerk = make_instance(users=20, organizations=4, members_per_org=3)

@@ -98,6 +98,8 @@ _NOT_MIGRATED_SQLSTATES = frozenset({"42P01", "42703"})
 def as_database_error(exc: BaseException) -> CliError | None:
     """Any other error of the database, as one line; None when ``exc`` is not the database's.
 
+    Named as the worker names it (class, SQLSTATE, constraint, table, column), never by the
+    database's message: a data error or an application's trigger quotes the row's values there.
     Looked up in ``sys.modules``: a command that never imported the driver raised none of its errors.
     """
     psycopg = sys.modules.get("psycopg")
@@ -110,7 +112,9 @@ def as_database_error(exc: BaseException) -> CliError | None:
     original = getattr(exc, "orig", None) or exc
     if getattr(original, "sqlstate", None) in _NOT_MIGRATED_SQLSTATES:
         return CliError(f"the database is not migrated ({driver_reason(exc)}): run `alembic upgrade head`")
-    return CliError(f"database error: {driver_reason(exc)}")
+    from worker.pipeline.errors import describe
+
+    return CliError(f"database error: {describe(exc)}")
 
 
 @contextmanager
