@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote_to_bytes, urlsplit
 
 from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
 
@@ -100,6 +100,43 @@ def _query(name: str, query: str) -> dict[str, str]:
     return params
 
 
+# What libpq's URI parser refuses, its message quoting the URL or the password up to the fault: a '%'
+# that is no escape, %00, white space, anything after an IPv6 host's ']' but a port. (And a raw '#':
+# no fragment for libpq, which reads it as part of the password, while Python's URL parsers stop there.)
+_LIBPQ_REFUSES = re.compile(r"%(?![0-9A-Fa-f]{2})|%00|\s|#")
+_AFTER_IPV6 = re.compile(r"\](?!:|$)")
+
+
+def _libpq_refuses(parts: SplitResult) -> bool:
+    """Whether libpq's URI parser (or psycopg's, reading values as UTF-8) would refuse the URL."""
+    try:
+        unquote_to_bytes(parts.geturl()).decode()
+    except UnicodeDecodeError:
+        return True
+    # A query value holding a raw '=' is refused too ("extra key/value separator").
+    pairs = parts.query.split("&") if parts.query else []
+    return bool(
+        _LIBPQ_REFUSES.search(parts.geturl())
+        or _AFTER_IPV6.search(parts.netloc)
+        or any(pair.count("=") != 1 for pair in pairs)
+    )
+
+
+def _libpq_reads(name: str, raw: str) -> None:
+    """libpq parses the URL itself (the CLI's status, the schema check): what its parser would refuse
+    is refused here, in words that quote none of it. And SQLAlchemy and libpq end the user info at the
+    first '@', so the rest of a password with a raw '@' was taken, and quoted, as the host. (Checked
+    without psycopg: the ingress loads settings and never the database driver.)"""
+    parts = urlsplit(raw)
+    if parts.netloc.count("@") > 1:
+        raise ConfigError(f"{name}: a '@' in the user or password must be percent-encoded as %40")
+    if _libpq_refuses(parts):
+        raise ConfigError(
+            f"{name}: libpq cannot read it: percent-encode every '%', space or reserved character in the user,"
+            " password, database name and query values"
+        )
+
+
 # libpq's connection parameters (PQconndefaults of the libpq psycopg ships), and JDBC's ssl=true.
 LIBPQ_PARAMETERS = frozenset((
     "application_name", "channel_binding", "client_encoding", "connect_timeout", "dbname", "fallback_application_name",
@@ -117,6 +154,7 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 def _database_url(name: str, raw: str) -> str:
     """A Postgres URL libpq will take: a bad one surfaced only at the first connection, as a traceback."""
     _url(name, raw, schemes=("postgresql", "postgresql+psycopg", "postgres"))
+    _libpq_reads(name, raw)
     params = _query(name, urlsplit(raw).query)
     if not params.keys() <= LIBPQ_PARAMETERS:
         raise ConfigError(f"{name}: a query parameter is not one of libpq's connection parameters")
@@ -322,7 +360,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Svix signing secret(s), whsec_...; several, separated by spaces or commas, while rotating."),
     Variable("DATABASE_URL", "database_url", "postgresql+psycopg://postgres@localhost:5432/clerk_sync",
              _database_url, "Postgres URL (postgresql://, postgres:// or postgresql+psycopg://); query parameters"
-             " are libpq's, sslmode one of disable, allow, prefer, require, verify-ca, verify-full."),
+             " are libpq's, sslmode one of disable, allow, prefer, require, verify-ca, verify-full; a '%', '@' or"
+             " space in the password percent-encoded (%25, %40, %20), as libpq reads it."),
     Variable("REDIS_URL", "redis_url", "redis://localhost:6379/0", _redis_url,
              "Redis URL: the Celery broker. redis://host:port/db (rediss:// for TLS, with ssl_cert_reqs, required"
              " or none, and optionally ssl_check_hostname, ssl_ca_certs, ssl_certfile, ssl_keyfile) or"

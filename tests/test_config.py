@@ -11,6 +11,7 @@ import pytest
 from devkit.services import ROOT, bin_path
 from devkit.waiting import wait_for
 from shared.config import ConfigError, Settings, load_settings
+from tests.support.cli import run_cli
 from tests.support.processes import procfile_command
 from tests.support.signing import OTHER_SECRET, SECRET
 
@@ -390,6 +391,19 @@ def test_redis_urls_of_every_form_in_use_are_read(url):
         "postgresql://postgres:S3cretPw@/db?host=not a host",
         "postgresql://postgres:S3cretPw@/db?host=/run/postgresql&port=five",
         "postgresql://postgres:S3cretPw@db.internal:0/db",
+        # What libpq's own parser refuses quoting the URL or the part it stopped at: the password.
+        "postgresql://postgres:S3cretPw%@db.internal:5432/db",
+        "postgresql://postgres:S3cretPw%zz@db.internal:5432/db",
+        "postgresql://postgres:S3cretPw%00@db.internal:5432/db",
+        "postgresql://postgres:S3cretPw here@db.internal:5432/db",
+        "postgresql://postgres:S3cretPw@[::1]db.internal/db",
+        "postgresql://postgres@db.internal:5432/db?password=S3cretPw%",
+        "postgresql://postgres@db.internal:5432/db?password=S3cretPw=",
+        "postgresql://postgres:S3cretPw%fc@db.internal:5432/db",
+        # libpq reads a raw '#' as part of the password; Python's URL parsers as a fragment.
+        "postgresql://postgres:S3cretPw#x@db.internal:5432/db",
+        # A second '@': libpq (and SQLAlchemy) end the password at the first, the rest is the "host".
+        "postgresql://postgres:S3cretPw@x@db.internal:5432/db",
     ],
 )
 def test_a_database_url_libpq_would_refuse_is_refused_without_its_password(url):
@@ -422,6 +436,17 @@ def test_release_refuses_a_bad_database_url_in_one_line_without_its_password(bas
     lines = _config_lines(result.stdout + result.stderr)
     assert len(lines) == 1 and "DATABASE_URL: sslmode" in lines[0], result.stderr
     assert "S3cretPw" not in result.stdout + result.stderr
+
+
+def test_status_refuses_a_database_url_libpq_cannot_read_in_one_line_without_its_password(base_env, tmp_path):
+    # Given a DATABASE_URL whose password holds a '%' that is no escape (libpq's error quoted it)
+    env = {**base_env, "DATABASE_URL": "postgresql://postgres:S3cret%Pw@127.0.0.1:5432/db"}
+
+    # When an operator asks for the status, Then one line names the variable, not the password
+    result = run_cli(env, "status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("clerk-sync: configuration error: DATABASE_URL: "), result.stderr
+    assert "S3cret" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
