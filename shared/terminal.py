@@ -51,8 +51,10 @@ def driver_reason(exc: BaseException) -> str:
 
 # The password of a URL's user info, `//user:PASSWORD@host` (up to the last @ before the path).
 _URL_PASSWORD = re.compile(r"(//[^/?#:@]*:)[^/?#]*@")
+# libpq's query parameters that hold a secret (`?password=...`), which a DATABASE_URL may carry instead.
+_QUERY_SECRET = re.compile(r"([?&](?:password|sslpassword|oauth_client_secret)=)[^&#]*")
 
 
 def without_password(url: str) -> str:
-    """``url`` as it may be printed: a password in it replaced by ``***`` (also in a URL urlsplit refuses)."""
-    return _URL_PASSWORD.sub(r"\1***@", url, count=1)
+    """``url`` as it may be printed: every password in it replaced by ``***`` (also in a URL urlsplit refuses)."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url, count=1))

