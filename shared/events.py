@@ -272,8 +272,20 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_SURROGATE = "the object holds a lone UTF-16 surrogate, which Postgres cannot store"
+
+
 def read_object(resource: Resource, item: Any) -> Any:
-    """A Backend API object (decoded JSON) as ``resource``'s declared type; InvalidEvent when it is not one."""
+    """A Backend API object (decoded JSON) as ``resource``'s declared type; InvalidEvent when it is not one.
+
+    Python's json reads a lone surrogate's escape (``"\\udfff"``), which msgspec refuses in a webhook
+    body: such an object is not one either. Let through, it failed later with a UnicodeEncodeError
+    whose repr, which Celery logs, quotes the value.
+    """
+    try:
+        msgspec.json.encode(item)
+    except UnicodeEncodeError:
+        raise InvalidEvent(_SURROGATE) from None
     try:
         return msgspec.convert(item, type=resource.data_type)
     except msgspec.ValidationError as exc:

@@ -208,3 +208,31 @@ def test_beat_runs_reconcile_and_logs_drift(processes, base_env, settings, sessi
     assert counts["users_missing"] == 0
     with session_factory() as session:
         assert session.scalar(select(User.deleted_at).where(User.clerk_id == "user_ghost")) is None
+
+
+def test_beat_reconcile_skips_an_object_holding_a_lone_surrogate_and_logs_none_of_it(
+    processes, base_env, settings, session_factory
+):
+    # Given a synced user whose object Clerk now lists with lone UTF-16 surrogates (JSON allows the
+    # escape; Postgres and UTF-8 cannot hold it), one of them in a field of the wrong type
+    clerk = make_instance(users=2, organizations=1, members_per_org=1)
+    with FakeClerkServer(clerk) as server:
+        backfilled(server, clerk, session_factory, settings)
+        clerk.users[1].update(
+            last_name="Lovelace\udfff", banned="Byron\udfff", updated_at=clerk.users[1]["updated_at"] + 1
+        )
+        env = {"CLERK_SECRET_KEY": SECRET_KEY, "CLERK_API_URL": server.url, "RECONCILE_INTERVAL_SECONDS": "2"}
+
+        # When beat runs reconcile on a worker
+        worker = processes.start_worker(concurrency=1, **env)
+        processes.start_beat(**env)
+        wait_for(
+            lambda: "reconcile_no_drift" in worker.log() or "raised unexpected" in worker.log(),
+            timeout=120,
+            what="reconcile's outcome in the worker log",
+        )
+
+    # Then the object is skipped as invalid, the run reports, and no line quotes its values
+    log = worker.log()
+    assert "reconcile_object_skipped" in log and "reconcile_no_drift" in log, log
+    assert "Lovelace" not in log and "Byron" not in log
