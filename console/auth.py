@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import secrets
 import threading
 import time
@@ -107,11 +108,16 @@ def install(app: Flask, settings: Settings) -> None:
         in_memory_fallback_enabled=True,
     )
 
+    key = (settings.console_secret_key or "").encode()
+
     def failed(response: Response) -> bool:
         return response.status_code == 401
 
     def by_account() -> str:
-        return "account:" + request.form.get("username", "")[:64]
+        # An HMAC of the name typed, never the name: Flask-Limiter logs the key and Redis keeps it, and
+        # what was typed may be a password typed into the name field (a plain digest could be cracked).
+        name = request.form.get("username", "")[:64].encode()
+        return "account:" + hmac.new(key, name, hashlib.sha256).hexdigest()
 
     throttled = limiter.limit(settings.console_login_limit, methods=["POST"], deduct_when=failed)
     throttled_account = limiter.limit(

@@ -104,6 +104,24 @@ def test_logins_are_throttled_after_repeated_failures(processes):
     assert "too many failed logins" in refused.text
 
 
+def test_a_throttled_login_keeps_the_name_typed_out_of_the_log_and_redis(processes, redis_client):
+    # Given a console allowing two failed logins per account and address
+    console = processes.start_console(**console_env(CONSOLE_LOGIN_LIMIT="2 per 15 minutes"))
+    typed = "Tr0ub4dor-typed-in-the-name-field"
+
+    # When someone types a password into the name field until the login is throttled
+    for expected in (401, 401, 429):
+        http = requests.Session()
+        form = {"csrf_token": csrf_token(http.get(f"{console.url}/login").text), "username": typed, "password": "x"}
+        assert http.post(f"{console.url}/login", data=form, allow_redirects=False).status_code == expected
+
+    # Then the throttle is logged, and neither a log line nor a Redis key quotes what was typed
+    console.stop()
+    assert "console_login_throttled" in console.log()
+    assert typed not in console.log()
+    assert not [key for key in redis_client.scan_iter() if typed.encode() in key]
+
+
 def test_the_session_cookie_is_httponly_strict_and_secure_over_https(processes):
     console = processes.start_console(**console_env())
 
