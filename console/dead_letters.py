@@ -49,12 +49,13 @@ class BadFilter(ValueError):
 def read_filters(fields: MultiDict[str, str]) -> DeadFilter:
     values = {name: (fields.get(name) or "").strip() or None for name in FILTER_FIELDS}
     try:
+        event_type, error = (inputs.check_text(name, values[name]) for name in ("type", "error"))
         since = inputs.parse_since(values["since"]) if values["since"] else None
         entity = inputs.check_entity_id(values["entity"]) if values["entity"] else None
         limit = inputs.parse_limit(values["limit"]) if values["limit"] else None
     except ValueError as exc:
         raise BadFilter(str(exc).removeprefix("--")) from None
-    return DeadFilter(event_type=values["type"], since=since, error=values["error"], entity=entity, limit=limit)
+    return DeadFilter(event_type=event_type, since=since, error=error, entity=entity, limit=limit)
 
 
 def filter_args(fields: MultiDict[str, str]) -> dict[str, str]:

@@ -53,6 +53,10 @@ TERMINAL_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e")
         ["pause", "--operator", "a b"],
         ["dlq", "replay"],
         ["dlq", "discard", "msg_a", "--all"],
+        # An argument that was not UTF-8 (a lone surrogate once decoded), which Postgres cannot compare
+        ["dlq", "list", "--type", "user.\udcff"],
+        ["dlq", "list", "--error", "\udcff"],
+        ["dlq", "discard", "--all", "--yes", "--type", "\udcff"],
     ],
 )
 def test_argument_errors_exit_2_with_one_line(argv, base_env, tmp_path):

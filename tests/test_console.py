@@ -369,3 +369,32 @@ def test_a_right_to_left_override_in_an_events_data_is_shown_not_obeyed(processe
         assert page.status_code == 200
         assert override not in page.text
         assert shown in page.text
+
+
+def test_a_nul_in_a_svix_id_or_a_filter_is_a_404_or_400_page_and_changes_nothing(processes, session_factory):
+    # Given a dead event and a logged-in operator
+    with session_factory.begin() as session:
+        add_event(session, "msg_kept", "dead")
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+    token = csrf_token(http.get(f"{console.url}/dead", timeout=10).text)
+
+    # When a svix-id holding a NUL is opened, replayed or discarded (no row can hold one)
+    for path in ("/events/msg_kept%00", "/event?svix_id=msg%00kept"):
+        response = http.get(f"{console.url}{path}", timeout=10)
+        # Then the answer is the page of an event that does not exist, not a server error
+        assert response.status_code == 404 and "no event with this svix-id" in response.text, path
+    for action in ("replay", "discard"):
+        form = {"csrf_token": token, "svix_id": "msg_kept\x00"}
+        response = http.post(f"{console.url}/event/{action}", data=form, timeout=10)
+        assert response.status_code == 404 and "no event with svix_id" in response.text, action
+
+    # And a filter holding one is refused in a sentence, on the list, a preview and a confirmation
+    for path in ("/dead?type=user.created%00", "/dead?error=%00", "/dead/discard-all?type=%00"):
+        response = http.get(f"{console.url}{path}", timeout=10)
+        assert response.status_code == 400 and "holds a NUL" in response.text, path
+    form = {"csrf_token": token, "error": "\x00", "digest": "0"}
+    response = http.post(f"{console.url}/dead/replay-all", data=form, timeout=10)
+    assert response.status_code == 400 and "holds a NUL" in response.text
+    assert statuses(session_factory) == {"msg_kept": "dead"} and audit_rows(session_factory) == []

@@ -106,14 +106,13 @@ def svix_id(text: str) -> str:
 def filters_from(args: argparse.Namespace) -> DeadFilter:
     from worker.ops.dead_letters import DeadFilter
 
-    since = None
-    if args.since is not None:
-        try:
-            since = inputs.parse_since(args.since)
-        except ValueError as exc:
-            raise CliError(printable(exc), exit_code=2) from None
     # Text filters read as the console reads its fields: surrounding blanks are not part of them.
-    event_type, error = ((text or "").strip() or None for text in (args.event_type, args.error))
+    texts = {"type": args.event_type, "error": args.error}
+    try:
+        event_type, error = (inputs.check_text(name, (text or "").strip() or None) for name, text in texts.items())
+        since = inputs.parse_since(args.since) if args.since is not None else None
+    except ValueError as exc:
+        raise CliError(printable(exc), exit_code=2) from None
     return DeadFilter(event_type=event_type, since=since, error=error, entity=args.entity, limit=args.limit)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from shared.models import WebhookEvent
 from shared.publish import EventPublisher
-from worker.ops import audit
+from worker.ops import audit, inputs
 from worker.ops.audit import Actor
 from worker.ops.timeline import touches_entity
 from worker.recovery import sweeper
@@ -98,6 +98,9 @@ def count_dead(session: Session, filters: DeadFilter) -> int:
 
 
 def get_event(session: Session, svix_id: str) -> WebhookEvent | None:
+    """The event of ``svix_id``; None also for an id no row can hold (a NUL in a URL), which Postgres would refuse."""
+    if not inputs.storable(svix_id):
+        return None
     return session.scalar(select(WebhookEvent).where(WebhookEvent.svix_id == svix_id))
 
 
@@ -130,7 +133,7 @@ def _lock_dead(session: Session, svix_ids: Sequence[str], *, skip_not_dead: bool
     rows = list(
         session.scalars(
             select(WebhookEvent)
-            .where(WebhookEvent.svix_id.in_(list(svix_ids)))
+            .where(WebhookEvent.svix_id.in_([svix_id for svix_id in svix_ids if inputs.storable(svix_id)]))
             .order_by(WebhookEvent.received_at, WebhookEvent.id)
             .with_for_update()
         )

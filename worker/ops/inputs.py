@@ -69,6 +69,24 @@ def check_entity_id(text: str) -> str:
     return text
 
 
+def storable(text: str) -> bool:
+    """Whether Postgres's text can hold ``text``: no NUL, no lone surrogate (an argument that was not UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(name: str, text: str | None) -> str | None:
+    """A text filter (``--type``, ``--error``; None when not given) a stored value could hold, else ValueError."""
+    if text is not None and not storable(text):
+        raise ValueError(f"--{name} {text!r}: holds a NUL or a byte that is not UTF-8, which no stored value can")
+    return text
+
+
 def check_svix_id(text: str) -> str:
     """A svix-id as the ledger can hold it: 1-255 printable characters, no surrounding blanks."""
     if not text or len(text) > MAX_SVIX_ID_LENGTH or not text.isprintable() or text != text.strip():
