@@ -66,6 +66,13 @@ def test_argument_errors_exit_2_with_one_line(argv, base_env, tmp_path):
     one_line_error(result)
 
 
+@pytest.mark.parametrize("argv", [["--bogus"], ["dlq", "--bogus"], ["dlq", "list", "--bogus"], ["--bogus", "status"]])
+def test_an_unknown_option_is_named_with_or_without_a_command(argv, base_env, tmp_path):
+    result = run_cli(base_env, *argv, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert one_line_error(result) == "clerk-sync: usage: unrecognized arguments: --bogus (see --help)"
+
+
 def test_unknown_ids_exit_1_and_change_nothing(session_factory, base_env, tmp_path):
     # Given one dead event
     with session_factory.begin() as session:

@@ -47,6 +47,16 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._populate = populate
+        self._required_commands: list[argparse.Action] = []
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """Sub-commands whose absence is checked after parsing (``parse_known_args``), not by argparse:
+        argparse reports a missing command before an unknown option, so ``clerk-sync --bogus`` said
+        that COMMAND is required rather than naming ``--bogus``."""
+        action = super().add_subparsers(**{**kwargs, "required": False})
+        if kwargs.get("required"):
+            self._required_commands.append(action)
+        return action
 
     def _populated(self) -> None:
         if self._populate is not None:
@@ -55,7 +65,12 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         self._populated()
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if not extras:  # an unknown option is the error to report, and parse_args names it
+            for action in self._required_commands:
+                if getattr(namespace, action.dest, None) is None:
+                    self.error(f"the following arguments are required: {action.metavar}")
+        return namespace, extras
 
     def format_help(self) -> str:
         self._populated()
