@@ -28,6 +28,7 @@ from werkzeug.wrappers import Response
 
 from console.auth import current_actor
 from console.state import state
+from shared.models import WebhookEvent
 from shared.publish import QueueUnavailable
 from worker.ops import dead_letters, inputs, timeline
 from worker.ops.dead_letters import DeadFilter, Instruction, OperationError, Result
@@ -38,6 +39,9 @@ MAX_PAGE = 10_000
 PREVIEW_SHOWN = 200
 ACTIONS = ("replay", "discard")
 FILTER_FIELDS = ("type", "error", "since", "entity", "limit")
+# An entity's timeline on a page: its latest this many. A large organization's runs to tens of
+# thousands of events, megabytes on the page of each; `clerk-sync events --entity` lists them all.
+TIMELINE_SHOWN = 500
 # A svix-id that stays itself as a path segment: no "/", ".", "\\" or anything a browser resolves.
 PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -82,6 +86,11 @@ def event_url(svix_id: str) -> str:
     return url_for("dead_letters.event_named", svix_id=svix_id)
 
 
+def entity_timeline(session: Session, entity_id: str) -> list[tuple[WebhookEvent, int | None]]:
+    """The latest ``TIMELINE_SHOWN`` events about ``entity_id``, and one more if there are more: the page says so."""
+    return timeline.timeline(session, entity_id, latest=TIMELINE_SHOWN + 1)
+
+
 @blueprint.get("/dead")
 def index() -> str | tuple[str, int]:
     page = page_number()
@@ -113,9 +122,9 @@ def event(svix_id: str) -> str:
         row = dead_letters.get_event(session, svix_id)
         if row is None:
             abort(404, "no event with this svix-id")
-        history = timeline.timeline(session, row.entity_id) if row.entity_id else []
+        history = entity_timeline(session, row.entity_id) if row.entity_id else []
     payload = None if row.payload is None else json.dumps(row.payload, indent=2, sort_keys=True, ensure_ascii=False)
-    return render_template("event.html", row=row, payload=payload, history=history)
+    return render_template("event.html", row=row, payload=payload, history=history, shown=TIMELINE_SHOWN)
 
 
 @blueprint.get("/event")

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 
 from console import dead_letters as dead_letters_views
 from console.state import state
-from worker.ops import dead_letters, entities, timeline
+from worker.ops import dead_letters, entities
 
 blueprint = Blueprint("entities", __name__)
 MAX_QUERY = 320  # the longest email address
@@ -25,5 +25,6 @@ def search() -> str | Response | tuple[str, int]:
             return redirect(dead_letters_views.event_url(query))
         found = entities.find(session, query)
         ids = [entity.clerk_id for entity in found] or ([query] if "@" not in query else [])
-        history = {clerk_id: timeline.timeline(session, clerk_id) for clerk_id in ids}
-    return render_template("entities.html", query=query, found=found, history=history, error=None)
+        history = {clerk_id: dead_letters_views.entity_timeline(session, clerk_id) for clerk_id in ids}
+    shown = dead_letters_views.TIMELINE_SHOWN
+    return render_template("entities.html", query=query, found=found, history=history, error=None, shown=shown)

@@ -398,3 +398,22 @@ def test_a_nul_in_a_svix_id_or_a_filter_is_a_404_or_400_page_and_changes_nothing
     response = http.post(f"{console.url}/dead/replay-all", data=form, timeout=10)
     assert response.status_code == 400 and "holds a NUL" in response.text
     assert statuses(session_factory) == {"msg_kept": "dead"} and audit_rows(session_factory) == []
+
+
+def test_an_entitys_timeline_shows_its_latest_events_and_says_the_rest_are_in_the_cli(processes, session_factory):
+    # Given a user with more events than a page shows, in Clerk's order
+    with session_factory.begin() as session:
+        for n in range(500 + 5):
+            payload = {"type": "user.updated", "timestamp": 1716883200000 + n, "data": {"id": "user_many"}}
+            add_event(session, f"msg_many_{n:04d}", "processed", entity_id="user_many", payload=payload)
+    console = processes.start_console(**console_env())
+    http = requests.Session()
+    assert log_in(http, console.url, PASSWORD).status_code == 302
+
+    for path in ("/entities?q=user_many", "/events/msg_many_0000"):
+        # When the entity's page, or the page of one of its events, is opened
+        page = http.get(f"{console.url}{path}", timeout=30).text
+        # Then its latest events are listed in order, and the page says where the others are
+        listed = re.findall(r">(msg_many_\d+)</a>", page)
+        assert listed == [f"msg_many_{n:04d}" for n in range(5, 500 + 5)], path
+        assert "Only the latest 500 events are shown" in page and "clerk-sync events --entity" in page

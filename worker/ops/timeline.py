@@ -49,9 +49,10 @@ def _parents_deletes(session: Session, entity_id: str) -> ColumnElement[bool] | 
     return or_(*deletes) if deletes else None
 
 
-def timeline(session: Session, entity_id: str) -> list[tuple[WebhookEvent, int | None]]:
+def timeline(session: Session, entity_id: str, *, latest: int | None = None) -> list[tuple[WebhookEvent, int | None]]:
     """Every event that touched ``entity_id``, in Clerk's order then arrival order: its own, those
-    naming it (a membership naming a user), and for a child its parents' deletes.
+    naming it (a membership naming a user), and for a child its parents' deletes; with ``latest``,
+    only the last that many (a page cannot hold a large organization's tens of thousands).
 
     Returns each row with its envelope timestamp in ms (None when the body was not
     JSON or its payload has been purged; those sort by arrival).
@@ -60,9 +61,11 @@ def timeline(session: Session, entity_id: str) -> list[tuple[WebhookEvent, int |
     order_key = func.coalesce(millis, extract("epoch", WebhookEvent.received_at) * 1000)
     touching = touches_entity(entity_id)
     parents_deletes = _parents_deletes(session, entity_id)
-    rows = session.execute(
-        select(WebhookEvent, millis)
-        .where(touching if parents_deletes is None else or_(touching, parents_deletes))
-        .order_by(order_key, WebhookEvent.received_at, WebhookEvent.id)
-    )  # rows unpack like tuples (Result.tuples() is deprecated in SQLAlchemy 2.1)
+    query = select(WebhookEvent, millis).where(touching if parents_deletes is None else or_(touching, parents_deletes))
+    order = (order_key, WebhookEvent.received_at, WebhookEvent.id)
+    if latest is None:
+        rows = list(session.execute(query.order_by(*order)))
+    else:  # the last ``latest``, read newest first, then put back in order
+        rows = list(session.execute(query.order_by(*(key.desc() for key in order)).limit(latest)))[::-1]
+    # rows unpack like tuples (Result.tuples() is deprecated in SQLAlchemy 2.1)
     return [(row, None if ms is None else int(ms)) for row, ms in rows]
