@@ -229,3 +229,26 @@ def test_an_event_whose_svix_id_is_a_path_opens_and_is_discarded_as_itself(proce
         assert "discarded 1 event(s)" in page.inner_text("main")
         assert statuses(session_factory) == {"msg_br_victim": "dead"}
     assert [row.svix_ids for row in audit_rows(session_factory)] == [[hostile]]
+
+
+def test_a_nul_typed_in_a_filter_or_a_url_is_answered_with_a_page_in_chromium(processes, session_factory):
+    # Given a dead event and a logged-in operator
+    with session_factory.begin() as session:
+        add_event(session, "msg_br_kept", "dead")
+    console = processes.start_console(**console_env())
+
+    with browser_page() as page:
+        log_in(page, f"{console.url}/dead", PASSWORD)
+
+        # When a NUL is typed into the type filter (Chromium sends it as %00)
+        page.fill("input[name=type]", "user.created\x00")
+        with page.expect_navigation() as navigation:
+            page.click("text=Filter")
+        # Then the list answers 400 with the reason, not a server error
+        assert navigation.value.status == 400
+        assert "holds a NUL" in page.inner_text("main")
+
+        # And an event's URL holding one is the page of an event that does not exist
+        response = page.goto(f"{console.url}/events/msg_br_kept%00")
+        assert response.status == 404 and "no event with this svix-id" in page.inner_text("main")
+    assert statuses(session_factory) == {"msg_br_kept": "dead"}
