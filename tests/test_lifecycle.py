@@ -18,9 +18,13 @@ from shared.publish import EventPublisher
 from tests.support.backends import waiting_on_a_lock
 from tests.support.broker import queued_ids
 from tests.support.console import console_env
+from tests.support.fake_clerk import SECRET_KEY, FakeClerkServer, make_instance
 from tests.support.ledger import ledger_rows, statuses
 from tests.support.processes import ProcessManager, alive
 from tests.support.signing import user_created
+
+# CONTRACT section 5: an event held by a worker that dies is applied by another within this (the default).
+RECOVERY_SECONDS = 120
 
 
 def session_members(leader: int) -> list[int]:
@@ -76,3 +80,24 @@ def test_a_worker_stopped_as_honcho_stops_it_finishes_the_batch_it_holds(
     assert queued_ids(redis.Redis.from_url(settings.redis_url), settings.queue_name) == []
     errors = [line for line in worker.log().splitlines() if '"level": "error"' in line or "Traceback" in line]
     assert errors == [], worker.log()
+
+
+def test_a_worker_stopped_as_honcho_stops_it_in_the_middle_of_a_reconcile_stops_at_once(
+    processes: ProcessManager,
+) -> None:
+    # Given a worker (one pool process) running beat's reconcile, kept waiting by Clerk's rate limit
+    # (every page answered 429 with Retry-After 60: minutes of waiting before the run gives up)
+    clerk = make_instance(users=3, organizations=1, members_per_org=1)
+    clerk.fail(429, "/v1/users", retry_after="60", times=None)
+    with FakeClerkServer(clerk) as server:
+        env = {"CLERK_SECRET_KEY": SECRET_KEY, "CLERK_API_URL": server.url, "RECONCILE_INTERVAL_SECONDS": "2"}
+        worker = processes.start_procfile("worker", WORKER_CONCURRENCY="1", **env)
+        processes.start_beat(**env)
+        wait_for(lambda: clerk.requests_to("/v1/users", 429), timeout=60, what=f"the reconcile waiting\n{worker.log()}")
+
+        # When SIGTERM reaches every process of the worker (honcho, systemd, Heroku)
+        worker.kill(signal.SIGTERM)
+
+        # Then the reconcile is not waited for (it is read-only, and the next interval's to run again): the
+        # worker stops with exit code 0 long before another worker would have to take over its events
+        assert worker.popen.wait(timeout=RECOVERY_SECONDS) == 0, worker.log()

@@ -5,11 +5,11 @@ to its main process alone. A pool process holding a batch then died at once (bil
 unwinds it with SystemExit): the batch rolled back, its messages went back on the queue for the
 next worker, and the log had an error line and a WorkerLostError traceback per pool process, on an
 ordinary stop. The main process's warm shutdown already waits for what its pool holds; now the pool
-process waits too. A SIGTERM that arrives during a batch is held until the batch has ended, when
-the main process stops the pool as in any warm shutdown. A second SIGTERM, one that arrives while
-the process is idle, or one still held when its next task begins (only the pool process was told to
-stop) is handed to billiard's handler at once, as before; so is the hard time limit's SIGTERM, and
-its SIGKILL follows.
+process waits too. A SIGTERM that arrives during a batch (the event task: not beat's sweep, purge or
+reconcile) is held until the batch has ended, when the main process stops the pool as in any warm
+shutdown. A second SIGTERM, one that arrives while the process is idle or runs one of beat's jobs,
+or one still held when its next task begins (only the pool process was told to stop) is handed to
+billiard's handler at once, as before; so is the hard time limit's SIGTERM, and its SIGKILL follows.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import signal
 from types import FrameType
 from typing import Any
+
+from shared.publish import PROCESS_EVENT_TASK
 
 _state = {"busy": False, "held": False}
 # billiard's own SIGTERM handler, which it installs after Celery's worker_process_init has run: ours
@@ -41,14 +43,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _obey(signum, frame)
 
 
-def task_starting(**_: Any) -> None:
+def task_starting(sender: Any = None, **_: Any) -> None:
     """Celery's ``task_prerun``, in the pool process: a SIGTERM held since the last batch is obeyed
-    before another begins."""
+    before another task begins. Only an event batch holds one: beat's jobs (a reconcile may wait on
+    Clerk's API for an hour) stop at once, as they always did; each is the next interval's to redo."""
     if "handler" not in _billiard:
         _billiard["handler"] = signal.signal(signal.SIGTERM, _on_sigterm)
     if _state["held"]:
         _obey(signal.SIGTERM, None)
-    _state["busy"] = True
+    _state["busy"] = getattr(sender, "name", None) == PROCESS_EVENT_TASK
 
 
 def task_ended(**_: Any) -> None:
