@@ -9,7 +9,8 @@ process waits too. A SIGTERM that arrives during a batch (the event task: not be
 reconcile) is held until the batch has ended, when the main process stops the pool as in any warm
 shutdown. A second SIGTERM, one that arrives while the process is idle or runs one of beat's jobs,
 or one still held when its next task begins (only the pool process was told to stop) is handed to
-billiard's handler at once, as before; so is the hard time limit's SIGTERM, and its SIGKILL follows.
+billiard's handler at once, as before. The hard time limit's SIGTERM cannot be told from another and
+is held too; billiard's SIGKILL follows it 0.1 s later, and the batch goes back on the queue.
 """
 
 from __future__ import annotations
