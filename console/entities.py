@@ -1,4 +1,4 @@
-"""Entity search: by Clerk id or email, the synced row as it stands and every event that touched it."""
+"""Entity search: by Clerk id or email, the synced row as it stands and the events that touched it (the latest 500)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ class BrokerGate:
     waiting on the broker, the deliveries of the next ``pause`` seconds (those that waited for a
     thread meanwhile) answer 503 without waiting, Svix retries them; after it, one delivery at a
     time tries the broker, the others still answered 503, until one succeeds. /readyz opens the
-    gate when the broker answers. A publish refused at once (a dropped connection) closes nothing.
+    gate when the broker takes its write. A publish refused at once (a dropped connection) closes nothing.
     """
 
     def __init__(self, pause: float) -> None:
@@ -57,7 +57,7 @@ class BrokerGate:
                 self._trial.release()
 
     def open(self) -> None:
-        """The broker answers again: deliveries go to it at once."""
+        """The broker takes writes again (/readyz): deliveries go to it at once."""
         self._failed_at = None
 
 

@@ -1,7 +1,7 @@
 """Can a server listen where it is configured to? Asked by `web` and the console before they start.
 
-Without it, a port another server holds made gunicorn retry for five seconds, an error line each
-second, and web's readiness probe take the other server for its own nginx.
+Without it, a port another server holds made gunicorn retry five times, two error lines each, and
+web's readiness probe take the other server for its own nginx.
 """
 
 from __future__ import annotations
