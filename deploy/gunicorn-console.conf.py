@@ -2,8 +2,10 @@
 
 Settings are validated here, in the arbiter, before any worker forks: without
 CONSOLE_USERS or CONSOLE_SECRET_KEY, or with a malformed variable, the whole process stops
-with one line and exit code 3 (a worker that exited would only be restarted); a port another
-server listens on is one ``port_in_use`` line and exit code 1.
+with one line and exit code 3 (a worker that exited would only be restarted), as does a
+CONSOLE_BIND not of this machine; a port another server listens on is one ``port_in_use`` line
+and exit code 1. A database behind this code's schema is waited for first (``schema_wait_stopped``
+and exit code 0 if stopped meanwhile).
 """
 
 import os

@@ -220,7 +220,8 @@ def _fresh_connections(**_: Any) -> None:
     dispose_engines()
 
 
-# A SIGTERM sent to the whole worker (honcho, systemd, Heroku) lets each pool process finish its batch.
+# A SIGTERM sent to the whole worker (honcho, systemd, Heroku) lets each pool process finish its event
+# batch; one running beat's sweep, purge or reconcile stops at once (worker/stopping.py).
 signals.task_prerun.connect(stopping.task_starting)
 signals.task_postrun.connect(stopping.task_ended)
 
