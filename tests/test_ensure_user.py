@@ -76,6 +76,15 @@ def test_user_unknown_to_clerk_is_none(clerk, api_settings, session_factory):
     assert user_count(session_factory) == 0
 
 
+def test_a_user_whose_object_is_not_a_valid_one_is_none(clerk, api_settings, session_factory):
+    # Given Clerk's object holding a lone UTF-16 surrogate, which JSON escapes and Postgres cannot store
+    clerk.users[2]["first_name"] = "\udfff"
+
+    # Then it is skipped as backfill skips it: nothing stored, None as for a user Clerk does not have
+    assert ensure_user(clerk.users[2]["id"], settings=api_settings) is None
+    assert user_count(session_factory) == 0
+
+
 def test_with_a_session_the_caller_owns_the_transaction(clerk, api_settings, session_factory):
     data = clerk.users[1]
     # When ensure_user runs in the caller's transaction, which is then rolled back

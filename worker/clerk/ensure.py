@@ -28,7 +28,8 @@ def ensure_user(clerk_user_id: str, *, settings: Settings | None = None, session
     """The ``users`` row for ``clerk_user_id``, fetched from Clerk first if the table lacks it.
 
     Returns a ``shared.models.User`` (check ``deleted_at``: a deleted user's row is
-    returned as it is), or None when Clerk has no such user (404). With ``session``
+    returned as it is), or None when Clerk has no such user (404) or its object is not a valid
+    one (skipped as backfill skips it, ``backfill_object_skipped``). With ``session``
     the row is read and written in the caller's transaction, which the caller
     commits; without it, a transaction of its own is committed and the returned
     object is detached with its attributes loaded. Raises
