@@ -213,6 +213,36 @@ def test_a_header_holding_a_control_or_non_ascii_byte_is_refused_in_json(process
     assert queued_ids(redis_client, queue) == [svix_id]
 
 
+# A request target holding a byte nginx lets through but granian's parser refuses (it answered an empty 400).
+MALFORMED_TARGETS = {
+    "non_ascii_path": URL + "\u00e9",
+    "non_ascii_query": URL + "?from=\u00ff",
+    "angle_bracket_path": URL + "<",
+    "backtick_path": URL + "`",
+    "quote_query": URL + '?a="',
+    "angle_bracket_query": URL + "?a=>",
+}
+
+
+def test_a_request_target_holding_a_byte_the_ingress_server_refuses_is_refused_in_json(processes, redis_client):
+    # Given the web process and one keep-alive connection to it
+    web = processes.start_web(workers=1)
+    queue = processes.env["CLERK_SYNC_QUEUE"]
+    with connect(web.url) as sock:
+        for name, target in MALFORMED_TARGETS.items():
+            # When a signed delivery arrives whose path or query holds such a byte
+            _, body, headers = signed_request()
+            sock.sendall(request_bytes(target, headers=headers, body=body))
+            answer = read_answer(sock)
+            # Then it is refused as nginx refuses a control byte there: one JSON line, not an empty 400
+            assert (answer.status, answer.body) == (400, b'{"error":"bad_request"}\n'), (name, answer)
+            assert answer.headers["content-type"] == "application/json", (name, answer)
+        # and the connection still carries a well-formed delivery, the refused ones queued nowhere
+        svix_id, body, headers = signed_request()
+        assert exchange(sock, headers, body).status == 200
+    assert queued_ids(redis_client, queue) == [svix_id]
+
+
 # --------------------------------------------------------------------------- slow clients
 
 
