@@ -150,27 +150,35 @@ _NGINX_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "error": "
 
 # nginx repeats a line for every connection it refuses (a flood: thousands a second); one a second is kept.
 NGINX_REPEAT_SECONDS = 1.0
+# What a client chooses in a line (", client: ..., request: ..." and the numbers before it: "too large
+# body: 5000001 bytes") is left out when lines are compared: lines differing only there are repeats.
+_NGINX_CLIENT_PART = re.compile(r", client: .*$")
+_NGINX_NUMBER = re.compile(r"\d+")
+
+
+def _nginx_line_kind(message: str) -> str:
+    return _NGINX_NUMBER.sub("#", _NGINX_CLIENT_PART.sub("", message))
 
 
 def relay_nginx_log(pipe: Any) -> None:
-    """nginx's own lines, re-logged as ours: every line of `web` is one JSON object. A line the same as
-    one logged less than ``NGINX_REPEAT_SECONDS`` ago is counted instead; the next one logged says
-    how many were folded into it (``repeated``)."""
+    """nginx's own lines, re-logged as ours: every line of `web` is one JSON object. A line of the same
+    kind as one logged less than ``NGINX_REPEAT_SECONDS`` ago (the same but for its client, request and
+    numbers) is counted instead; the next one logged says how many were folded into it (``repeated``)."""
     last_logged: dict[str, float] = {}
     folded: dict[str, int] = {}
     for raw in iter(pipe.readline, b""):
         line = raw.decode(errors="replace").rstrip()
         match = _NGINX_LINE.match(line)
         level, message = (match["level"], match["message"]) if match else ("error", line)
-        now = time.monotonic()
-        if now - last_logged.get(message, -math.inf) < NGINX_REPEAT_SECONDS:
-            folded[message] = folded.get(message, 0) + 1
+        now, kind = time.monotonic(), _nginx_line_kind(message)
+        if now - last_logged.get(kind, -math.inf) < NGINX_REPEAT_SECONDS:
+            folded[kind] = folded.get(kind, 0) + 1
             continue
-        if len(last_logged) > 1000:  # messages naming a client differ: forget them now and then
+        if len(last_logged) > 1000:  # a bound, in case kinds still differ: forget them now and then
             last_logged.clear()
             folded.clear()
-        last_logged[message] = now
-        repeated = {"repeated": folded.pop(message)} if message in folded else {}
+        last_logged[kind] = now
+        repeated = {"repeated": folded.pop(kind)} if kind in folded else {}
         getattr(log, _NGINX_LEVELS.get(level, "info"))("nginx_log", nginx_level=level, message=message, **repeated)
 
 

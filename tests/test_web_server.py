@@ -98,15 +98,18 @@ def test_a_body_over_the_limit_is_refused_unread_and_its_connection_closed(proce
     assert any(r["event"] == "nginx_log" and "too large body" in r["message"] for r in records)
 
 
-def test_nginx_repeating_a_line_for_each_refused_client_is_logged_once_a_second(processes):
+@pytest.mark.parametrize("varied", [False, True], ids=["same_request", "varied_length_and_query"])
+def test_nginx_repeating_a_line_for_each_refused_client_is_logged_once_a_second(processes, varied):
     # Given the web process with an 8 KiB limit
     web = processes.start_web(workers=1, MAX_BODY_BYTES="8192")
     _, _, headers = signed_request()
 
-    # When 300 clients in a row announce a body over it (nginx logs the same line for each)
-    for _ in range(300):
+    # When 300 clients in a row announce a body over it (nginx logs a line for each), the same request
+    # each time or each with its own length and query string (which nginx's line quotes)
+    for n in range(300):
+        length, target = (5_000_000 + n, f"{URL}?n={n}") if varied else (5_000_000, URL)
         with connect(web.url) as sock:
-            sock.sendall(request_bytes(URL, headers={**headers, "Content-Length": "5000000"}))
+            sock.sendall(request_bytes(target, headers={**headers, "Content-Length": str(length)}))
             assert read_answer(sock).status == 413
 
     # Then the line is logged once a second, not 300 times, the later ones saying how many they stand for
