@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import SplitResult, parse_qsl, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from shared.timings import MINIMUM_BOUND_SECONDS, RecoveryTimings, recovery_timings
 
@@ -107,18 +107,17 @@ _LIBPQ_REFUSES = re.compile(r"%(?![0-9A-Fa-f]{2})|%00|\s|#")
 _AFTER_IPV6 = re.compile(r"\](?!:|$)")
 
 
-def _libpq_refuses(parts: SplitResult) -> bool:
+def _libpq_refuses(raw: str) -> bool:
     """Whether libpq's URI parser (or psycopg's, reading values as UTF-8) would refuse the URL."""
     try:
-        unquote_to_bytes(parts.geturl()).decode()
+        unquote_to_bytes(raw).decode()
     except UnicodeDecodeError:
         return True
+    parts = urlsplit(raw)
     # A query value holding a raw '=' is refused too ("extra key/value separator").
     pairs = parts.query.split("&") if parts.query else []
     return bool(
-        _LIBPQ_REFUSES.search(parts.geturl())
-        or _AFTER_IPV6.search(parts.netloc)
-        or any(pair.count("=") != 1 for pair in pairs)
+        _LIBPQ_REFUSES.search(raw) or _AFTER_IPV6.search(parts.netloc) or any(pair.count("=") != 1 for pair in pairs)
     )
 
 
@@ -127,10 +126,9 @@ def _libpq_reads(name: str, raw: str) -> None:
     is refused here, in words that quote none of it. And SQLAlchemy and libpq end the user info at the
     first '@', so the rest of a password with a raw '@' was taken, and quoted, as the host. (Checked
     without psycopg: the ingress loads settings and never the database driver.)"""
-    parts = urlsplit(raw)
-    if parts.netloc.count("@") > 1:
+    if urlsplit(raw).netloc.count("@") > 1:
         raise ConfigError(f"{name}: a '@' in the user or password must be percent-encoded as %40")
-    if _libpq_refuses(parts):
+    if _libpq_refuses(raw):
         raise ConfigError(
             f"{name}: libpq cannot read it: percent-encode every '%', space or reserved character in the user,"
             " password, database name and query values"
